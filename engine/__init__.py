@@ -1,0 +1,1 @@
+"""pagedserve engine: offline API and engine core."""

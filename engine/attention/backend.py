@@ -1,0 +1,54 @@
+"""Attention backends. Both write new K/V by slot mapping, then attend through the block table.
+
+`TorchAttentionBackend` uses the pure-torch references in `kernels/` (CPU, and the ground truth
+for tests); `TritonAttentionBackend` (engine/attention/triton_backend.py) uses the Triton kernels
+on CUDA. The runner picks one per engine and binds it to every Attention layer.
+"""
+from __future__ import annotations
+
+from typing import Optional, Protocol
+
+import torch
+
+from engine.attention.metadata import AttentionMetadata
+from kernels.paged_attention_ref import paged_attention_ref
+from kernels.reshape_and_cache_ref import reshape_and_cache_ref
+
+
+class AttentionBackend(Protocol):
+    name: str
+
+    def write_kv(self, key: torch.Tensor, value: torch.Tensor, key_cache: torch.Tensor,
+                 value_cache: torch.Tensor, meta: AttentionMetadata) -> None: ...
+
+    def attend(self, query: torch.Tensor, key_cache: torch.Tensor, value_cache: torch.Tensor,
+               meta: AttentionMetadata, scale: float,
+               sliding_window: Optional[int] = None) -> torch.Tensor: ...
+
+
+class TorchAttentionBackend:
+    """Reference path: correct on every device, fast enough for the CPU."""
+
+    name = "torch"
+
+    def write_kv(self, key, value, key_cache, value_cache, meta):
+        reshape_and_cache_ref(key, value, key_cache, value_cache, meta.slot_mapping)
+
+    def attend(self, query, key_cache, value_cache, meta, scale, sliding_window=None):
+        return paged_attention_ref(query, key_cache, value_cache, meta.block_tables,
+                                   meta.seq_lens, meta.query_start_loc, scale,
+                                   sliding_window=sliding_window,
+                                   query_lens_cpu=meta.query_lens_cpu,
+                                   seq_lens_cpu=meta.seq_lens_cpu)
+
+
+def get_attention_backend(choice: str, device: torch.device) -> AttentionBackend:
+    """'auto' is Triton on CUDA, torch elsewhere."""
+    if choice == "auto":
+        choice = "triton" if device.type == "cuda" else "torch"
+    if choice == "torch":
+        return TorchAttentionBackend()
+    if choice == "triton":
+        from engine.attention.triton_backend import TritonAttentionBackend
+        return TritonAttentionBackend()
+    raise ValueError(f"attention_backend: unknown backend '{choice}'")

@@ -1,0 +1,226 @@
+"""Engine configuration: frozen dataclasses validated at construction.
+
+`EngineArgs` is the flat, user-facing bag of options (offline `LLM(...)` kwargs, CLI flags and
+YAML keys share its field names); `EngineArgs.create_engine_config()` resolves it once into the
+nested, immutable `EngineConfig` that every component receives explicitly.
+"""
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any, Optional
+
+import torch
+
+PREEMPTION_MODES = ("recompute", "swap", "auto")
+LOAD_FORMATS = ("auto", "safetensors", "pt", "gguf", "dummy")
+DTYPES = {
+    "float32": torch.float32,
+    "fp32": torch.float32,
+    "float": torch.float32,
+    "float16": torch.float16,
+    "fp16": torch.float16,
+    "half": torch.float16,
+    "bfloat16": torch.bfloat16,
+    "bf16": torch.bfloat16,
+}
+
+
+def _require(cond: bool, field_name: str, message: str) -> None:
+    if not cond:
+        raise ValueError(f"{field_name}: {message}")
+
+
+def resolve_device(device: str) -> torch.device:
+    """'auto' picks CUDA when a GPU is visible, else the CPU."""
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    dev = torch.device(device)
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device: '{device}' was requested but no CUDA GPU is available")
+    return dev
+
+
+def resolve_dtype(dtype: str | torch.dtype, device: torch.device) -> torch.dtype:
+    """'auto' is bf16 on GPU and fp32 on CPU (exactness against HF in tests)."""
+    if isinstance(dtype, torch.dtype):
+        return dtype
+    if dtype == "auto":
+        return torch.bfloat16 if device.type == "cuda" else torch.float32
+    if dtype not in DTYPES:
+        raise ValueError(f"dtype: unknown dtype '{dtype}'; choose auto, float32, float16 or bfloat16")
+    return DTYPES[dtype]
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """What to load and how. `hf_config` is the transformers config of the checkpoint."""
+
+    model: str
+    tokenizer: str
+    hf_config: Any
+    dtype: torch.dtype
+    max_model_len: int
+    load_format: str = "auto"
+    gguf_file: Optional[str] = None
+    trust_remote_code: bool = False
+    seed: int = 0
+    served_model_name: Optional[str] = None
+    chat_template: Optional[str] = None
+
+    def __post_init__(self) -> None:
+        _require(self.max_model_len >= 1, "max_model_len", "must be >= 1")
+        _require(self.load_format in LOAD_FORMATS, "load_format", f"must be one of {LOAD_FORMATS}")
+
+    @property
+    def architecture(self) -> str:
+        archs = getattr(self.hf_config, "architectures", None) or []
+        return archs[0] if archs else ""
+
+    @property
+    def name(self) -> str:
+        return self.served_model_name or self.model
+
+
+@dataclass(frozen=True)
+class CacheConfig:
+    """Paged KV cache: `num_kv_blocks` None means 'size from memory' at start-up."""
+
+    block_size: int = 16
+    num_kv_blocks: Optional[int] = None
+    swap_space: float = 4.0  # GiB of CPU memory for swapped-out blocks
+    gpu_memory_utilization: float = 0.9
+    cpu_kv_cache_space: float = 4.0  # GiB for the KV pool when running on the CPU
+    enable_prefix_caching: bool = False
+    num_cpu_blocks: Optional[int] = None
+
+    def __post_init__(self) -> None:
+        _require(self.block_size in (1, 2, 4, 8, 16, 32, 64, 128), "block_size",
+                 "must be a power of two between 1 and 128")
+        _require(self.num_kv_blocks is None or self.num_kv_blocks >= 1, "num_kv_blocks", "must be >= 1")
+        _require(self.swap_space >= 0, "swap_space", "must be >= 0 GiB")
+        _require(0 < self.gpu_memory_utilization <= 1, "gpu_memory_utilization", "must be in (0, 1]")
+        _require(self.cpu_kv_cache_space > 0, "cpu_kv_cache_space", "must be > 0 GiB")
+        _require(self.num_cpu_blocks is None or self.num_cpu_blocks >= 0, "num_cpu_blocks", "must be >= 0")
+
+
+@dataclass(frozen=True)
+class SchedulerConfig:
+    """Iteration-level batching limits. Chunked prefill is always on."""
+
+    max_num_seqs: int
+    max_num_batched_tokens: int
+    max_model_len: int
+    preemption_mode: str = "recompute"
+    max_queue_len: Optional[int] = None
+
+    def __post_init__(self) -> None:
+        _require(self.max_num_seqs >= 1, "max_num_seqs", "must be >= 1")
+        _require(self.max_num_batched_tokens >= 1, "max_num_batched_tokens", "must be >= 1")
+        _require(self.preemption_mode in PREEMPTION_MODES, "preemption_mode",
+                 f"must be one of {PREEMPTION_MODES}, got '{self.preemption_mode}'")
+
+
+@dataclass(frozen=True)
+class RunnerConfig:
+    """Execution choices of the model runner."""
+
+    device: torch.device
+    enforce_eager: bool = False
+    attention_backend: str = "auto"  # auto | torch | triton
+    max_cuda_graph_batch: int = 256
+
+    def __post_init__(self) -> None:
+        _require(self.attention_backend in ("auto", "torch", "triton"), "attention_backend",
+                 "must be auto, torch or triton")
+
+
+@dataclass(frozen=True)
+class EngineConfig:
+    model: ModelConfig
+    cache: CacheConfig
+    scheduler: SchedulerConfig
+    runner: RunnerConfig
+
+
+@dataclass
+class EngineArgs:
+    """Flat engine options; names follow vLLM so users' scripts and flags port."""
+
+    model: Optional[str] = None
+    tokenizer: Optional[str] = None
+    dtype: str = "auto"
+    device: str = "auto"
+    block_size: int = 16
+    num_kv_blocks: Optional[int] = None
+    max_model_len: Optional[int] = None
+    max_num_seqs: Optional[int] = None
+    max_num_batched_tokens: Optional[int] = None
+    preemption_mode: str = "recompute"
+    swap_space: float = 4.0
+    num_cpu_blocks: Optional[int] = None
+    gpu_memory_utilization: float = 0.9
+    cpu_kv_cache_space: float = 4.0
+    enable_prefix_caching: bool = False
+    seed: int = 0
+    load_format: str = "auto"
+    trust_remote_code: bool = False
+    enforce_eager: bool = False
+    attention_backend: str = "auto"
+    served_model_name: Optional[str] = None
+    chat_template: Optional[str] = None
+    max_queue_len: Optional[int] = None
+    hf_overrides: dict = field(default_factory=dict)
+
+    @classmethod
+    def field_names(cls) -> list[str]:
+        return [f.name for f in dataclasses.fields(cls)]
+
+    def create_engine_config(self) -> EngineConfig:
+        # Imported here: the loader pulls in transformers, which config users may not need.
+        from engine.loader.resolve import resolve_model
+
+        device = resolve_device(self.device)
+        dtype = resolve_dtype(self.dtype, device)
+        resolved = resolve_model(self.model, self.tokenizer, self.load_format,
+                                 self.trust_remote_code, self.hf_overrides)
+        derived_len = max_len_from_hf_config(resolved.hf_config)
+        if self.max_model_len is None:
+            max_model_len = derived_len
+        else:
+            _require(self.max_model_len >= 1, "max_model_len", "must be >= 1")
+            max_model_len = self.max_model_len
+        model_cfg = ModelConfig(
+            model=resolved.model, tokenizer=resolved.tokenizer, hf_config=resolved.hf_config,
+            dtype=dtype, max_model_len=max_model_len, load_format=resolved.load_format,
+            gguf_file=resolved.gguf_file, trust_remote_code=self.trust_remote_code, seed=self.seed,
+            served_model_name=self.served_model_name, chat_template=self.chat_template,
+        )
+        cache_cfg = CacheConfig(
+            block_size=self.block_size, num_kv_blocks=self.num_kv_blocks, swap_space=self.swap_space,
+            gpu_memory_utilization=self.gpu_memory_utilization,
+            cpu_kv_cache_space=self.cpu_kv_cache_space,
+            enable_prefix_caching=self.enable_prefix_caching, num_cpu_blocks=self.num_cpu_blocks,
+        )
+        on_gpu = device.type == "cuda"
+        max_num_seqs = self.max_num_seqs or (256 if on_gpu else 64)
+        max_batched = self.max_num_batched_tokens or (8192 if on_gpu else 2048)
+        sched_cfg = SchedulerConfig(
+            max_num_seqs=max_num_seqs, max_num_batched_tokens=max_batched,
+            max_model_len=max_model_len, preemption_mode=self.preemption_mode,
+            max_queue_len=self.max_queue_len,
+        )
+        runner_cfg = RunnerConfig(device=device, enforce_eager=self.enforce_eager,
+                                  attention_backend=self.attention_backend,
+                                  max_cuda_graph_batch=min(max_num_seqs, 512))
+        return EngineConfig(model=model_cfg, cache=cache_cfg, scheduler=sched_cfg, runner=runner_cfg)
+
+
+def max_len_from_hf_config(hf_config: Any) -> int:
+    """The context length a checkpoint declares, under whichever name its family uses."""
+    for key in ("max_position_embeddings", "n_positions", "max_sequence_length", "seq_length",
+                "n_ctx"):
+        val = getattr(hf_config, key, None)
+        if isinstance(val, int) and val > 0:
+            return val
+    return 2048

@@ -1,0 +1,167 @@
+"""A request and its sequences own all of their scheduling state.
+
+A `Request` is what a user submitted (one prompt, one `SamplingParams`); it runs as one or more
+`Sequence`s (parallel samples or beams) that share the prompt's KV blocks. Invariant of every
+sequence: `num_computed_tokens <= len(token_ids)`, and the KV of the first
+`num_computed_tokens` tokens is stored in the blocks of `block_table`.
+"""
+from __future__ import annotations
+
+import enum
+import time
+from dataclasses import dataclass, field
+from typing import Optional
+
+import torch
+
+from engine.sampling_params import SamplingParams
+
+
+class SequenceStatus(enum.Enum):
+    WAITING = "waiting"
+    RUNNING = "running"
+    SWAPPED = "swapped"
+    FINISHED_STOPPED = "stop"
+    FINISHED_LENGTH = "length"
+    FINISHED_ABORTED = "abort"
+    FINISHED_IGNORED = "ignored"
+
+    @property
+    def is_finished(self) -> bool:
+        return self in _FINISHED
+
+    @property
+    def finish_reason(self) -> Optional[str]:
+        """OpenAI's finish_reason for finished states, else None."""
+        return self.value if self.is_finished else None
+
+
+_FINISHED = {SequenceStatus.FINISHED_STOPPED, SequenceStatus.FINISHED_LENGTH,
+             SequenceStatus.FINISHED_ABORTED, SequenceStatus.FINISHED_IGNORED}
+
+
+class Sequence:
+    """One generated continuation: its tokens, KV blocks and sampling history."""
+
+    __slots__ = ("seq_id", "index", "token_ids", "prompt_len", "num_computed_tokens",
+                 "block_table", "status", "cumulative_logprob", "output_logprobs",
+                 "stop_reason", "generator", "num_new_outputs")
+
+    def __init__(self, seq_id: int, index: int, prompt_token_ids: list[int]):
+        self.seq_id = seq_id
+        self.index = index  # position among the request's sequences (choice index)
+        self.token_ids: list[int] = list(prompt_token_ids)
+        self.prompt_len = len(prompt_token_ids)
+        self.num_computed_tokens = 0
+        self.block_table: list[int] = []
+        self.status = SequenceStatus.WAITING
+        self.cumulative_logprob = 0.0
+        # One entry per output token: {token_id: logprob} of the sampled and top-k tokens.
+        self.output_logprobs: list[dict[int, float]] = []
+        self.stop_reason: Optional[int | str] = None
+        self.generator: Optional[torch.Generator] = None
+        self.num_new_outputs = 0  # output tokens not yet reported to the frontend
+
+    @property
+    def output_token_ids(self) -> list[int]:
+        return self.token_ids[self.prompt_len:]
+
+    @property
+    def num_output_tokens(self) -> int:
+        return len(self.token_ids) - self.prompt_len
+
+    @property
+    def num_tokens(self) -> int:
+        return len(self.token_ids)
+
+    @property
+    def num_uncomputed_tokens(self) -> int:
+        return len(self.token_ids) - self.num_computed_tokens
+
+    @property
+    def is_finished(self) -> bool:
+        return self.status.is_finished
+
+    def append_token(self, token_id: int, logprob: float) -> None:
+        self.token_ids.append(token_id)
+        self.cumulative_logprob += logprob
+        self.num_new_outputs += 1
+
+    def reset_for_recompute(self) -> None:
+        """Drop all KV state; the tokens (prompt and outputs) are recomputed on readmission."""
+        self.num_computed_tokens = 0
+        self.block_table = []
+
+    def __repr__(self) -> str:
+        return (f"Sequence(id={self.seq_id}, idx={self.index}, tokens={len(self.token_ids)}, "
+                f"computed={self.num_computed_tokens}, blocks={len(self.block_table)}, "
+                f"status={self.status.name})")
+
+
+@dataclass
+class RequestMetrics:
+    arrival_time: float
+    first_scheduled_time: Optional[float] = None
+    first_token_time: Optional[float] = None
+    finished_time: Optional[float] = None
+
+
+class Request:
+    """A user's request: the prompt, its parameters and its sequences.
+
+    Sequences are created up front (`params.num_seqs` of them). Until the prompt is computed only
+    the leader (`seqs[0]`) holds blocks; the others adopt the leader's prompt blocks by fork at
+    the moment the prompt's KV is complete, so the prompt is stored once.
+    """
+
+    def __init__(self, request_id: str, prompt_token_ids: list[int], params: SamplingParams,
+                 seq_ids: list[int], eos_token_id: Optional[int],
+                 arrival_time: Optional[float] = None, prompt: Optional[str] = None):
+        self.request_id = request_id
+        self.prompt = prompt
+        self.prompt_token_ids = list(prompt_token_ids)
+        self.params = params
+        self.eos_token_id = eos_token_id
+        self.metrics = RequestMetrics(arrival_time=arrival_time or time.time())
+        self.seqs = [Sequence(sid, i, prompt_token_ids) for i, sid in enumerate(seq_ids)]
+        if params.seed is not None:
+            # Sample i draws from seed + i: reproducible and independent of batch company.
+            for seq in self.seqs:
+                seq.generator = torch.Generator().manual_seed(params.seed + seq.index)
+        # prompt_logprobs: one entry per prompt position (None for the first token).
+        self.prompt_logprobs: list[Optional[dict[int, float]]] = []
+        self.num_prompt_logprobs_reported = 0
+        self.num_cached_tokens = 0  # prompt tokens served from the prefix cache
+        self.num_preemptions = 0
+        # Beam search state (owned by engine.beam_search): finished hypotheses.
+        self.beam_state = None
+
+    @property
+    def prompt_len(self) -> int:
+        return len(self.prompt_token_ids)
+
+    @property
+    def leader(self) -> Sequence:
+        return self.seqs[0]
+
+    def live_seqs(self) -> list[Sequence]:
+        return [s for s in self.seqs if not s.is_finished]
+
+    def seqs_with_status(self, status: SequenceStatus) -> list[Sequence]:
+        return [s for s in self.seqs if s.status == status]
+
+    @property
+    def is_finished(self) -> bool:
+        return all(s.is_finished for s in self.seqs)
+
+    @property
+    def prompt_computed(self) -> bool:
+        return self.leader.num_computed_tokens >= self.prompt_len
+
+    def needs_fork(self) -> bool:
+        """True once the leader holds the whole prompt's KV and siblings still hold nothing."""
+        return (len(self.seqs) > 1 and self.prompt_computed and
+                any(not s.block_table and not s.is_finished for s in self.seqs[1:]))
+
+    def __repr__(self) -> str:
+        return f"Request({self.request_id}, prompt_len={self.prompt_len}, seqs={self.seqs})"

@@ -1,0 +1,1 @@
+"""Kernels: Triton implementations for CUDA and pure-torch references beside them."""
