@@ -1,0 +1,280 @@
+"""Paged attention for decode: one query token per sequence, K/V read through the block table.
+
+For sequence s, query head h (KV head h // G with G = H // KVH query heads per KV head):
+
+    out[s, h] = softmax(scale * q[s, h] . K[s, kvh]^T) V[s, kvh]
+
+over the sequence's context, K/V gathered row by row from `key_cache`/`value_cache`
+(`[num_blocks, block_size, KVH, D]`) at slot `block_tables[s, t // block_size] * block_size +
+t % block_size`. With a sliding window only the last `sliding_window` positions are attended.
+
+Algorithm: flash-decoding (Dao et al., "Flash-Decoding for long-context inference", 2023) on top
+of the online softmax of FlashAttention (Dao et al., 2022; Milakov & Gimelshein, 2018). One
+program handles one (sequence, KV head, context split): the G query heads that share the KV head
+are processed together as the rows of one `tl.dot`, so every K/V byte is loaded once. When the
+batch alone cannot fill the GPU the context is cut into splits whose partial results (un-normalised
+accumulator, running max and sum, in base 2) are merged by a second, small reduce kernel.
+
+The pure-torch reference is `kernels.paged_attention_ref.paged_attention_ref`, re-exported here as
+`paged_attention_decode_ref`.
+"""
+from __future__ import annotations
+
+import math
+from typing import Optional
+
+import torch
+
+from kernels._triton_utils import (cdiv, check_dtype, check_last_dim_contiguous, interpreting,
+                                   next_pow2, num_sms, require_triton, same_device, tl, triton)
+from kernels.paged_attention_ref import paged_attention_ref
+
+LOG2E = 1.4426950408889634
+SUPPORTED_HEAD_SIZES = (64, 80, 96, 128, 256)
+SUPPORTED_BLOCK_SIZES = (8, 16, 32)
+_MIN_PARTITION = 256  # tokens per split: below this a split is mostly overhead
+
+
+if triton is not None:
+
+    @triton.jit
+    def _decode_split_kernel(
+        q_ptr, k_cache, v_cache, block_tables, seq_lens, out_ptr, part_acc, part_ml,
+        scale_log2, window, partition,
+        stride_qt, stride_qh,
+        stride_kb, stride_ks, stride_kh,
+        stride_vb, stride_vs, stride_vh,
+        stride_bt, stride_ot, stride_oh,
+        stride_pa_s, stride_pa_h, stride_pa_p,
+        stride_pm_s, stride_pm_h, stride_pm_p,
+        HEAD_DIM: tl.constexpr, D_PAD: tl.constexpr, GROUP: tl.constexpr, G_PAD: tl.constexpr,
+        BLOCK_SIZE: tl.constexpr, BLOCK_N: tl.constexpr, USE_WINDOW: tl.constexpr,
+        SPLIT: tl.constexpr,
+    ):
+        """One (sequence, KV head, split): attend the G query heads to one context range."""
+        seq = tl.program_id(0)
+        kvh = tl.program_id(1)
+        split = tl.program_id(2)
+        seq_len = tl.load(seq_lens + seq)
+        lo = 0
+        if USE_WINDOW:
+            lo = tl.maximum(seq_len - window, 0)
+        start = lo + split * partition
+        end = tl.minimum(start + partition, seq_len)
+        if SPLIT:
+            if start >= seq_len:  # the reduce kernel never reads splits past the context
+                return
+
+        offs_g = tl.arange(0, G_PAD)
+        offs_d = tl.arange(0, D_PAD)
+        heads = kvh * GROUP + offs_g
+        g_mask = offs_g < GROUP
+        qd_mask = g_mask[:, None]
+        if D_PAD != HEAD_DIM:
+            qd_mask = qd_mask & (offs_d[None, :] < HEAD_DIM)
+        q = tl.load(q_ptr + seq.to(tl.int64) * stride_qt + heads[:, None] * stride_qh
+                    + offs_d[None, :], mask=qd_mask, other=0.0)
+
+        m_i = tl.full([G_PAD], float("-inf"), dtype=tl.float32)
+        l_i = tl.zeros([G_PAD], dtype=tl.float32)
+        acc = tl.zeros([G_PAD, D_PAD], dtype=tl.float32)
+        bt_row = block_tables + seq.to(tl.int64) * stride_bt
+        for n0 in range(start, end, BLOCK_N):
+            offs_n = n0 + tl.arange(0, BLOCK_N)
+            n_mask = offs_n < end
+            blk = tl.load(bt_row + offs_n // BLOCK_SIZE, mask=n_mask, other=0).to(tl.int64)
+            in_blk = offs_n % BLOCK_SIZE
+            kv_mask = n_mask[:, None]
+            if D_PAD != HEAD_DIM:
+                kv_mask = kv_mask & (offs_d[None, :] < HEAD_DIM)
+            k_off = blk * stride_kb + in_blk * stride_ks + kvh * stride_kh
+            k = tl.load(k_cache + k_off[:, None] + offs_d[None, :], mask=kv_mask, other=0.0)
+            v_off = blk * stride_vb + in_blk * stride_vs + kvh * stride_vh
+            v = tl.load(v_cache + v_off[:, None] + offs_d[None, :], mask=kv_mask, other=0.0)
+            s = tl.dot(q, tl.trans(k)) * scale_log2
+            s = tl.where(n_mask[None, :], s, float("-inf"))
+            m_new = tl.maximum(m_i, tl.max(s, 1))
+            p = tl.math.exp2(s - m_new[:, None])
+            alpha = tl.math.exp2(m_i - m_new)
+            l_i = l_i * alpha + tl.sum(p, 1)
+            acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v)
+            m_i = m_new
+
+        if SPLIT:
+            pa = (part_acc + seq.to(tl.int64) * stride_pa_s + heads[:, None] * stride_pa_h
+                  + split * stride_pa_p + offs_d[None, :])
+            tl.store(pa, acc, mask=g_mask[:, None])
+            pm = part_ml + seq.to(tl.int64) * stride_pm_s + heads * stride_pm_h + split * stride_pm_p
+            tl.store(pm, m_i, mask=g_mask)
+            tl.store(pm + 1, l_i, mask=g_mask)
+        else:
+            l_safe = tl.where(l_i > 0.0, l_i, 1.0)  # empty context: write zeros, never NaN
+            o = acc / l_safe[:, None]
+            tl.store(out_ptr + seq.to(tl.int64) * stride_ot + heads[:, None] * stride_oh
+                     + offs_d[None, :], o.to(out_ptr.dtype.element_ty), mask=qd_mask)
+
+    @triton.jit
+    def _decode_reduce_kernel(
+        out_ptr, part_acc, part_ml, seq_lens, window, partition,
+        stride_ot, stride_oh,
+        stride_pa_s, stride_pa_h, stride_pa_p,
+        stride_pm_s, stride_pm_h, stride_pm_p,
+        HEAD_DIM: tl.constexpr, D_PAD: tl.constexpr, SPLITS_PAD: tl.constexpr,
+        USE_WINDOW: tl.constexpr,
+    ):
+        """Merge the splits of one (sequence, query head): rescale each to the global max."""
+        seq = tl.program_id(0)
+        head = tl.program_id(1)
+        seq_len = tl.load(seq_lens + seq)
+        lo = 0
+        if USE_WINDOW:
+            lo = tl.maximum(seq_len - window, 0)
+        n_splits = (seq_len - lo + partition - 1) // partition
+        offs_p = tl.arange(0, SPLITS_PAD)
+        p_mask = offs_p < n_splits
+        pm_base = part_ml + seq.to(tl.int64) * stride_pm_s + head * stride_pm_h
+        pm = pm_base + offs_p * stride_pm_p
+        m_s = tl.load(pm, mask=p_mask, other=float("-inf"))
+        l_s = tl.load(pm + 1, mask=p_mask, other=0.0)
+        m_max = tl.max(m_s, 0)
+        w = tl.where(p_mask, tl.math.exp2(m_s - m_max), 0.0)
+        l_tot = tl.sum(l_s * w, 0)
+        offs_d = tl.arange(0, D_PAD)
+        pa = part_acc + seq.to(tl.int64) * stride_pa_s + head * stride_pa_h
+        acc = tl.zeros([D_PAD], dtype=tl.float32)
+        for i in range(0, n_splits):
+            w_i = tl.math.exp2(tl.load(pm_base + i * stride_pm_p) - m_max)
+            acc += tl.load(pa + i * stride_pa_p + offs_d) * w_i
+        l_safe = tl.where(l_tot > 0.0, l_tot, 1.0)
+        o = acc / l_safe
+        tl.store(out_ptr + seq.to(tl.int64) * stride_ot + head * stride_oh + offs_d,
+                 o.to(out_ptr.dtype.element_ty), mask=offs_d < HEAD_DIM)
+
+
+def _check_cache(query: torch.Tensor, key_cache: torch.Tensor, value_cache: torch.Tensor) -> None:
+    if query.dim() != 3 or key_cache.dim() != 4 or key_cache.shape != value_cache.shape:
+        raise ValueError(f"want query [T,H,D] and caches [NB,BS,KVH,D]; got {tuple(query.shape)}, "
+                         f"{tuple(key_cache.shape)}, {tuple(value_cache.shape)}")
+    _, heads, head_dim = query.shape
+    _, block_size, kv_heads, cache_dim = key_cache.shape
+    if cache_dim != head_dim or heads % kv_heads != 0:
+        raise ValueError(f"head_dim {head_dim} vs cache {cache_dim}; heads {heads} must be a "
+                         f"multiple of kv heads {kv_heads}")
+    if head_dim not in SUPPORTED_HEAD_SIZES and not interpreting():
+        raise ValueError(f"head_dim {head_dim} not in {SUPPORTED_HEAD_SIZES}")
+    if block_size not in SUPPORTED_BLOCK_SIZES and not interpreting():
+        raise ValueError(f"block_size {block_size} not in {SUPPORTED_BLOCK_SIZES}")
+    check_dtype("query", query, (torch.float16, torch.bfloat16, torch.float32))
+    if key_cache.dtype != query.dtype or value_cache.dtype != query.dtype:
+        raise TypeError(f"query {query.dtype} and caches {key_cache.dtype}/{value_cache.dtype} "
+                        "must share a dtype")
+    for name, t in (("query", query), ("key_cache", key_cache), ("value_cache", value_cache)):
+        check_last_dim_contiguous(name, t)
+
+
+def choose_num_splits(num_seqs: int, num_kv_heads: int, max_seq_len: int, block_n: int,
+                      device: torch.device) -> int:
+    """Splits per sequence so that about four programs per multiprocessor are in flight."""
+    base = max(1, num_seqs * num_kv_heads)
+    want = cdiv(4 * num_sms(device), base)
+    most = max(1, cdiv(max_seq_len, max(_MIN_PARTITION, block_n)))
+    return max(1, min(want, most, 128))
+
+
+def paged_attention_decode(query: torch.Tensor, key_cache: torch.Tensor,
+                           value_cache: torch.Tensor, block_tables: torch.Tensor,
+                           seq_lens: torch.Tensor, scale: float, max_seq_len: int,
+                           sliding_window: Optional[int] = None,
+                           out: Optional[torch.Tensor] = None,
+                           num_splits: Optional[int] = None, block_n: Optional[int] = None,
+                           num_warps: int = 4, num_stages: int = 3) -> torch.Tensor:
+    """Decode attention: query row i is sequence i's only new token. Returns out [T, H, D].
+
+    `max_seq_len` bounds `seq_lens` (host int, no device sync); the split count is derived from
+    it, so a CUDA graph must be captured with the largest context it will replay with. Rows
+    past `num_seqs = block_tables.shape[0]` (graph padding) are zeroed.
+    """
+    require_triton(query, key_cache, value_cache)
+    same_device(query, key_cache, value_cache, block_tables, seq_lens)
+    _check_cache(query, key_cache, value_cache)
+    num_tokens, heads, head_dim = query.shape
+    _, block_size, kv_heads, _ = key_cache.shape
+    num_seqs = block_tables.shape[0]
+    if num_tokens < num_seqs or seq_lens.shape[0] != num_seqs:
+        raise ValueError(f"{num_tokens} query rows, {seq_lens.shape[0]} seq_lens, "
+                         f"{num_seqs} block-table rows")
+    if block_tables.dtype != torch.int32 or seq_lens.dtype != torch.int32:
+        raise TypeError("block_tables and seq_lens must be int32")
+    if block_tables.stride(1) != 1:
+        raise ValueError("block_tables rows must be contiguous")
+    if out is None:
+        out = torch.empty_like(query)
+    elif out.shape != query.shape or out.stride(-1) != 1:
+        raise ValueError(f"out {tuple(out.shape)} must match query and be contiguous in D")
+    if num_tokens > num_seqs:
+        out[num_seqs:].zero_()
+    if num_seqs == 0:
+        return out
+
+    group = heads // kv_heads
+    d_pad = next_pow2(head_dim)
+    g_pad = max(16, next_pow2(group))
+    if block_n is None:
+        block_n = 32 if d_pad >= 256 else 64
+    block_n = max(block_n, block_size)
+    use_window = sliding_window is not None and sliding_window > 0
+    span = min(max_seq_len, sliding_window) if use_window else max_seq_len
+    if num_splits is None:
+        num_splits = choose_num_splits(num_seqs, kv_heads, span, block_n, query.device)
+    partition = cdiv(cdiv(max(span, 1), num_splits), block_n) * block_n
+    num_splits = max(1, cdiv(max(span, 1), partition))
+    split = num_splits > 1
+    scale_log2 = float(scale) * LOG2E
+    window = int(sliding_window) if use_window else 0
+
+    if split:
+        part_acc = torch.empty(num_seqs, heads, num_splits, d_pad, dtype=torch.float32,
+                               device=query.device)
+        part_ml = torch.empty(num_seqs, heads, num_splits, 2, dtype=torch.float32,
+                              device=query.device)
+    else:  # never touched; any tensor gives the kernel valid pointer arguments
+        part_acc = out
+        part_ml = out.new_empty((1, 1, 1, 2), dtype=torch.float32)
+    pa_strides = (part_acc.stride(0), part_acc.stride(1), part_acc.stride(2)) if split else (0, 0, 0)
+    pm_strides = (part_ml.stride(0), part_ml.stride(1), part_ml.stride(2)) if split else (0, 0, 0)
+
+    _decode_split_kernel[(num_seqs, kv_heads, num_splits)](
+        query, key_cache, value_cache, block_tables, seq_lens, out, part_acc, part_ml,
+        scale_log2, window, partition,
+        query.stride(0), query.stride(1),
+        key_cache.stride(0), key_cache.stride(1), key_cache.stride(2),
+        value_cache.stride(0), value_cache.stride(1), value_cache.stride(2),
+        block_tables.stride(0), out.stride(0), out.stride(1),
+        *pa_strides, *pm_strides,
+        HEAD_DIM=head_dim, D_PAD=d_pad, GROUP=group, G_PAD=g_pad, BLOCK_SIZE=block_size,
+        BLOCK_N=block_n, USE_WINDOW=use_window, SPLIT=split,
+        num_warps=num_warps, num_stages=num_stages,
+    )
+    if split:
+        _decode_reduce_kernel[(num_seqs, heads)](
+            out, part_acc, part_ml, seq_lens, window, partition,
+            out.stride(0), out.stride(1), *pa_strides, *pm_strides,
+            HEAD_DIM=head_dim, D_PAD=d_pad, SPLITS_PAD=next_pow2(num_splits),
+            USE_WINDOW=use_window, num_warps=4,
+        )
+    return out
+
+
+def paged_attention_decode_ref(query: torch.Tensor, key_cache: torch.Tensor,
+                               value_cache: torch.Tensor, block_tables: torch.Tensor,
+                               seq_lens: torch.Tensor, scale: float,
+                               sliding_window: Optional[int] = None) -> torch.Tensor:
+    """Reference for `paged_attention_decode`: the unified reference with one query per seq."""
+    num_seqs = block_tables.shape[0]
+    qsl = torch.arange(num_seqs + 1, dtype=torch.int32, device=query.device)
+    return paged_attention_ref(query[:num_seqs], key_cache, value_cache, block_tables, seq_lens,
+                               qsl, scale, sliding_window=sliding_window)
+
+
+def default_scale(head_dim: int) -> float:
+    return 1.0 / math.sqrt(head_dim)
