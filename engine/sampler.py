@@ -1,0 +1,299 @@
+"""Turn one step's logits into next tokens, with logprobs.
+
+Processing order for each row (one row per sequence to sample, in `SamplingMetadata` order):
+
+1. `logit_bias`: added to the named tokens (ids outside the vocabulary are ignored).
+2. `min_tokens`: while the sequence has fewer than `min_tokens` output tokens, its
+   `stop_token_ids` and the EOS token (unless `ignore_eos`) get -inf.
+3. `repetition_penalty` (HF semantics): every token seen in prompt + output has its logit divided
+   by the penalty when positive and multiplied by it when negative.
+4. `presence_penalty` / `frequency_penalty` (OpenAI semantics, output tokens only):
+   `logit -= frequency_penalty * count + presence_penalty * (count > 0)`.
+5. Greedy rows (`temperature == 0`) take the argmax here. With none of 1-4 active this is the
+   argmax of the raw logits, bit for bit.
+6. Other rows: divide by temperature, then top-k, top-p, min-p masking, then sample.
+
+Sampling uses the exponential race (equivalent to the Gumbel-max trick): with q ~ Exp(1) i.i.d.
+per token, `argmax(p / q)` is distributed as `p`. It needs no normalisation and no sort, and the
+randomness is one Exp(1) draw per vocabulary entry per step, so a seeded row always consumes the
+same amount of its generator. Rows whose sequence has a `generator` (requests with a `seed`) draw
+their noise with it on the CPU (the generator lives there) and the noise is copied to the device;
+so the same seed gives the same tokens whatever else is in the batch, on CPU or CUDA alike. Rows
+without a seed share one batched draw on the device from torch's global generator.
+
+Logprobs are always those of the raw model distribution (log_softmax of the unprocessed logits),
+like vLLM V1 and HF's `compute_transition_scores` on raw scores.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Optional
+
+import torch
+
+from engine.sequence import Request, Sequence
+
+_NEG_INF = float("-inf")
+
+
+@dataclass
+class SamplerOutput:
+    """Per row: sampled token, its raw logprob, and (when asked for) the top-k raw logprobs."""
+
+    token_ids: list[int]
+    logprobs: list[float]
+    # {token_id: logprob}: the sampled token first, then the top-k in rank order (k = the row's
+    # params.logprobs); None for rows that did not ask for logprobs.
+    top_logprobs: list[Optional[dict[int, float]]]
+
+
+@dataclass
+class SamplingMetadata:
+    """Everything the sampler needs for one step, as device tensors built once per step.
+
+    Optional tensors are None when no row needs that stage, so the common path skips it.
+    Invariant: every per-row tensor has `num_rows` rows, in the order the logits rows come.
+    """
+
+    num_rows: int
+    vocab_size: int
+    device: torch.device
+    all_greedy: bool
+    greedy: torch.Tensor                       # [N] bool
+    temperature: torch.Tensor                  # [N, 1] float32; 1.0 for greedy rows
+    top_k: Optional[torch.Tensor] = None       # [N] int64 in [1, V]; V when disabled
+    top_p: Optional[torch.Tensor] = None       # [N] float32; 1.0 when disabled
+    min_p: Optional[torch.Tensor] = None       # [N, 1] float32; 0.0 when disabled
+    # Sparse additive bias / -inf mask as flat (row, token) index lists.
+    bias_index: Optional[tuple[torch.Tensor, torch.Tensor]] = None
+    bias_values: Optional[torch.Tensor] = None
+    mask_index: Optional[tuple[torch.Tensor, torch.Tensor]] = None
+    # Penalties: rows without penalties hold identity values and only padding ids.
+    repetition_penalty: Optional[torch.Tensor] = None   # [N, 1]
+    seen_token_ids: Optional[torch.Tensor] = None       # [N, L] prompt+output, padded with V
+    presence_penalty: Optional[torch.Tensor] = None     # [N, 1]
+    frequency_penalty: Optional[torch.Tensor] = None    # [N, 1]
+    output_token_ids: Optional[torch.Tensor] = None     # [N, L] output only, padded with V
+    # (row, generator) for non-greedy rows of seeded sequences.
+    generators: list[tuple[int, torch.Generator]] = field(default_factory=list)
+    num_logprobs: list[int] = field(default_factory=list)  # per row; -1 = not requested
+    max_num_logprobs: int = -1
+
+    @classmethod
+    def from_rows(cls, rows: list[tuple[Request, Sequence]], vocab_size: int,
+                  device: torch.device) -> SamplingMetadata:
+        """Build the step's metadata; `rows[i]` is the sequence whose logits are row i."""
+        device = torch.device(device)
+        n = len(rows)
+        greedy, temps, top_k, top_p, min_p = [], [], [], [], []
+        rep, pres, freq, seen, outs = [], [], [], [], []
+        bias_r, bias_c, bias_v, mask_r, mask_c = [], [], [], [], []
+        generators: list[tuple[int, torch.Generator]] = []
+        num_logprobs: list[int] = []
+        need_rep = need_freq = False
+        for i, (req, seq) in enumerate(rows):
+            p = req.params
+            g = p.is_greedy
+            greedy.append(g)
+            temps.append(1.0 if g else p.temperature)
+            top_k.append(vocab_size if p.top_k < 1 else min(p.top_k, vocab_size))
+            top_p.append(p.top_p)
+            min_p.append(p.min_p)
+            if not g and seq.generator is not None:
+                generators.append((i, seq.generator))
+            num_logprobs.append(-1 if p.logprobs is None else p.logprobs)
+            if p.logit_bias:
+                for tok, b in p.logit_bias.items():
+                    if 0 <= tok < vocab_size:
+                        bias_r.append(i)
+                        bias_c.append(tok)
+                        bias_v.append(b)
+            if seq.num_output_tokens < p.min_tokens:
+                banned = list(p.stop_token_ids)
+                if req.eos_token_id is not None and not p.ignore_eos:
+                    banned.append(req.eos_token_id)
+                for tok in banned:
+                    if 0 <= tok < vocab_size:
+                        mask_r.append(i)
+                        mask_c.append(tok)
+            rep.append(p.repetition_penalty)
+            seen.append(seq.token_ids if p.repetition_penalty != 1.0 else [])
+            need_rep |= p.repetition_penalty != 1.0
+            pres.append(p.presence_penalty)
+            freq.append(p.frequency_penalty)
+            has_freq = p.presence_penalty != 0.0 or p.frequency_penalty != 0.0
+            outs.append(seq.output_token_ids if has_freq else [])
+            need_freq |= has_freq
+
+        def col(values: list[float]) -> torch.Tensor:
+            return torch.tensor(values, dtype=torch.float32, device=device).unsqueeze(1)
+
+        def idx(r: list[int], c: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
+            return (torch.tensor(r, dtype=torch.long, device=device),
+                    torch.tensor(c, dtype=torch.long, device=device))
+
+        meta = cls(num_rows=n, vocab_size=vocab_size, device=device, all_greedy=all(greedy),
+                   greedy=torch.tensor(greedy, dtype=torch.bool, device=device),
+                   temperature=col(temps), generators=generators, num_logprobs=num_logprobs,
+                   max_num_logprobs=max(num_logprobs, default=-1))
+        if not meta.all_greedy:
+            if any(k < vocab_size for k in top_k):
+                meta.top_k = torch.tensor(top_k, dtype=torch.long, device=device)
+            if any(x < 1.0 for x in top_p):
+                meta.top_p = torch.tensor(top_p, dtype=torch.float32, device=device)
+            if any(x > 0.0 for x in min_p):
+                meta.min_p = col(min_p)
+        if bias_r:
+            meta.bias_index = idx(bias_r, bias_c)
+            meta.bias_values = torch.tensor(bias_v, dtype=torch.float32, device=device)
+        if mask_r:
+            meta.mask_index = idx(mask_r, mask_c)
+        if need_rep:
+            meta.repetition_penalty = col(rep)
+            meta.seen_token_ids = _pad(seen, vocab_size, device)
+        if need_freq:
+            meta.presence_penalty = col(pres)
+            meta.frequency_penalty = col(freq)
+            meta.output_token_ids = _pad(outs, vocab_size, device)
+        return meta
+
+    @property
+    def needs_processing(self) -> bool:
+        """True when any of bias / min_tokens / penalties changes a logit."""
+        return (self.bias_index is not None or self.mask_index is not None
+                or self.repetition_penalty is not None or self.presence_penalty is not None)
+
+
+def _pad(lists: list[list[int]], pad: int, device: torch.device) -> torch.Tensor:
+    width = max(1, max(len(x) for x in lists))
+    out = torch.full((len(lists), width), pad, dtype=torch.long)
+    for i, x in enumerate(lists):
+        if x:
+            out[i, :len(x)] = torch.tensor(x, dtype=torch.long)
+    return out.to(device)
+
+
+class Sampler:
+    """Stateless: `sampler(logits, meta)` samples one token per row. See the module docstring."""
+
+    def __call__(self, logits: torch.Tensor, meta: SamplingMetadata) -> SamplerOutput:
+        assert logits.dim() == 2 and logits.shape[0] == meta.num_rows, \
+            f"logits {tuple(logits.shape)} vs {meta.num_rows} rows"
+        assert logits.shape[1] == meta.vocab_size, \
+            f"logits vocab {logits.shape[1]} != metadata vocab {meta.vocab_size}"
+        logits = logits.float()
+        raw_logprobs = torch.log_softmax(logits, dim=-1)
+
+        # The caller's tensor is never modified: processing works on a copy.
+        processed = apply_penalties(logits.clone(), meta) if meta.needs_processing else logits
+        tokens = processed.argmax(dim=-1)
+        if not meta.all_greedy:
+            sampled = self._sample(processed, meta)
+            tokens = torch.where(meta.greedy, tokens, sampled)
+        return _gather_logprobs(raw_logprobs, tokens, meta.num_logprobs, meta.max_num_logprobs)
+
+    @staticmethod
+    def _sample(logits: torch.Tensor, meta: SamplingMetadata) -> torch.Tensor:
+        # `logits` may be the caller's raw tensor: the first op here makes a new one.
+        logits = logits / meta.temperature
+        if meta.top_k is not None or meta.top_p is not None:
+            logits = apply_top_k_top_p(logits, meta.top_k, meta.top_p)
+        probs = torch.softmax(logits, dim=-1)
+        if meta.min_p is not None:
+            # Keep tokens with p >= min_p * max p; the race below needs no renormalisation.
+            thresh = probs.amax(dim=-1, keepdim=True) * meta.min_p
+            probs = probs.masked_fill(probs < thresh, 0.0)
+        q = torch.empty_like(probs).exponential_()
+        if meta.generators:
+            rows = [r for r, _ in meta.generators]
+            # One Exp(1) per vocabulary entry from each sequence's own CPU generator.
+            noise = torch.stack([torch.empty(meta.vocab_size).exponential_(generator=g)
+                                 for _, g in meta.generators])
+            if q.device.type == "cuda":
+                noise = noise.pin_memory().to(q.device, non_blocking=True)
+            q[torch.tensor(rows, device=q.device)] = noise.to(q.device)
+        # Exp(1) can return exactly 0; clamping keeps p / q finite (and 0 / q == 0 for masked).
+        q.clamp_(min=torch.finfo(q.dtype).tiny)
+        return (probs / q).argmax(dim=-1)
+
+
+def apply_penalties(logits: torch.Tensor, meta: SamplingMetadata) -> torch.Tensor:
+    """Steps 1-4 of the module docstring, in place on `logits` [N, V] (float32); returns it."""
+    v = logits.shape[1]
+    if meta.bias_index is not None:
+        logits.index_put_(meta.bias_index, meta.bias_values, accumulate=True)
+    if meta.mask_index is not None:
+        logits[meta.mask_index] = _NEG_INF
+    if meta.repetition_penalty is not None:
+        # Column v collects the padding and is dropped.
+        seen = torch.zeros(logits.shape[0], v + 1, dtype=torch.bool, device=logits.device)
+        seen.scatter_(1, meta.seen_token_ids, True)
+        seen = seen[:, :v]
+        pen = meta.repetition_penalty.expand_as(logits)
+        penalised = torch.where(logits > 0, logits / pen, logits * pen)
+        logits = torch.where(seen, penalised, logits)
+    if meta.presence_penalty is not None:
+        counts = torch.zeros(logits.shape[0], v + 1, dtype=torch.float32, device=logits.device)
+        counts.scatter_add_(1, meta.output_token_ids,
+                            torch.ones_like(meta.output_token_ids, dtype=torch.float32))
+        counts = counts[:, :v]
+        # Rows without penalties have zero coefficients and zero counts: unchanged exactly.
+        logits = logits - meta.frequency_penalty * counts \
+            - meta.presence_penalty * (counts > 0).float()
+    return logits
+
+
+def apply_top_k_top_p(logits: torch.Tensor, top_k: Optional[torch.Tensor],
+                      top_p: Optional[torch.Tensor]) -> torch.Tensor:
+    """Mask with -inf all but each row's top-k and its smallest top-p nucleus (HF semantics).
+
+    Ties with the k-th largest logit are kept. Top-p keeps the smallest set of highest tokens
+    whose probability mass (after top-k) reaches p; the most likely token always survives.
+    """
+    v = logits.shape[1]
+    sorted_logits, order = logits.sort(dim=-1, descending=False)
+    if top_k is not None:
+        kth = sorted_logits.gather(1, (v - top_k).clamp(min=0).unsqueeze(1))
+        sorted_logits = sorted_logits.masked_fill(sorted_logits < kth, _NEG_INF)
+    if top_p is not None:
+        cum = sorted_logits.softmax(dim=-1).cumsum(dim=-1)
+        drop = cum <= (1.0 - top_p).unsqueeze(1)
+        drop[:, -1] = False
+        sorted_logits = sorted_logits.masked_fill(drop, _NEG_INF)
+    return torch.empty_like(logits).scatter_(1, order, sorted_logits)
+
+
+def _gather_logprobs(raw_logprobs: torch.Tensor, tokens: torch.Tensor, num_logprobs: list[int],
+                     max_k: int) -> SamplerOutput:
+    chosen = raw_logprobs.gather(1, tokens.unsqueeze(1)).squeeze(1)
+    token_list: list[int] = tokens.tolist()
+    lp_list: list[float] = chosen.tolist()
+    top: list[Optional[dict[int, float]]] = [None] * len(token_list)
+    max_k = min(max_k, raw_logprobs.shape[1])
+    if max_k >= 0:
+        if max_k > 0:
+            vals, ids = raw_logprobs.topk(max_k, dim=-1)
+            vals_l, ids_l = vals.tolist(), ids.tolist()
+        for i, k in enumerate(num_logprobs):
+            if k < 0:
+                continue
+            d = {token_list[i]: lp_list[i]}
+            for j in range(min(k, max_k)):
+                d.setdefault(ids_l[i][j], vals_l[i][j])
+            top[i] = d
+    return SamplerOutput(token_ids=token_list, logprobs=lp_list, top_logprobs=top)
+
+
+def compute_prompt_logprobs(logits: torch.Tensor, next_token_ids: list[int],
+                            k: int) -> list[dict[int, float]]:
+    """prompt_logprobs for P prompt positions: row i scores `next_token_ids[i]`.
+
+    Each dict holds the actual next prompt token first, then the top-k of the raw distribution.
+    """
+    assert logits.shape[0] == len(next_token_ids)
+    if not next_token_ids:
+        return []
+    lp = torch.log_softmax(logits.float(), dim=-1)
+    nxt = torch.tensor(next_token_ids, dtype=torch.long, device=lp.device)
+    out = _gather_logprobs(lp, nxt, [k] * len(next_token_ids), k)
+    return [d for d in out.top_logprobs if d is not None]
