@@ -1,0 +1,42 @@
+"""Normalisation layers. `rms_norm` is the one function a fused kernel can replace."""
+from __future__ import annotations
+
+from typing import Optional, Union
+
+import torch
+from torch import nn
+
+
+def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float,
+             residual: Optional[torch.Tensor] = None
+             ) -> Union[torch.Tensor, tuple[torch.Tensor, torch.Tensor]]:
+    """RMSNorm as HF Llama computes it (statistics in float32, weight applied in x's dtype).
+
+    With `residual`, first forms `x + residual` (the new residual stream) and returns
+    `(rms_norm(x + residual), x + residual)`; without it returns the normalised tensor.
+    """
+    if residual is not None:
+        x = x + residual
+        residual = x
+    dtype = x.dtype
+    xf = x.float()
+    var = xf.pow(2).mean(-1, keepdim=True)
+    out = weight * (xf * torch.rsqrt(var + eps)).to(dtype)
+    return out if residual is None else (out, residual)
+
+
+class RMSNorm(nn.Module):
+    """Root-mean-square norm with an optional fused residual add (see `rms_norm`)."""
+
+    def __init__(self, hidden_size: int, eps: float = 1e-6):
+        super().__init__()
+        self.weight = nn.Parameter(torch.ones(hidden_size))
+        self.variance_epsilon = eps
+
+    def forward(self, x: torch.Tensor, residual: Optional[torch.Tensor] = None
+                ) -> Union[torch.Tensor, tuple[torch.Tensor, torch.Tensor]]:
+        return rms_norm(x, self.weight, self.variance_epsilon, residual)
+
+
+# LayerNorm (GPT-2, OPT, GPT-NeoX) is torch's: its CPU/GPU kernels are already fused.
+LayerNorm = nn.LayerNorm

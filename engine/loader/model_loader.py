@@ -1,0 +1,104 @@
+"""Build the model for a ModelConfig on a device and fill its weights (checkpoint or dummy)."""
+from __future__ import annotations
+
+import contextlib
+import glob
+import json
+import os
+from typing import Any, Iterator
+
+import torch
+from torch import nn
+
+from engine.layers.layernorm import RMSNorm
+from engine.models.registry import get_model_class
+
+DUMMY_STD = 0.02
+
+
+def load_model(model_config: Any, device: torch.device) -> nn.Module:
+    """Instantiate `model_config.hf_config`'s architecture in `model_config.dtype` directly on
+    `device`, load its weights (or random ones for load_format "dummy") and return it in eval mode."""
+    cls = get_model_class(model_config.hf_config)
+    device = torch.device(device)
+    with _default_dtype(model_config.dtype), device:
+        model = cls(model_config.hf_config)
+    fmt = model_config.load_format
+    if fmt == "dummy":
+        init_dummy_weights(model, model_config.seed)
+    else:
+        model.load_weights(iter_weights(model_config))
+    return model.eval()
+
+
+@contextlib.contextmanager
+def _default_dtype(dtype: torch.dtype):
+    old = torch.get_default_dtype()
+    torch.set_default_dtype(dtype)
+    try:
+        yield
+    finally:
+        torch.set_default_dtype(old)
+
+
+def iter_weights(model_config: Any) -> Iterator[tuple[str, torch.Tensor]]:
+    """(HF name, CPU tensor) pairs from the model's GGUF file, safetensors or .bin checkpoint."""
+    fmt = model_config.load_format
+    if fmt == "gguf" or (fmt == "auto" and model_config.gguf_file):
+        from engine.loader.gguf_loader import gguf_weights
+        return gguf_weights(model_config.gguf_file or model_config.model)
+    from engine.loader.resolve import local_model_dir
+    folder = local_model_dir(model_config.model)
+    if fmt in ("safetensors", "auto") and _safetensors_files(folder):
+        return _safetensors_weights(_safetensors_files(folder))
+    if fmt in ("pt", "auto") and _bin_files(folder):
+        return _bin_weights(_bin_files(folder))
+    raise ValueError(f"model '{model_config.model}': no {fmt} weights found in '{folder}'")
+
+
+def _safetensors_files(folder: str) -> list[str]:
+    # With an index, only the files it names: some repos also ship a consolidated copy.
+    index = os.path.join(folder, "model.safetensors.index.json")
+    if os.path.isfile(index):
+        with open(index) as f:
+            names = sorted(set(json.load(f)["weight_map"].values()))
+        return [os.path.join(folder, n) for n in names]
+    return sorted(glob.glob(os.path.join(folder, "*.safetensors")))
+
+
+def _bin_files(folder: str) -> list[str]:
+    files = sorted(glob.glob(os.path.join(folder, "*.bin")))
+    return [f for f in files if os.path.basename(f) != "training_args.bin"]
+
+
+def _safetensors_weights(files: list[str]) -> Iterator[tuple[str, torch.Tensor]]:
+    from safetensors import safe_open
+
+    for path in files:
+        with safe_open(path, framework="pt", device="cpu") as f:
+            for name in f.keys():
+                yield name, f.get_tensor(name)
+
+
+def _bin_weights(files: list[str]) -> Iterator[tuple[str, torch.Tensor]]:
+    for path in files:
+        state = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+        yield from state.items()
+        del state
+
+
+@torch.no_grad()
+def init_dummy_weights(model: nn.Module, seed: int = 0) -> None:
+    """Random weights, deterministic in `seed`: N(0, 0.02) everywhere except norms (weight 1,
+    bias 0), so a real-shaped model gives finite logits."""
+    norm_params: set[int] = set()
+    for module in model.modules():
+        if isinstance(module, (RMSNorm, nn.LayerNorm)):
+            for name, p in module.named_parameters(recurse=False):
+                p.fill_(1.0 if name == "weight" else 0.0)
+                norm_params.add(id(p))
+    # Draw on the CPU so the values do not depend on the device.
+    gen = torch.Generator().manual_seed(seed)
+    for _, p in model.named_parameters():
+        if id(p) not in norm_params:
+            p.copy_(torch.randn(p.shape, generator=gen, dtype=torch.float32) * DUMMY_STD)

@@ -1,0 +1,127 @@
+"""GPT-NeoX / Pythia (GPTNeoXForCausalLM) over flat token rows, HF module names.
+
+HF's fused `query_key_value` rows are laid out per head as `[heads, 3 (q,k,v), head_dim]`; on load we
+reorder them to `[3, heads, head_dim]` so the forward pass is a plain split. Rotary covers the first
+`rotary_pct` of each head (neox style). Both residual layouts are supported: parallel
+(`x + attn(ln1(x)) + mlp(ln2(x))`) and sequential. The LM head is `lm_head` (transformers 5.x) and
+loads from 4.x/hub checkpoints' `embed_out` too.
+"""
+from __future__ import annotations
+
+from typing import Any, Iterable
+
+import torch
+from torch import nn
+
+from engine.attention.metadata import AttentionMetadata
+from engine.layers.activation import Activation
+from engine.layers.attention import Attention
+from engine.layers.rotary import get_rope
+from engine.models.utils import WeightLoader, is_ignored
+
+
+class GPTNeoXAttention(nn.Module):
+    def __init__(self, config: Any):
+        super().__init__()
+        hidden = config.hidden_size
+        self.num_heads = config.num_attention_heads
+        self.head_size = hidden // self.num_heads
+        bias = getattr(config, "attention_bias", True)
+        # Our row order (after load_weights' reorder): [q (hidden) | k (hidden) | v (hidden)].
+        self.query_key_value = nn.Linear(hidden, 3 * hidden, bias=bias)
+        self.dense = nn.Linear(hidden, hidden, bias=bias)
+        self.rotary_emb = get_rope(config, self.head_size)
+        self.attn = Attention(self.num_heads, self.head_size, self.head_size ** -0.5)
+
+    def forward(self, positions: torch.Tensor, x: torch.Tensor,
+                meta: AttentionMetadata) -> torch.Tensor:
+        q, k, v = self.query_key_value(x).chunk(3, dim=-1)
+        q, k = self.rotary_emb(positions, q, k)
+        return self.dense(self.attn(q, k, v, meta))
+
+
+class GPTNeoXMLP(nn.Module):
+    def __init__(self, config: Any):
+        super().__init__()
+        self.dense_h_to_4h = nn.Linear(config.hidden_size, config.intermediate_size)
+        self.dense_4h_to_h = nn.Linear(config.intermediate_size, config.hidden_size)
+        self.act = Activation(config.hidden_act)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.dense_4h_to_h(self.act(self.dense_h_to_4h(x)))
+
+
+class GPTNeoXLayer(nn.Module):
+    def __init__(self, config: Any):
+        super().__init__()
+        self.use_parallel_residual = config.use_parallel_residual
+        self.input_layernorm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
+        self.post_attention_layernorm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
+        self.attention = GPTNeoXAttention(config)
+        self.mlp = GPTNeoXMLP(config)
+
+    def forward(self, positions: torch.Tensor, x: torch.Tensor,
+                meta: AttentionMetadata) -> torch.Tensor:
+        attn = self.attention(positions, self.input_layernorm(x), meta)
+        if self.use_parallel_residual:
+            return self.mlp(self.post_attention_layernorm(x)) + attn + x
+        attn = attn + x
+        return self.mlp(self.post_attention_layernorm(attn)) + attn
+
+
+class GPTNeoXModel(nn.Module):
+    def __init__(self, config: Any):
+        super().__init__()
+        self.embed_in = nn.Embedding(config.vocab_size, config.hidden_size)
+        self.layers = nn.ModuleList(GPTNeoXLayer(config) for _ in range(config.num_hidden_layers))
+        self.final_layer_norm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
+
+    def forward(self, input_ids: torch.Tensor, positions: torch.Tensor,
+                meta: AttentionMetadata) -> torch.Tensor:
+        x = self.embed_in(input_ids)
+        for layer in self.layers:
+            x = layer(positions, x, meta)
+        return self.final_layer_norm(x)
+
+
+class GPTNeoXForCausalLM(nn.Module):
+    """GPT-NeoX causal LM (Pythia and friends)."""
+
+    def __init__(self, hf_config: Any):
+        super().__init__()
+        self.config = hf_config
+        self.gpt_neox = GPTNeoXModel(hf_config)
+        self.lm_head = nn.Linear(hf_config.hidden_size, hf_config.vocab_size, bias=False)
+        self.tie_word_embeddings = bool(getattr(hf_config, "tie_word_embeddings", False))
+        if self.tie_word_embeddings:
+            self.lm_head.weight = self.gpt_neox.embed_in.weight
+
+    def forward(self, input_ids: torch.Tensor, positions: torch.Tensor,
+                meta: AttentionMetadata) -> torch.Tensor:
+        """input_ids, positions [T] -> final hidden states [T, hidden]."""
+        return self.gpt_neox(input_ids, positions, meta)
+
+    def compute_logits(self, hidden: torch.Tensor) -> torch.Tensor:
+        """hidden [N, hidden] -> float32 logits [N, vocab]."""
+        return self.lm_head(hidden).float()
+
+    def _per_head_to_split(self, t: torch.Tensor) -> torch.Tensor:
+        """[heads * 3 * head_dim, ...] (HF) -> [3 * heads * head_dim, ...] (ours)."""
+        heads = self.config.num_attention_heads
+        rest = t.shape[1:]
+        return t.reshape(heads, 3, -1, *rest).transpose(0, 1).reshape(-1, *rest)
+
+    def load_weights(self, weights: Iterable[tuple[str, torch.Tensor]]) -> None:
+        """Load HF-named tensors; raises ValueError on unknown names or missing parameters."""
+        loader = WeightLoader(self)
+        for name, tensor in weights:
+            if is_ignored(name):
+                continue
+            if name == "embed_out.weight":
+                name = "lm_head.weight"
+            if name == "lm_head.weight" and self.tie_word_embeddings:
+                continue
+            if ".query_key_value." in name:
+                tensor = self._per_head_to_split(tensor)
+            loader.copy(name, tensor)
+        loader.finish()

@@ -1,0 +1,173 @@
+"""Llama-family decoder (Llama 2/3, Mistral, Qwen2): one implementation, HF module names.
+
+q/k/v are fused into `qkv_proj` and gate/up into `gate_up_proj` (one matmul each); `load_weights`
+routes HF's separate `q_proj`/`k_proj`/`v_proj`/`gate_proj`/`up_proj` tensors into their row shards.
+Differences between the families are config-driven: Qwen2 has q/k/v biases, Mistral (and Qwen2
+layers marked sliding) pass `sliding_window` to attention, `head_dim` is read when present.
+"""
+from __future__ import annotations
+
+from typing import Any, Iterable, Optional
+
+import torch
+from torch import nn
+
+from engine.attention.metadata import AttentionMetadata
+from engine.layers.activation import SiluAndMul
+from engine.layers.attention import Attention
+from engine.layers.layernorm import RMSNorm
+from engine.layers.rotary import get_rope
+from engine.models.utils import WeightLoader, is_ignored
+
+
+def _sliding_window(config: Any, layer_idx: int) -> Optional[int]:
+    window = getattr(config, "sliding_window", None)
+    if not window:
+        return None
+    layer_types = getattr(config, "layer_types", None)
+    if layer_types:  # transformers 5.x (Qwen2 and others) name each layer's attention kind
+        return window if layer_types[layer_idx] == "sliding_attention" else None
+    if getattr(config, "model_type", "") == "qwen2":  # 4.x Qwen2: window only when enabled
+        if not getattr(config, "use_sliding_window", False):
+            return None
+        return window if layer_idx >= getattr(config, "max_window_layers", 0) else None
+    return window
+
+
+class LlamaAttention(nn.Module):
+    def __init__(self, config: Any, layer_idx: int, qkv_bias: bool, o_bias: bool):
+        super().__init__()
+        self.num_heads = config.num_attention_heads
+        self.num_kv_heads = getattr(config, "num_key_value_heads", None) or self.num_heads
+        self.head_dim = getattr(config, "head_dim", None) or config.hidden_size // self.num_heads
+        self.q_size = self.num_heads * self.head_dim
+        self.kv_size = self.num_kv_heads * self.head_dim
+        # Rows of qkv_proj: [q (q_size) | k (kv_size) | v (kv_size)].
+        self.qkv_proj = nn.Linear(config.hidden_size, self.q_size + 2 * self.kv_size, bias=qkv_bias)
+        self.o_proj = nn.Linear(self.q_size, config.hidden_size, bias=o_bias)
+        self.rotary_emb = get_rope(config, self.head_dim)
+        self.attn = Attention(self.num_heads, self.head_dim, self.head_dim ** -0.5,
+                              self.num_kv_heads, _sliding_window(config, layer_idx))
+
+    def forward(self, positions: torch.Tensor, x: torch.Tensor,
+                meta: AttentionMetadata) -> torch.Tensor:
+        q, k, v = self.qkv_proj(x).split([self.q_size, self.kv_size, self.kv_size], dim=-1)
+        q, k = self.rotary_emb(positions, q, k)
+        return self.o_proj(self.attn(q, k, v, meta))
+
+
+class LlamaMLP(nn.Module):
+    def __init__(self, config: Any, bias: bool):
+        super().__init__()
+        if getattr(config, "hidden_act", "silu") != "silu":
+            raise ValueError(f"Llama-family MLP supports hidden_act 'silu', got '{config.hidden_act}'")
+        # Rows of gate_up_proj: [gate (intermediate) | up (intermediate)].
+        self.gate_up_proj = nn.Linear(config.hidden_size, 2 * config.intermediate_size, bias=bias)
+        self.down_proj = nn.Linear(config.intermediate_size, config.hidden_size, bias=bias)
+        self.act_fn = SiluAndMul()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.down_proj(self.act_fn(self.gate_up_proj(x)))
+
+
+class LlamaDecoderLayer(nn.Module):
+    def __init__(self, config: Any, layer_idx: int, qkv_bias: bool, o_bias: bool):
+        super().__init__()
+        self.self_attn = LlamaAttention(config, layer_idx, qkv_bias, o_bias)
+        self.mlp = LlamaMLP(config, bool(getattr(config, "mlp_bias", False)))
+        self.input_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps)
+        self.post_attention_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps)
+
+    def forward(self, positions: torch.Tensor, x: torch.Tensor, residual: Optional[torch.Tensor],
+                meta: AttentionMetadata) -> tuple[torch.Tensor, torch.Tensor]:
+        # Invariant: `x + residual` is the residual stream entering this layer (residual None on
+        # the first layer); the adds are fused into the norms.
+        if residual is None:
+            x, residual = self.input_layernorm(x), x
+        else:
+            x, residual = self.input_layernorm(x, residual)
+        x = self.self_attn(positions, x, meta)
+        x, residual = self.post_attention_layernorm(x, residual)
+        return self.mlp(x), residual
+
+
+class LlamaModel(nn.Module):
+    def __init__(self, config: Any, qkv_bias: bool, o_bias: bool):
+        super().__init__()
+        self.embed_tokens = nn.Embedding(config.vocab_size, config.hidden_size)
+        self.layers = nn.ModuleList(LlamaDecoderLayer(config, i, qkv_bias, o_bias)
+                                    for i in range(config.num_hidden_layers))
+        self.norm = RMSNorm(config.hidden_size, config.rms_norm_eps)
+
+    def forward(self, input_ids: torch.Tensor, positions: torch.Tensor,
+                meta: AttentionMetadata) -> torch.Tensor:
+        x, residual = self.embed_tokens(input_ids), None
+        for layer in self.layers:
+            x, residual = layer(positions, x, residual, meta)
+        x, _ = self.norm(x, residual)
+        return x
+
+
+class LlamaForCausalLM(nn.Module):
+    """Llama / Mistral / Qwen2 causal LM over flat token rows (see module docstring)."""
+
+    # HF name fragment -> (our fused parameter fragment, shard index).
+    stacked_params = {
+        ".q_proj.": (".qkv_proj.", 0), ".k_proj.": (".qkv_proj.", 1),
+        ".v_proj.": (".qkv_proj.", 2),
+        ".gate_proj.": (".gate_up_proj.", 0), ".up_proj.": (".gate_up_proj.", 1),
+    }
+
+    def __init__(self, hf_config: Any):
+        super().__init__()
+        self.config = hf_config
+        arch = (getattr(hf_config, "architectures", None) or [""])[0]
+        if arch.startswith("Qwen2"):
+            qkv_bias, o_bias = True, False
+        else:
+            qkv_bias = o_bias = bool(getattr(hf_config, "attention_bias", False))
+        self.model = LlamaModel(hf_config, qkv_bias, o_bias)
+        self.lm_head = nn.Linear(hf_config.hidden_size, hf_config.vocab_size, bias=False)
+        self.tie_word_embeddings = bool(getattr(hf_config, "tie_word_embeddings", False))
+        if self.tie_word_embeddings:
+            self.lm_head.weight = self.model.embed_tokens.weight
+
+    def forward(self, input_ids: torch.Tensor, positions: torch.Tensor,
+                meta: AttentionMetadata) -> torch.Tensor:
+        """input_ids, positions [T] -> final hidden states [T, hidden]."""
+        return self.model(input_ids, positions, meta)
+
+    def compute_logits(self, hidden: torch.Tensor) -> torch.Tensor:
+        """hidden [N, hidden] -> float32 logits [N, vocab]."""
+        return self.lm_head(hidden).float()
+
+    def _shard_rows(self, fused: str, shard: int) -> slice:
+        attn = self.model.layers[0].self_attn
+        if fused == ".qkv_proj.":
+            sizes = [attn.q_size, attn.kv_size, attn.kv_size]
+        else:
+            n = self.config.intermediate_size
+            sizes = [n, n]
+        start = sum(sizes[:shard])
+        return slice(start, start + sizes[shard])
+
+    def load_weights(self, weights: Iterable[tuple[str, torch.Tensor]]) -> None:
+        """Load HF-named tensors; raises ValueError on unknown names or missing parameters."""
+        loader = WeightLoader(self)
+        for name, tensor in weights:
+            if is_ignored(name):
+                continue
+            if name == "lm_head.weight" and self.tie_word_embeddings:
+                continue  # the tied embedding is loaded under its own name
+            for hf_part, (fused, shard) in self.stacked_params.items():
+                if hf_part in name:
+                    loader.copy(name.replace(hf_part, fused), tensor,
+                                self._shard_rows(fused, shard), src_name=name)
+                    break
+            else:
+                loader.copy(name, tensor)
+        loader.finish()
+
+
+MistralForCausalLM = LlamaForCausalLM
+Qwen2ForCausalLM = LlamaForCausalLM

@@ -1,0 +1,31 @@
+"""Model registry: HF `config.architectures[0]` -> our implementation class (imported lazily)."""
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+from torch import nn
+
+# architecture name -> (module under engine.models, class name)
+_MODELS: dict[str, tuple[str, str]] = {
+    "LlamaForCausalLM": ("llama", "LlamaForCausalLM"),
+    "MistralForCausalLM": ("llama", "LlamaForCausalLM"),
+    "Qwen2ForCausalLM": ("llama", "LlamaForCausalLM"),
+    "GPT2LMHeadModel": ("gpt2", "GPT2LMHeadModel"),
+    "OPTForCausalLM": ("opt", "OPTForCausalLM"),
+    "GPTNeoXForCausalLM": ("gpt_neox", "GPTNeoXForCausalLM"),
+}
+
+SUPPORTED_ARCHITECTURES: tuple[str, ...] = tuple(_MODELS)
+
+
+def get_model_class(hf_config: Any) -> type[nn.Module]:
+    """The class implementing `hf_config.architectures[0]`; ValueError naming it if unsupported."""
+    archs = getattr(hf_config, "architectures", None) or []
+    arch = archs[0] if archs else None
+    if arch not in _MODELS:
+        raise ValueError(f"model architecture {arch!r} is not supported; supported architectures: "
+                         f"{', '.join(SUPPORTED_ARCHITECTURES)}")
+    module_name, cls_name = _MODELS[arch]
+    module = importlib.import_module(f"engine.models.{module_name}")
+    return getattr(module, cls_name)
