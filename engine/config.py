@@ -170,6 +170,7 @@ class EngineArgs:
     served_model_name: Optional[str] = None
     chat_template: Optional[str] = None
     max_queue_len: Optional[int] = None
+    skip_tokenizer_init: bool = False
     hf_overrides: dict = field(default_factory=dict)
 
     @classmethod

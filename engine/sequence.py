@@ -44,8 +44,9 @@ class Sequence:
     """One generated continuation: its tokens, KV blocks and sampling history."""
 
     __slots__ = ("seq_id", "index", "token_ids", "prompt_len", "num_computed_tokens",
-                 "block_table", "status", "cumulative_logprob", "output_logprobs",
-                 "stop_reason", "generator", "num_new_outputs")
+                 "block_table", "status", "cumulative_logprob",
+                 "stop_reason", "generator", "num_new_outputs", "block_hashes",
+                 "new_logprobs", "finish_reported")
 
     def __init__(self, seq_id: int, index: int, prompt_token_ids: list[int]):
         self.seq_id = seq_id
@@ -56,11 +57,14 @@ class Sequence:
         self.block_table: list[int] = []
         self.status = SequenceStatus.WAITING
         self.cumulative_logprob = 0.0
-        # One entry per output token: {token_id: logprob} of the sampled and top-k tokens.
-        self.output_logprobs: list[dict[int, float]] = []
         self.stop_reason: Optional[int | str] = None
         self.generator: Optional[torch.Generator] = None
         self.num_new_outputs = 0  # output tokens not yet reported to the frontend
+        # Chained content hashes of this sequence's full blocks (prefix caching); depend on tokens
+        # only, so they survive preemption.
+        self.block_hashes: list[int] = []
+        self.new_logprobs: list[dict[int, float]] = []  # logprobs not yet reported
+        self.finish_reported = False
 
     @property
     def output_token_ids(self) -> list[int]:
@@ -133,6 +137,7 @@ class Request:
         self.num_prompt_logprobs_reported = 0
         self.num_cached_tokens = 0  # prompt tokens served from the prefix cache
         self.num_preemptions = 0
+        self.order = 0  # arrival rank, set by the scheduler; queues are kept sorted by it
         # Beam search state (owned by engine.beam_search): finished hypotheses.
         self.beam_state = None
 
@@ -142,6 +147,10 @@ class Request:
 
     @property
     def leader(self) -> Sequence:
+        """The first unfinished sequence: it computes the prompt that its siblings then share."""
+        for s in self.seqs:
+            if not s.is_finished:
+                return s
         return self.seqs[0]
 
     def live_seqs(self) -> list[Sequence]:
@@ -160,8 +169,9 @@ class Request:
 
     def needs_fork(self) -> bool:
         """True once the leader holds the whole prompt's KV and siblings still hold nothing."""
-        return (len(self.seqs) > 1 and self.prompt_computed and
-                any(not s.block_table and not s.is_finished for s in self.seqs[1:]))
+        live = self.live_seqs()
+        return (len(live) > 1 and self.prompt_computed and
+                any(not s.block_table for s in live[1:]))
 
     def __repr__(self) -> str:
         return f"Request({self.request_id}, prompt_len={self.prompt_len}, seqs={self.seqs})"

@@ -1,0 +1,44 @@
+"""Chat messages to a prompt string through the tokenizer's (or a user's) chat template."""
+from __future__ import annotations
+
+from typing import Any, Optional
+
+
+def normalize_messages(messages: list[dict[str, Any]]) -> list[dict[str, str]]:
+    """Validate OpenAI-style messages; content given as a list of text parts is joined."""
+    if not isinstance(messages, list) or not messages:
+        raise ValueError("messages: must be a non-empty list")
+    out = []
+    for i, m in enumerate(messages):
+        if not isinstance(m, dict) or "role" not in m:
+            raise ValueError(f"messages[{i}]: each message needs a 'role'")
+        content = m.get("content")
+        if content is None:
+            content = ""
+        elif isinstance(content, list):
+            texts = []
+            for part in content:
+                if isinstance(part, dict) and part.get("type") == "text":
+                    texts.append(str(part.get("text", "")))
+                elif isinstance(part, str):
+                    texts.append(part)
+                else:
+                    raise ValueError(f"messages[{i}].content: only text parts are supported")
+            content = "\n".join(texts)
+        elif not isinstance(content, str):
+            raise ValueError(f"messages[{i}].content: must be a string or a list of text parts")
+        out.append({**{k: v for k, v in m.items() if k != "content"}, "content": content})
+    return out
+
+
+def apply_chat_template(tokenizer, messages: list[dict[str, Any]],
+                        chat_template: Optional[str] = None,
+                        add_generation_prompt: bool = True) -> str:
+    """Render `messages` into a prompt. Raises ValueError when no template is available."""
+    template = chat_template or getattr(tokenizer, "chat_template", None)
+    if not template:
+        raise ValueError("This model has no chat template: the tokenizer defines none. Pass one "
+                         "with --chat-template FILE (or chat_template=...) to use chat.")
+    return tokenizer.apply_chat_template(normalize_messages(messages), chat_template=template,
+                                         tokenize=False,
+                                         add_generation_prompt=add_generation_prompt)

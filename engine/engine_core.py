@@ -1,0 +1,193 @@
+"""The engine core: scheduler + model runner, stepped by a frontend (in-process or in its own
+process). It speaks only token ids: tokenization, detokenization and stop strings live in the
+frontend (`InputProcessor`, `OutputProcessor`).
+"""
+from __future__ import annotations
+
+import itertools
+import logging
+from typing import Optional
+
+from engine.block_manager import BlockManager
+from engine.config import EngineConfig
+from engine.model_runner import ModelRunner, RunnerOutput
+from engine.outputs import EngineCoreOutput, EngineCoreRequest, SeqDelta
+from engine.sampling_params import SamplingParams
+from engine.scheduler import PreemptionCost, Scheduler
+from engine.scheduler_output import SchedulerOutput
+from engine.sequence import Request
+
+logger = logging.getLogger(__name__)
+
+
+class EngineCore:
+    def __init__(self, config: EngineConfig):
+        self.config = config
+        self.runner = ModelRunner(config)
+        self.block_manager = BlockManager(
+            self.runner.num_gpu_blocks, self.runner.num_cpu_blocks, config.cache.block_size,
+            enable_prefix_caching=config.cache.enable_prefix_caching)
+        self.scheduler = Scheduler(config.scheduler, self.block_manager, self._cost_model())
+        self._seq_ids = itertools.count()
+        self.prompt_tokens_total = 0
+        self.generation_tokens_total = 0
+        self.peak_physical_blocks = 0
+        self.kv_slots_allocated_sum = 0  # summed over steps: fragmentation = 1 - used/allocated
+        self.kv_slots_used_sum = 0
+        self.logical_blocks_sum = 0
+        self.physical_blocks_sum = 0
+        self.num_steps = 0
+
+    def _cost_model(self) -> PreemptionCost:
+        params = sum(p.numel() for p in self.runner.model.parameters())
+        on_gpu = self.runner.device.type == "cuda"
+        return PreemptionCost(
+            bytes_per_block=self.runner.bytes_per_block,
+            swap_bytes_per_s=20e9 if on_gpu else 5e9,
+            flops_per_token=2.0 * params,
+            flops_per_s=3e14 if on_gpu else 5e10,
+        )
+
+    # ---- requests ----------------------------------------------------------------------------
+    @property
+    def num_gpu_blocks(self) -> int:
+        return self.runner.num_gpu_blocks
+
+    def add_request(self, req: EngineCoreRequest) -> None:
+        params = SamplingParams(**req.sampling_params)
+        seq_ids = [next(self._seq_ids) for _ in range(params.num_seqs)]
+        request = Request(req.request_id, req.prompt_token_ids, params, seq_ids,
+                          req.eos_token_id, arrival_time=req.arrival_time)
+        if params.use_beam_search:
+            from engine.beam_search import BeamSearchState
+            request.beam_state = BeamSearchState(request)
+        self.scheduler.add_request(request)
+
+    def abort_requests(self, request_ids: list[str]) -> None:
+        for rid in request_ids:
+            self.scheduler.abort_request(rid)
+
+    def stop_seqs(self, request_id: str, indices: list[int]) -> None:
+        self.scheduler.stop_seqs(request_id, indices)
+
+    def has_unfinished_requests(self) -> bool:
+        return self.scheduler.has_unfinished_requests()
+
+    # ---- the step ----------------------------------------------------------------------------
+    def step(self) -> list[EngineCoreOutput]:
+        sched_out = self.scheduler.schedule()
+        if sched_out.is_empty and not sched_out.has_block_ops:
+            return []
+        self._account(sched_out)
+        result = self.runner.execute(sched_out)
+        return self._update(sched_out, result)
+
+    def _account(self, out: SchedulerOutput) -> None:
+        usage = self.block_manager.usage(s for r in self.scheduler.running for s in r.live_seqs())
+        self.num_steps += 1
+        self.kv_slots_allocated_sum += usage["slots_allocated"]
+        self.kv_slots_used_sum += usage["slots_used"]
+        self.logical_blocks_sum += usage["logical_blocks"]
+        self.physical_blocks_sum += usage["physical_blocks"]
+        self.peak_physical_blocks = max(self.peak_physical_blocks, self.block_manager.gpu.num_used)
+
+    def _update(self, out: SchedulerOutput, result: RunnerOutput) -> list[EngineCoreOutput]:
+        sched = self.scheduler
+        touched: dict[str, Request] = {}
+        for s in out.scheduled:
+            seq, req = s.seq, s.request
+            if seq.num_computed_tokens < req.prompt_len:
+                self.prompt_tokens_total += min(s.num_tokens, req.prompt_len - seq.num_computed_tokens)
+            seq.num_computed_tokens += s.num_tokens
+            self.block_manager.register_computed(seq)
+            touched[req.request_id] = req
+            if req.request_id in result.prompt_logprobs:
+                req.prompt_logprobs.extend(result.prompt_logprobs[req.request_id])
+        for s in out.scheduled:
+            req = s.request
+            if req.beam_state is not None:
+                continue
+            for seq in s.sample_seqs:
+                tok, lp, top = result.sampled[seq.seq_id]
+                seq.append_token(tok, lp)
+                if top is not None:
+                    seq.new_logprobs.append(top)
+                self.generation_tokens_total += 1
+        for req in touched.values():
+            if req.beam_state is not None:
+                req.beam_state.step([s for s in out.scheduled if s.request is req], result, sched)
+                continue
+            if req.needs_fork():
+                sched.fork_siblings(req)
+            for s in out.scheduled:
+                if s.request is req:
+                    for seq in s.sample_seqs:
+                        if not seq.is_finished:
+                            sched.check_stop(req, seq)
+        sched.retire_finished()
+        return [o for o in (self._output(req) for req in touched.values()) if o is not None]
+
+    def _output(self, req: Request) -> Optional[EngineCoreOutput]:
+        if req.beam_state is not None:
+            return req.beam_state.output() if req.is_finished else None
+        deltas = []
+        for seq in req.seqs:
+            n = seq.num_new_outputs
+            report_finish = seq.is_finished and not seq.finish_reported
+            if n == 0 and not report_finish:
+                continue
+            deltas.append(SeqDelta(
+                index=seq.index,
+                token_ids=seq.token_ids[len(seq.token_ids) - n:] if n else [],
+                cumulative_logprob=seq.cumulative_logprob,
+                logprobs=seq.new_logprobs or None,
+                finish_reason=seq.status.finish_reason,
+                stop_reason=seq.stop_reason,
+            ))
+            seq.num_new_outputs = 0
+            seq.new_logprobs = []
+            seq.finish_reported = seq.is_finished
+        new_plp = None
+        if req.params.prompt_logprobs is not None:
+            new_plp = req.prompt_logprobs[req.num_prompt_logprobs_reported:]
+            req.num_prompt_logprobs_reported = len(req.prompt_logprobs)
+        if not deltas and not new_plp:
+            return None
+        return EngineCoreOutput(request_id=req.request_id, seqs=deltas, finished=req.is_finished,
+                                prompt_logprobs=new_plp or None,
+                                num_cached_tokens=req.num_cached_tokens)
+
+    # ---- introspection -----------------------------------------------------------------------
+    def stats(self) -> dict:
+        bm, sched = self.block_manager, self.scheduler
+        total = bm.gpu.num_blocks
+        alloc = self.kv_slots_allocated_sum
+        return {
+            "num_running": len(sched.running),
+            "num_waiting": len(sched.waiting),
+            "num_swapped": len(sched.swapped),
+            "num_preemptions": sched.num_preemptions,
+            "num_free_blocks": bm.gpu.num_free,
+            "num_total_blocks": total,
+            "num_free_cpu_blocks": bm.cpu.num_free,
+            "num_total_cpu_blocks": bm.cpu.num_blocks,
+            "num_swapped_out_blocks": bm.cpu.num_used,
+            "kv_cache_usage": (total - bm.gpu.num_free) / total if total else 0.0,
+            "prompt_tokens_total": self.prompt_tokens_total,
+            "generation_tokens_total": self.generation_tokens_total,
+            "prefix_cache_queries": bm.prefix_cache_queries,
+            "prefix_cache_hits": bm.prefix_cache_hits,
+            "prefix_cache_query_tokens": bm.prefix_cache_queries,
+            "prefix_cache_hit_tokens": bm.prefix_cache_hits,
+            "peak_blocks": self.peak_physical_blocks,
+            "num_steps": self.num_steps,
+            "kv_slots_allocated": alloc,
+            "kv_slots_used": self.kv_slots_used_sum,
+            "kv_waste_frac": 1.0 - self.kv_slots_used_sum / alloc if alloc else 0.0,
+            "logical_blocks": self.logical_blocks_sum,
+            "physical_blocks": self.physical_blocks_sum,
+            "sharing_saved_frac": (1.0 - self.physical_blocks_sum / self.logical_blocks_sum
+                                   if self.logical_blocks_sum else 0.0),
+            "block_size": bm.block_size,
+            "bytes_per_block": self.runner.bytes_per_block,
+        }

@@ -1,0 +1,190 @@
+"""Runs the model for one scheduled step: block copies, the forward pass, sampling.
+
+Owns the model, the GPU KV pool (one K and one V tensor per layer, laid out
+`[num_blocks, block_size, num_kv_heads, head_dim]`) and the CPU swap pool of the same layout.
+"""
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from typing import Optional
+
+import torch
+
+from engine.attention.backend import get_attention_backend
+from engine.config import EngineConfig
+from engine.layers.attention import attention_layers, bind_kv_caches
+from engine.model_inputs import ModelInputs, build_model_inputs
+from engine.sampler import Sampler, SamplingMetadata, compute_prompt_logprobs
+from engine.scheduler_output import SchedulerOutput
+
+logger = logging.getLogger(__name__)
+
+GiB = 1 << 30
+
+
+@dataclass
+class RunnerOutput:
+    # seq_id -> (token id, logprob of the token, {token: logprob} incl. top-k or None)
+    sampled: dict[int, tuple[int, float, Optional[dict[int, float]]]] = field(default_factory=dict)
+    # request_id -> new prompt_logprobs entries
+    prompt_logprobs: dict[str, list[Optional[dict[int, float]]]] = field(default_factory=dict)
+
+
+class ModelRunner:
+    def __init__(self, config: EngineConfig):
+        from engine.loader.model_loader import load_model
+
+        self.config = config
+        self.device = config.runner.device
+        self.dtype = config.model.dtype
+        self.block_size = config.cache.block_size
+        self.model = load_model(config.model, self.device)
+        self.vocab_size = _vocab_size(config.model.hf_config)
+        self.backend = get_attention_backend(config.runner.attention_backend, self.device)
+        self.sampler = Sampler()
+        layers = attention_layers(self.model)
+        if not layers:
+            raise ValueError("model has no Attention layers")
+        self.num_layers = len(layers)
+        self.num_kv_heads = layers[0].num_kv_heads
+        self.head_dim = layers[0].head_dim
+        self.bytes_per_block = (2 * self.num_layers * self.block_size * self.num_kv_heads
+                                * self.head_dim * torch.finfo(self.dtype).bits // 8)
+        self.num_gpu_blocks = self._decide_num_gpu_blocks()
+        self.num_cpu_blocks = self._decide_num_cpu_blocks()
+        self.gpu_cache = self._alloc_cache(self.num_gpu_blocks, self.device)
+        self.cpu_cache = self._alloc_cache(self.num_cpu_blocks, torch.device("cpu"),
+                                           pin=self.device.type == "cuda")
+        bind_kv_caches(self.model, self.gpu_cache, self.backend)
+        self.graphs = None
+        if self.device.type == "cuda" and not config.runner.enforce_eager:
+            from engine.cuda_graphs import CudaGraphRunner
+            self.graphs = CudaGraphRunner(self)
+            self.graphs.capture()
+
+    # ---- KV pool sizing --------------------------------------------------------------------
+    def _decide_num_gpu_blocks(self) -> int:
+        cache = self.config.cache
+        if cache.num_kv_blocks is not None:
+            return cache.num_kv_blocks
+        if self.device.type != "cuda":
+            return max(1, int(cache.cpu_kv_cache_space * GiB) // self.bytes_per_block)
+        peak = self._profile_peak_activation_bytes()
+        free, total = torch.cuda.mem_get_info(self.device)
+        used_now = total - free
+        budget = total * cache.gpu_memory_utilization - used_now - peak
+        num = int(budget // self.bytes_per_block)
+        if num < 1:
+            raise ValueError(
+                "gpu_memory_utilization: no memory left for the KV cache after weights and "
+                f"activations ({used_now / GiB:.1f} GiB used, peak activations {peak / GiB:.1f} GiB "
+                f"of {total / GiB:.1f} GiB); raise gpu_memory_utilization or lower "
+                "max_num_batched_tokens")
+        logger.info("KV cache: %d blocks (%.2f GiB)", num, num * self.bytes_per_block / GiB)
+        return num
+
+    def _decide_num_cpu_blocks(self) -> int:
+        cache = self.config.cache
+        if cache.num_cpu_blocks is not None:
+            return cache.num_cpu_blocks
+        return int(cache.swap_space * GiB) // self.bytes_per_block
+
+    def _alloc_cache(self, num_blocks: int, device: torch.device, pin: bool = False):
+        shape = (num_blocks, self.block_size, self.num_kv_heads, self.head_dim)
+        caches = []
+        for _ in range(self.num_layers):
+            k = torch.empty(shape, dtype=self.dtype, device=device, pin_memory=pin)
+            v = torch.empty(shape, dtype=self.dtype, device=device, pin_memory=pin)
+            caches.append((k, v))
+        return caches
+
+    @torch.inference_mode()
+    def _profile_peak_activation_bytes(self) -> int:
+        """Peak memory of a forward over a full token budget, measured with a scratch cache."""
+        sched = self.config.scheduler
+        n = min(sched.max_num_batched_tokens, sched.max_model_len)
+        nblocks = -(-n // self.block_size)
+        scratch = self._alloc_cache(nblocks, self.device)
+        bind_kv_caches(self.model, scratch, self.backend)
+        torch.cuda.synchronize(self.device)
+        torch.cuda.reset_peak_memory_stats(self.device)
+        base = torch.cuda.memory_allocated(self.device)
+        from engine.model_inputs import dummy_prefill_inputs
+        inputs = dummy_prefill_inputs(n, self.block_size, self.device)
+        hidden = self.model(inputs.input_ids, inputs.positions, inputs.meta)
+        self.model.compute_logits(hidden[-min(n, sched.max_num_seqs):])
+        torch.cuda.synchronize(self.device)
+        peak = torch.cuda.max_memory_allocated(self.device) - base
+        del scratch, hidden
+        torch.cuda.empty_cache()
+        return int(peak * 1.1)
+
+    # ---- one step ----------------------------------------------------------------------------
+    def _block_ops(self, out: SchedulerOutput) -> None:
+        if out.blocks_to_swap_out:
+            self._swap(self.gpu_cache, self.cpu_cache, out.blocks_to_swap_out)
+        if out.blocks_to_swap_in:
+            self._swap(self.cpu_cache, self.gpu_cache, out.blocks_to_swap_in)
+        if out.blocks_to_copy:
+            src = torch.tensor([s for s, _ in out.blocks_to_copy], device=self.device)
+            dst = torch.tensor([d for _, d in out.blocks_to_copy], device=self.device)
+            for k, v in self.gpu_cache:
+                k.index_copy_(0, dst, k.index_select(0, src))
+                v.index_copy_(0, dst, v.index_select(0, src))
+
+    @staticmethod
+    def _swap(src_cache, dst_cache, pairs: list[tuple[int, int]]) -> None:
+        src_dev = src_cache[0][0].device
+        dst_dev = dst_cache[0][0].device
+        src = torch.tensor([s for s, _ in pairs], device=src_dev)
+        dst = torch.tensor([d for _, d in pairs], device=dst_dev)
+        for (sk, sv), (dk, dv) in zip(src_cache, dst_cache):
+            dk.index_copy_(0, dst, sk.index_select(0, src).to(dst_dev))
+            dv.index_copy_(0, dst, sv.index_select(0, src).to(dst_dev))
+
+    @torch.inference_mode()
+    def execute(self, out: SchedulerOutput) -> RunnerOutput:
+        self._block_ops(out)
+        result = RunnerOutput()
+        if out.is_empty:
+            return result
+        pad = self.graphs.block_table_width if self.graphs else 0
+        inputs = build_model_inputs(out, self.block_size, self.device, pad_block_tables_to=pad)
+        hidden = self._forward(inputs)
+        self._prompt_logprobs(out, inputs, hidden, result)
+        rows = [(s.request, q) for s in out.scheduled for q in s.sample_seqs]
+        if not rows:
+            return result
+        idx = torch.tensor(inputs.sample_rows, device=self.device)
+        logits = self.model.compute_logits(hidden.index_select(0, idx)).float()
+        meta = SamplingMetadata.from_rows(rows, self.vocab_size, self.device)
+        sampled = self.sampler(logits, meta)
+        for (_, seq), tok, lp, top in zip(rows, sampled.token_ids, sampled.logprobs,
+                                          sampled.top_logprobs):
+            result.sampled[seq.seq_id] = (tok, lp, top)
+        return result
+
+    def _forward(self, inputs: ModelInputs) -> torch.Tensor:
+        if self.graphs is not None and self.graphs.can_run(inputs):
+            return self.graphs.run(inputs)
+        return self.model(inputs.input_ids, inputs.positions, inputs.meta)
+
+    def _prompt_logprobs(self, out: SchedulerOutput, inputs: ModelInputs, hidden: torch.Tensor,
+                         result: RunnerOutput) -> None:
+        for i, first_row, n in inputs.prompt_logprob_spans:
+            s = out.scheduled[i]
+            req, start = s.request, s.start
+            entries: list[Optional[dict[int, float]]] = [None] if start == 0 else []
+            # Row r predicts the token at position start + r + 1; only prompt tokens count.
+            num = min(n, req.prompt_len - 1 - start)
+            if num > 0:
+                logits = self.model.compute_logits(hidden[first_row:first_row + num]).float()
+                targets = req.prompt_token_ids[start + 1:start + 1 + num]
+                entries += compute_prompt_logprobs(logits, targets, req.params.prompt_logprobs)
+            result.prompt_logprobs[req.request_id] = entries
+
+
+def _vocab_size(hf_config) -> int:
+    text = getattr(hf_config, "text_config", None) or hf_config
+    return int(getattr(text, "vocab_size"))
