@@ -174,9 +174,13 @@ def _check_cache(query: torch.Tensor, key_cache: torch.Tensor, value_cache: torc
 
 def choose_num_splits(num_seqs: int, num_kv_heads: int, max_seq_len: int, block_n: int,
                       device: torch.device) -> int:
-    """Splits per sequence so that about four programs per multiprocessor are in flight."""
+    """Splits per sequence: none when the batch alone gives every multiprocessor a program
+    (measured best at batch 64 x 8 KV heads on an H200), else about four programs per SM."""
     base = max(1, num_seqs * num_kv_heads)
-    want = cdiv(4 * num_sms(device), base)
+    sms = num_sms(device)
+    if base >= sms:
+        return 1
+    want = cdiv(4 * sms, base)
     most = max(1, cdiv(max_seq_len, max(_MIN_PARTITION, block_n)))
     return max(1, min(want, most, 128))
 

@@ -38,32 +38,51 @@ if triton is not None:
                        stride_vb, stride_vs, stride_vh,
                        HEAD_DIM: tl.constexpr, D_PAD: tl.constexpr, BLOCK_SIZE: tl.constexpr,
                        BLOCK_N: tl.constexpr, CAUSAL: tl.constexpr, USE_WINDOW: tl.constexpr):
-        """Fold keys [lo, hi) into the running (acc, l, m) of one query tile."""
+        """Fold keys [lo, hi) into the running (acc, l, m) of one query tile.
+
+        `lo` is a multiple of BLOCK_N (itself a multiple of BLOCK_SIZE), so each key tile covers
+        whole cache blocks: one block-table entry per block, expanded to the block's rows.
+        Without CAUSAL the range is whole tiles and nothing is masked.
+        """
         offs_d = tl.arange(0, D_PAD)
+        offs_pg = tl.arange(0, BLOCK_N // BLOCK_SIZE)
+        offs_in = tl.arange(0, BLOCK_SIZE)
         for n0 in range(lo, hi, BLOCK_N):
-            offs_n = n0 + tl.arange(0, BLOCK_N)
-            n_mask = offs_n < hi
-            blk = tl.load(bt_row + offs_n // BLOCK_SIZE, mask=n_mask, other=0).to(tl.int64)
-            in_blk = offs_n % BLOCK_SIZE
-            kv_mask = n_mask[:, None]
-            if D_PAD != HEAD_DIM:
-                kv_mask = kv_mask & (offs_d[None, :] < HEAD_DIM)
-            k_off = blk * stride_kb + in_blk * stride_ks + kvh * stride_kh
-            k = tl.load(k_cache + k_off[:, None] + offs_d[None, :], mask=kv_mask, other=0.0)
-            s = tl.dot(q, tl.trans(k)) * scale_log2
+            pages = n0 // BLOCK_SIZE + offs_pg
             if CAUSAL:
-                keep = (offs_n[None, :] <= q_pos[:, None]) & n_mask[None, :]
+                blk = tl.load(bt_row + pages, mask=pages * BLOCK_SIZE < hi, other=0)
+            else:
+                blk = tl.load(bt_row + pages)
+            row_k = blk.to(tl.int64)[:, None] * stride_kb + offs_in[None, :] * stride_ks
+            row_k = tl.reshape(row_k, (BLOCK_N,)) + kvh * stride_kh
+            row_v = blk.to(tl.int64)[:, None] * stride_vb + offs_in[None, :] * stride_vs
+            row_v = tl.reshape(row_v, (BLOCK_N,)) + kvh * stride_vh
+            offs_n = n0 + tl.arange(0, BLOCK_N)
+            if CAUSAL:
+                kv_mask = (offs_n < hi)[:, None] & (offs_d[None, :] < HEAD_DIM)
+                k = tl.load(k_cache + row_k[:, None] + offs_d[None, :], mask=kv_mask, other=0.0)
+            elif D_PAD != HEAD_DIM:
+                kv_mask = offs_d[None, :] < HEAD_DIM
+                k = tl.load(k_cache + row_k[:, None] + offs_d[None, :], mask=kv_mask, other=0.0)
+            else:
+                k = tl.load(k_cache + row_k[:, None] + offs_d[None, :])
+            # Scores stay unscaled; the scale rides in the exponent's multiply-add.
+            qk = tl.dot(q, tl.trans(k))
+            if CAUSAL:
+                keep = (offs_n[None, :] <= q_pos[:, None]) & (offs_n < hi)[None, :]
                 if USE_WINDOW:
                     keep = keep & (offs_n[None, :] > q_pos[:, None] - window)
-                s = tl.where(keep, s, float("-inf"))
-            m_new = tl.maximum(m_i, tl.max(s, 1))
+                qk = tl.where(keep, qk, float("-inf"))
+            m_new = tl.maximum(m_i, tl.max(qk, 1) * scale_log2)
             if USE_WINDOW:  # a row may see nothing in this tile yet: keep exp2 away from NaN
                 m_new = tl.where(m_new == float("-inf"), 0.0, m_new)
-            p = tl.math.exp2(s - m_new[:, None])
+            p = tl.math.exp2(qk * scale_log2 - m_new[:, None])
             alpha = tl.math.exp2(m_i - m_new)
             l_i = l_i * alpha + tl.sum(p, 1)
-            v_off = blk * stride_vb + in_blk * stride_vs + kvh * stride_vh
-            v = tl.load(v_cache + v_off[:, None] + offs_d[None, :], mask=kv_mask, other=0.0)
+            if CAUSAL or D_PAD != HEAD_DIM:
+                v = tl.load(v_cache + row_v[:, None] + offs_d[None, :], mask=kv_mask, other=0.0)
+            else:
+                v = tl.load(v_cache + row_v[:, None] + offs_d[None, :])
             acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v)
             m_i = m_new
         return acc, l_i, m_i

@@ -1,0 +1,26 @@
+"""Shared pieces of the kernel microbenchmarks: timing, copy bandwidth, paged inputs."""
+from __future__ import annotations
+
+import torch
+
+
+def bench_ms(fn, warmup_ms: int = 50, rep_ms: int = 300) -> float:
+    """Median time of fn() in milliseconds, by CUDA events (triton.testing.do_bench)."""
+    import triton.testing
+
+    return float(triton.testing.do_bench(fn, warmup=warmup_ms, rep=rep_ms, return_mode="median"))
+
+
+def copy_bandwidth(device: torch.device, nbytes: int = 2 << 30) -> float:
+    """Device-to-device copy bandwidth in bytes/s, counting bytes read plus bytes written."""
+    src = torch.empty(nbytes // 2, dtype=torch.bfloat16, device=device).normal_()
+    dst = torch.empty_like(src)
+    ms = bench_ms(lambda: dst.copy_(src))
+    del src, dst
+    return 2 * nbytes / (ms * 1e-3)
+
+
+def random_block_tables(num_seqs: int, blocks_per_seq: int, device: torch.device) -> torch.Tensor:
+    """Each sequence gets its own blocks, scattered over the pool in random order."""
+    perm = torch.randperm(num_seqs * blocks_per_seq, device=device, dtype=torch.int64)
+    return perm.view(num_seqs, blocks_per_seq).to(torch.int32)

@@ -1,0 +1,113 @@
+"""Microbenchmark: decode paged attention, achieved bytes/s over measured copy bandwidth.
+
+Main point: batch 64, context 4096, 32 query / 8 KV heads, d=128, block 16, bf16 -> metric
+`bw_fraction`. Bytes counted: every K/V byte of the contexts read once, plus queries, outputs and
+block tables. Also a sweep over batch and context. Appends to benchmarks/results/decode_attention.jsonl.
+
+    python benchmarks/kernels/decode_attention.py [--no-sweep] [--tune]
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from typing import Any, Optional
+
+import torch
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
+
+from benchmarks.kernels._common import bench_ms, copy_bandwidth, random_block_tables  # noqa: E402
+from benchmarks.record import append_result  # noqa: E402
+from kernels.paged_attention import paged_attention_decode  # noqa: E402
+
+
+def measure(batch: int, ctx: int, heads: int, kv_heads: int, head_dim: int, block_size: int,
+            dtype: torch.dtype, copy_bw: float, **kernel_args: Any) -> dict[str, float]:
+    dev = torch.device("cuda")
+    blocks_per_seq = (ctx + block_size - 1) // block_size
+    shape = (batch * blocks_per_seq, block_size, kv_heads, head_dim)
+    key_cache = torch.randn(shape, dtype=dtype, device=dev)
+    value_cache = torch.randn(shape, dtype=dtype, device=dev)
+    tables = random_block_tables(batch, blocks_per_seq, dev)
+    seq_lens = torch.full((batch,), ctx, dtype=torch.int32, device=dev)
+    query = torch.randn(batch, heads, head_dim, dtype=dtype, device=dev)
+    out = torch.empty_like(query)
+    scale = head_dim ** -0.5
+
+    def run() -> None:
+        paged_attention_decode(query, key_cache, value_cache, tables, seq_lens, scale, ctx,
+                               out=out, **kernel_args)
+
+    run()
+    torch.cuda.synchronize()
+    ms = bench_ms(run)
+    elt = key_cache.element_size()
+    nbytes = (2 * batch * ctx * kv_heads * head_dim * elt + 2 * query.numel() * elt
+              + tables.numel() * 4)
+    bw = nbytes / (ms * 1e-3)
+    del key_cache, value_cache
+    torch.cuda.empty_cache()
+    return {"ms": ms, "gb_per_s": bw / 1e9, "bw_fraction": bw / copy_bw}
+
+
+def main(argv: Optional[list[str]] = None) -> dict[str, Any]:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--batch", type=int, default=64)
+    ap.add_argument("--ctx", type=int, default=4096)
+    ap.add_argument("--no-sweep", action="store_true")
+    ap.add_argument("--tune", action="store_true", help="also try tile/split variants")
+    args = ap.parse_args(argv)
+    torch.manual_seed(0)
+    params = dict(batch=args.batch, ctx=args.ctx, heads=32, kv_heads=8, head_dim=128,
+                  block_size=16, dtype="bfloat16")
+    copy_bw = copy_bandwidth(torch.device("cuda"))
+    main_pt = measure(args.batch, args.ctx, 32, 8, 128, 16, torch.bfloat16, copy_bw)
+    print(f"copy bandwidth {copy_bw / 1e9:.0f} GB/s (read+write)")
+    print(f"decode b={args.batch} ctx={args.ctx}: {main_pt['ms']:.3f} ms "
+          f"{main_pt['gb_per_s']:.0f} GB/s bw_fraction={main_pt['bw_fraction']:.3f}")
+    metrics: dict[str, Any] = {"bw_fraction": main_pt["bw_fraction"], "ms": main_pt["ms"],
+                               "gb_per_s": main_pt["gb_per_s"],
+                               "copy_gb_per_s": copy_bw / 1e9}
+    if args.tune:
+        tuned = {}
+        for bn in (32, 64, 128):
+            for warps in (4, 8):
+                for stages in (2, 3, 4):
+                    for splits in (None, 1, 2):
+                        key = f"bn{bn}_w{warps}_s{stages}_sp{splits}"
+                        try:
+                            r = measure(args.batch, args.ctx, 32, 8, 128, 16, torch.bfloat16,
+                                        copy_bw, block_n=bn, num_warps=warps, num_stages=stages,
+                                        num_splits=splits)
+                        except Exception as exc:  # out of resources for a tile: skip it
+                            print(f"  {key}: failed {type(exc).__name__}")
+                            continue
+                        tuned[key] = round(r["bw_fraction"], 4)
+                        print(f"  {key}: {r['ms']:.3f} ms bw_fraction={r['bw_fraction']:.3f}")
+        for batch, ctx in ((8, 4096), (1, 16384), (16, 2048)):
+            for splits in (1, 2, 4, 8, 16, 32, 64):
+                r = measure(batch, ctx, 32, 8, 128, 16, torch.bfloat16, copy_bw,
+                            num_splits=splits)
+                tuned[f"b{batch}_ctx{ctx}_sp{splits}"] = round(r["bw_fraction"], 4)
+                print(f"  b{batch} ctx{ctx} sp{splits}: {r['ms']:.4f} ms "
+                      f"bw_fraction={r['bw_fraction']:.3f}")
+        metrics["tune"] = tuned
+    if not args.no_sweep:
+        sweep = []
+        for batch in (1, 8, 64, 256):
+            for ctx in (1024, 4096, 16384):
+                if batch * ctx > 256 * 4096:
+                    continue
+                r = measure(batch, ctx, 32, 8, 128, 16, torch.bfloat16, copy_bw)
+                sweep.append({"batch": batch, "ctx": ctx, "ms": round(r["ms"], 4),
+                              "bw_fraction": round(r["bw_fraction"], 4)})
+                print(f"  sweep b={batch:4d} ctx={ctx:6d}: {r['ms']:.3f} ms "
+                      f"bw_fraction={r['bw_fraction']:.3f}")
+        metrics["sweep"] = sweep
+    append_result("decode_attention", params, metrics)
+    return metrics
+
+
+if __name__ == "__main__":
+    main()
