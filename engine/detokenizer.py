@@ -52,11 +52,16 @@ class IncrementalDetokenizer:
         return self._read < len(self._ids)
 
     def append(self, new_token_ids: Sequence[int]) -> str:
-        """Add output tokens; return the text that became stable (may be "")."""
-        if not new_token_ids:
-            return ""
-        self._ids.extend(new_token_ids)
-        return self._advance(force=False)
+        """Add output tokens; return the text that became stable (may be "").
+
+        Tokens are taken one at a time so that complete characters before an incomplete one at
+        the end of a multi-token delta are still returned now.
+        """
+        pieces = []
+        for t in new_token_ids:
+            self._ids.append(t)
+            pieces.append(self._advance(force=False))
+        return "".join(pieces)
 
     def flush(self) -> str:
         """Return whatever is still held back (even a trailing U+FFFD): call once at the end."""

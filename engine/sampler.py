@@ -18,8 +18,11 @@ per token, `argmax(p / q)` is distributed as `p`. It needs no normalisation and 
 randomness is one Exp(1) draw per vocabulary entry per step, so a seeded row always consumes the
 same amount of its generator. Rows whose sequence has a `generator` (requests with a `seed`) draw
 their noise with it on the CPU (the generator lives there) and the noise is copied to the device;
-so the same seed gives the same tokens whatever else is in the batch, on CPU or CUDA alike. Rows
-without a seed share one batched draw on the device from torch's global generator.
+so the same seed gives the same tokens whatever else is in the batch (and the same noise on CPU
+or CUDA; tokens then agree up to the devices' softmax rounding). Greedy rows never consume their
+generator. Rows without a seed share one batched draw on the device from torch's global generator.
+Drawing on the CPU costs ~V exponentials per seeded row per step plus one copy; device-side
+generators would avoid that but could not continue the CPU `Sequence.generator` state.
 
 Logprobs are always those of the raw model distribution (log_softmax of the unprocessed logits),
 like vLLM V1 and HF's `compute_transition_scores` on raw scores.
@@ -34,6 +37,8 @@ import torch
 from engine.sequence import Request, Sequence
 
 _NEG_INF = float("-inf")
+# Top-k + top-p work on the top-k candidates (no full sort) when every row has k <= this.
+_SMALL_K = 1024
 
 
 @dataclass
@@ -249,8 +254,24 @@ def apply_top_k_top_p(logits: torch.Tensor, top_k: Optional[torch.Tensor],
 
     Ties with the k-th largest logit are kept. Top-p keeps the smallest set of highest tokens
     whose probability mass (after top-k) reaches p; the most likely token always survives.
+    A full sort is the slow part, so it is avoided when top-k alone is asked for (threshold from
+    `topk`) or when every row has a small k (top-p then works on the top-k candidates only).
     """
     v = logits.shape[1]
+    kmax = int(top_k.max()) if top_k is not None else v
+    if top_p is None and top_k is not None:
+        kth = logits.topk(kmax, dim=-1).values.gather(1, (top_k - 1).unsqueeze(1))
+        return logits.masked_fill(logits < kth, _NEG_INF)
+    if top_k is not None and kmax <= _SMALL_K:
+        vals, order = logits.topk(kmax, dim=-1)  # descending
+        kth = vals.gather(1, (top_k - 1).unsqueeze(1))
+        vals = vals.masked_fill(vals < kth, _NEG_INF)
+        probs = vals.softmax(dim=-1)
+        # Drop a token when the mass strictly above it already reaches p.
+        drop = (probs.cumsum(dim=-1) - probs) >= top_p.unsqueeze(1)
+        drop[:, 0] = False
+        vals = vals.masked_fill(drop, _NEG_INF)
+        return torch.full_like(logits, _NEG_INF).scatter_(1, order, vals)
     sorted_logits, order = logits.sort(dim=-1, descending=False)
     if top_k is not None:
         kth = sorted_logits.gather(1, (v - top_k).clamp(min=0).unsqueeze(1))
