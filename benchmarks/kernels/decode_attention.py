@@ -74,7 +74,7 @@ def main(argv: Optional[list[str]] = None) -> dict[str, Any]:
         for bn in (32, 64, 128):
             for warps in (4, 8):
                 for stages in (2, 3, 4):
-                    for splits in (None, 1, 2):
+                    for splits in (None,):
                         key = f"bn{bn}_w{warps}_s{stages}_sp{splits}"
                         try:
                             r = measure(args.batch, args.ctx, 32, 8, 128, 16, torch.bfloat16,

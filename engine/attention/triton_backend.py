@@ -1,0 +1,42 @@
+"""Triton attention backend for CUDA: the kernels in `kernels/` behind the AttentionBackend protocol.
+
+K/V of this step are scattered into the paged cache by `reshape_and_cache`. A decode-only step
+(every sequence has exactly one new token, query row i belonging to sequence i) runs the split-KV
+decode kernel; any step with a prefill or a chunk runs the varlen prefill kernel, which also
+serves the step's decodes. Neither path synchronises with the host: lengths come from the
+metadata's host-side fields.
+"""
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+
+from engine.attention.metadata import AttentionMetadata
+from kernels.paged_attention import paged_attention_decode
+from kernels.prefill_attention import prefill_attention
+from kernels.reshape_and_cache import reshape_and_cache
+
+
+class TritonAttentionBackend:
+    """AttentionBackend on Triton kernels (CUDA, or CPU under TRITON_INTERPRET=1 for tests)."""
+
+    name = "triton"
+
+    def write_kv(self, key: torch.Tensor, value: torch.Tensor, key_cache: torch.Tensor,
+                 value_cache: torch.Tensor, meta: AttentionMetadata) -> None:
+        n = meta.slot_mapping.shape[0]
+        reshape_and_cache(key[:n], value[:n], key_cache, value_cache, meta.slot_mapping)
+
+    def attend(self, query: torch.Tensor, key_cache: torch.Tensor, value_cache: torch.Tensor,
+               meta: AttentionMetadata, scale: float,
+               sliding_window: Optional[int] = None) -> torch.Tensor:
+        if meta.is_decode_only and query.shape[0] >= meta.num_seqs:
+            return paged_attention_decode(query, key_cache, value_cache, meta.block_tables,
+                                          meta.seq_lens, scale, meta.max_seq_len,
+                                          sliding_window=sliding_window)
+        num_real = sum(meta.query_lens_cpu) if meta.query_lens_cpu is not None else None
+        return prefill_attention(query, key_cache, value_cache, meta.block_tables,
+                                 meta.seq_lens, meta.query_start_loc, scale,
+                                 meta.max_query_len, sliding_window=sliding_window,
+                                 num_query_tokens=num_real)
