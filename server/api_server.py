@@ -1,0 +1,194 @@
+"""The FastAPI app (routes, middleware, lifespan) and the uvicorn runner.
+
+`build_app` wires an `EngineClient` into the OpenAI routes; `run_server` resolves the engine
+config, loads the tokenizer, starts the engine core (in its own process by default) from the
+app's lifespan, and serves until SIGINT/SIGTERM. Uvicorn opens the port only after the lifespan
+started the engine, so a connectable server is a ready one.
+"""
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+from typing import Any, AsyncIterator, Awaitable, Optional
+
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse, Response
+
+from server.args import ServerArgs
+from server.auth import APIKeyMiddleware, RequestIdMiddleware
+from server.engine_client import AsyncEngineClient, EngineClient
+from server.errors import engine_unavailable, install_exception_handlers
+from server.metrics import CONTENT_TYPE_LATEST, ServerMetrics, StatsLogger
+from server.protocol import (ChatCompletionRequest, CompletionRequest, DetokenizeRequest,
+                             ModelCard, ModelList, TokenizeRequest, dump)
+from server.serving_chat import OpenAIServingChat, render_chat
+from server.serving_completions import OpenAIServingCompletion
+
+logger = logging.getLogger("pagedserve.server")
+
+try:
+    from importlib.metadata import version as _pkg_version
+    VERSION = _pkg_version("pagedserve")
+except Exception:  # running from a source tree that is not installed
+    VERSION = "0.1.0"
+
+
+async def run_until_disconnect(request: Request, handler: Awaitable[Any]) -> Any:
+    """Await `handler`, cancelling it if the client disconnects first.
+
+    Cancellation reaches the handler's `finally`, which aborts its engine requests; a streaming
+    handler returns its response at once and the response watches for disconnects itself.
+    """
+    task = asyncio.ensure_future(handler)
+
+    async def disconnected() -> None:
+        while True:
+            message = await request.receive()
+            if message["type"] == "http.disconnect":
+                return
+
+    watcher = asyncio.ensure_future(disconnected())
+    try:
+        done, _ = await asyncio.wait({task, watcher}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        watcher.cancel()
+    if task in done:
+        return task.result()
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError, Exception):
+        await task
+    logger.info("Client disconnected; request %s aborted", request.state.request_id)
+    return Response(status_code=499)
+
+
+def build_app(engine: EngineClient, args: ServerArgs, served_model_names: list[str],
+              metrics: Optional[ServerMetrics] = None, manage_engine: bool = True) -> FastAPI:
+    """The HTTP app for one served model. With `manage_engine`, its lifespan starts and stops
+    the engine (and the periodic stats log); otherwise the caller does."""
+    metrics = metrics or ServerMetrics(served_model_names[0])
+    max_model_len = engine.model_config.max_model_len
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        tasks = []
+        if manage_engine:
+            await engine.start()
+            logger.info("Engine ready; serving %s", ", ".join(served_model_names))
+        if args.log_stats_interval > 0:
+            tasks.append(asyncio.create_task(
+                StatsLogger(engine.get_stats, args.log_stats_interval).run()))
+        try:
+            yield
+        finally:
+            for t in tasks:
+                t.cancel()
+            if manage_engine:
+                logger.info("Stopping the engine (%d requests in flight)", engine.num_in_flight)
+                await engine.shutdown()
+
+    app = FastAPI(title="pagedserve", version=VERSION, lifespan=lifespan, docs_url=None,
+                  redoc_url=None)
+    install_exception_handlers(app)
+    app.add_middleware(APIKeyMiddleware, api_key=args.api_key)
+    app.add_middleware(RequestIdMiddleware)
+    completions = OpenAIServingCompletion(engine, served_model_names, args.max_queue_len)
+    chat = OpenAIServingChat(engine, served_model_names, args.max_queue_len, args.chat_template)
+    app.state.engine = engine
+    app.state.metrics = metrics
+
+    @app.post("/v1/completions")
+    async def create_completion(body: CompletionRequest, request: Request):
+        return await run_until_disconnect(request, completions.create(body))
+
+    @app.post("/v1/chat/completions")
+    async def create_chat_completion(body: ChatCompletionRequest, request: Request):
+        return await run_until_disconnect(request, chat.create(body))
+
+    @app.get("/v1/models")
+    async def list_models():
+        cards = [ModelCard(id=name, root=engine.model_config.model, max_model_len=max_model_len)
+                 for name in served_model_names]
+        return dump(ModelList(data=cards))
+
+    @app.get("/health")
+    async def health():
+        if not engine.is_healthy():
+            raise engine_unavailable("the engine core process is not running")
+        return Response(status_code=200)
+
+    @app.get("/metrics")
+    async def get_metrics():
+        metrics.update_engine_stats(await engine.get_stats())
+        return Response(metrics.render(), media_type=CONTENT_TYPE_LATEST)
+
+    @app.get("/version")
+    async def get_version():
+        return {"version": VERSION}
+
+    @app.post("/tokenize")
+    async def tokenize(body: TokenizeRequest):
+        completions.check_model(body.model)
+        if (body.prompt is None) == (body.messages is None):
+            from server.errors import bad_request
+            raise bad_request("Give exactly one of 'prompt' or 'messages'.", "prompt")
+        if body.messages is not None:
+            try:
+                text = render_chat(engine.tokenizer, body.messages, args.chat_template,
+                                   body.add_generation_prompt)
+            except ValueError as exc:
+                from server.errors import bad_request
+                raise bad_request(str(exc), "messages") from exc
+            ids = engine.tokenizer.encode(text, add_special_tokens=False)
+        else:
+            ids = engine.tokenizer.encode(body.prompt, add_special_tokens=body.add_special_tokens)
+        return {"count": len(ids), "max_model_len": max_model_len, "tokens": list(ids)}
+
+    @app.post("/detokenize")
+    async def detokenize(body: DetokenizeRequest):
+        completions.check_model(body.model)
+        vocab = len(engine.tokenizer)
+        bad = [t for t in body.tokens if not 0 <= t < vocab]
+        if bad:
+            from server.errors import bad_request
+            raise bad_request(f"tokens: ids outside the vocabulary (size {vocab}): {bad[:5]}",
+                              "tokens")
+        return {"prompt": engine.tokenizer.decode(body.tokens)}
+
+    return app
+
+
+def default_served_name(model_arg: Optional[str], model_config: Any) -> str:
+    """The name clients use: the MODEL argument as given, or the default model's short name."""
+    if model_arg:
+        return model_arg
+    base = os.path.basename(str(getattr(model_config, "gguf_file", None) or model_config.model))
+    base = base.removesuffix(".gguf")
+    stem, dot, quant = base.rpartition(".")
+    return stem if dot and quant.upper().startswith(("Q", "F", "IQ", "BF")) else base
+
+
+def run_server(engine_args: Any, args: ServerArgs) -> int:
+    """Build everything and serve until a signal; 0 on a clean shutdown."""
+    import uvicorn
+
+    config = engine_args.create_engine_config()
+    names = [engine_args.served_model_name or default_served_name(engine_args.model, config.model)]
+    if config.model.model not in names and engine_args.model:
+        names.append(config.model.model)  # the resolved path/id works as an alias
+    metrics = ServerMetrics(names[0])
+    engine = AsyncEngineClient(config, mode=args.engine_mode, core_factory=args.core_factory,
+                               metrics=metrics, log_level=args.log_level)
+    app = build_app(engine, args, names, metrics)
+    uv_config = uvicorn.Config(app, host=args.host, port=args.port,
+                               log_level=args.log_level.lower(),
+                               timeout_graceful_shutdown=args.shutdown_timeout,
+                               timeout_keep_alive=5, access_log=args.access_log)
+    server = uvicorn.Server(uv_config)
+    logger.info("Serving %s on http://%s:%d (engine %s)", names[0], args.host, args.port,
+                args.engine_mode)
+    server.run()
+    if not server.started:
+        return 1
+    return 0

@@ -1,0 +1,172 @@
+"""Command-line and YAML options of `pagedserve serve`.
+
+Engine flags are generated from the `EngineArgs` dataclass (one `--kebab-case` flag per field,
+typed from its annotation), so a new engine option is a new flag with no change here. Server-only
+options live in `ServerArgs`. Precedence: command line > YAML (`--config`) > defaults; every flag
+is parsed with `default=SUPPRESS` so "given on the command line" is exactly "present".
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+import typing
+from dataclasses import dataclass
+from typing import Any, Optional
+
+from engine.config import LOAD_FORMATS, PREEMPTION_MODES, EngineArgs
+
+API_KEY_ENV = "PAGEDSERVE_API_KEY"
+
+# Engine fields the server also reads (they appear once, as engine flags).
+_SHARED_FIELDS = ("served_model_name", "chat_template", "max_queue_len")
+_CHOICES = {
+    "preemption_mode": list(PREEMPTION_MODES),
+    "load_format": list(LOAD_FORMATS),
+    "attention_backend": ["auto", "torch", "triton"],
+}
+_HELP = {
+    "model": "HF hub id, local HF folder or .gguf file (default: SmolLM2-135M-Instruct)",
+    "num_kv_blocks": "KV blocks in the device pool (default: sized from memory)",
+    "max_num_batched_tokens": "token budget per engine step",
+    "preemption_mode": "how a running request is preempted when blocks run out",
+    "swap_space": "GiB of CPU memory for swapped-out KV blocks",
+    "served_model_name": "the model name clients use (default: MODEL as given)",
+    "chat_template": "Jinja chat template: a file path or the template text",
+    "max_queue_len": "answer 429 while more than this many requests wait",
+    "hf_overrides": "JSON object of HF config overrides",
+}
+
+
+@dataclass
+class ServerArgs:
+    """HTTP-side options (the engine's live in `EngineArgs`)."""
+
+    host: str = "0.0.0.0"
+    port: int = 8000
+    api_key: Optional[str] = None
+    chat_template: Optional[str] = None  # template text, read from the file when a path is given
+    max_queue_len: Optional[int] = None
+    shutdown_timeout: float = 30.0
+    engine_mode: str = "process"  # process | inproc
+    log_level: str = "INFO"
+    log_stats_interval: float = 5.0
+    access_log: bool = False
+    core_factory: Optional[str] = None  # module:callable building the core (tests)
+
+    def __post_init__(self) -> None:
+        if not 0 <= self.port <= 65535:
+            raise ValueError(f"port: must be in [0, 65535], got {self.port}")
+        if self.shutdown_timeout < 0:
+            raise ValueError("shutdown_timeout: must be >= 0")
+        if self.engine_mode not in ("process", "inproc"):
+            raise ValueError(f"engine_mode: must be process or inproc, got {self.engine_mode!r}")
+        if self.max_queue_len is not None and self.max_queue_len < 0:
+            raise ValueError("max_queue_len: must be >= 0")
+
+
+_SERVER_HELP = {
+    "host": "address to bind (default 0.0.0.0)",
+    "port": "port to bind (default 8000)",
+    "api_key": f"require 'Authorization: Bearer KEY' on /v1/*, /tokenize, /detokenize "
+               f"(default: env {API_KEY_ENV})",
+    "shutdown_timeout": "seconds in-flight requests get to finish after SIGTERM (default 30)",
+    "engine_mode": "run the engine core in its own process (default) or in this one",
+    "log_level": "DEBUG, INFO, WARNING or ERROR",
+    "log_stats_interval": "seconds between engine stats log lines while busy (0: off)",
+    "access_log": "log every HTTP request",
+}
+
+
+def _flag(name: str) -> str:
+    return "--" + name.replace("_", "-")
+
+
+def _arg_type(hint: Any) -> tuple[Any, bool]:
+    """(argparse type, is_bool) for a dataclass field annotation."""
+    args = [a for a in typing.get_args(hint) if a is not type(None)]
+    base = args[0] if typing.get_origin(hint) is typing.Union and len(args) == 1 else hint
+    if base is bool:
+        return None, True
+    if base in (int, float, str):
+        return base, False
+    if base is dict or typing.get_origin(base) is dict:
+        return json.loads, False
+    return str, False
+
+
+def _add_dataclass_flags(group: argparse._ArgumentGroup, cls: type, helps: dict[str, str],
+                         skip: tuple[str, ...] = ()) -> None:
+    hints = typing.get_type_hints(cls)
+    for f in dataclasses.fields(cls):
+        if f.name in skip:
+            continue
+        typ, is_bool = _arg_type(hints[f.name])
+        kwargs: dict[str, Any] = {"default": argparse.SUPPRESS, "dest": f.name,
+                                  "help": helps.get(f.name)}
+        if is_bool:
+            kwargs["action"] = argparse.BooleanOptionalAction
+        else:
+            kwargs["type"] = typ
+            if f.name in _CHOICES:
+                kwargs["choices"] = _CHOICES[f.name]
+        group.add_argument(_flag(f.name), **kwargs)
+
+
+def make_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="pagedserve",
+                                     description="OpenAI-compatible LLM server (PagedAttention).")
+    sub = parser.add_subparsers(dest="command", required=True)
+    serve = sub.add_parser("serve", help="serve a model over HTTP")
+    serve.add_argument("model_positional", nargs="?", metavar="MODEL", default=None,
+                       help=_HELP["model"])
+    serve.add_argument("--config", default=None, metavar="FILE.yaml",
+                       help="YAML file of options (flag names, - or _); flags override it")
+    server = serve.add_argument_group("server")
+    _add_dataclass_flags(server, ServerArgs, _SERVER_HELP,
+                         skip=_SHARED_FIELDS + ("core_factory",))
+    server.add_argument("--core-factory", dest="core_factory", default=argparse.SUPPRESS,
+                        help=argparse.SUPPRESS)
+    engine = serve.add_argument_group("engine")
+    _add_dataclass_flags(engine, EngineArgs, _HELP)
+    return parser
+
+
+def load_yaml(path: str) -> dict[str, Any]:
+    """Options from a YAML mapping; keys may use - or _."""
+    import yaml
+
+    with open(path, encoding="utf-8") as fh:
+        data = yaml.safe_load(fh) or {}
+    if not isinstance(data, dict):
+        raise ValueError(f"config: {path} must hold a mapping of option: value")
+    return {str(k).replace("-", "_"): v for k, v in data.items()}
+
+
+def resolve_args(ns: argparse.Namespace) -> tuple[EngineArgs, ServerArgs]:
+    """Merge defaults < YAML < command line into (EngineArgs, ServerArgs)."""
+    cli = {k: v for k, v in vars(ns).items()
+           if k not in ("command", "config", "model_positional")}
+    if ns.model_positional is not None:
+        if "model" in cli and cli["model"] != ns.model_positional:
+            raise ValueError("model: given both as MODEL and --model, with different values")
+        cli["model"] = ns.model_positional
+    merged = load_yaml(ns.config) if ns.config else {}
+    engine_names = set(EngineArgs.field_names())
+    server_names = {f.name for f in dataclasses.fields(ServerArgs)}
+    unknown = sorted(set(merged) - engine_names - server_names)
+    if unknown:
+        raise ValueError(f"config: unknown option(s) {', '.join(unknown)} in {ns.config}")
+    merged.update(cli)
+    if merged.get("api_key") is None and os.environ.get(API_KEY_ENV):
+        merged["api_key"] = os.environ[API_KEY_ENV]
+    template = merged.get("chat_template")
+    if template and os.path.isfile(template):
+        with open(template, encoding="utf-8") as fh:
+            merged["chat_template"] = fh.read()
+    engine_args = EngineArgs(**{k: v for k, v in merged.items() if k in engine_names})
+    server_args = ServerArgs(**{k: v for k, v in merged.items()
+                                if k in server_names and k not in engine_names},
+                             **{k: merged.get(k) for k in ("chat_template", "max_queue_len")})
+    return engine_args, server_args

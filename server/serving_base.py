@@ -1,0 +1,193 @@
+"""What both generation endpoints share: model and capacity checks, request -> SamplingParams,
+token strings for logprobs, SSE framing, per-choice streaming deltas and stream merging."""
+from __future__ import annotations
+
+import asyncio
+import json
+from typing import Any, AsyncIterator, Optional
+
+from engine.outputs import RequestOutput
+from engine.sampling_params import SamplingParams
+from server.engine_client import EngineClient, RequestStream
+from server.errors import (APIError, EngineDeadError, bad_request, error_body,
+                           engine_unavailable, from_value_error, model_not_found,
+                           too_many_requests)
+
+SSE_DONE = "data: [DONE]\n\n"
+MAX_LOGPROBS = 20
+
+
+def sse(payload: dict[str, Any]) -> str:
+    """One server-sent event carrying a JSON object."""
+    return f"data: {json.dumps(payload, ensure_ascii=False, separators=(',', ':'))}\n\n"
+
+
+def sse_error(exc: BaseException) -> str:
+    """An error event for a stream whose 200 header is already sent."""
+    if isinstance(exc, APIError):
+        return sse(error_body(exc.message, exc.type, exc.param, exc.code))
+    if isinstance(exc, EngineDeadError):
+        err = engine_unavailable(str(exc))
+        return sse(error_body(err.message, err.type, err.param, err.code))
+    return sse(error_body(f"Internal server error: {exc!r}", "server_error", None,
+                          "internal_error"))
+
+
+class OpenAIServing:
+    """Base of the endpoint handlers: one served model behind one engine client."""
+
+    def __init__(self, engine: EngineClient, served_model_names: list[str],
+                 max_queue_len: Optional[int] = None):
+        self.engine = engine
+        self.served_model_names = served_model_names
+        self.max_queue_len = max_queue_len
+        self._token_strs: dict[int, str] = {}
+
+    @property
+    def model_name(self) -> str:
+        return self.served_model_names[0]
+
+    @property
+    def tokenizer(self) -> Any:
+        return self.engine.tokenizer
+
+    def check_model(self, model: Optional[str]) -> None:
+        """A missing model means the served one (as vLLM); an unknown name is a 404."""
+        if model is not None and model not in self.served_model_names:
+            raise model_not_found(model)
+
+    def check_capacity(self) -> None:
+        if not self.engine.is_healthy():
+            raise engine_unavailable("the engine core process is not running")
+        if self.max_queue_len is not None:
+            waiting = self.engine.num_waiting()
+            if waiting >= self.max_queue_len:
+                raise too_many_requests(waiting, self.max_queue_len)
+
+    def make_sampling_params(self, req: Any, max_tokens: Optional[int], logprobs: Optional[int],
+                             prompt_logprobs: Optional[int] = None) -> SamplingParams:
+        """SamplingParams from the shared request fields; bad values become a 400 naming them."""
+        if logprobs is not None and logprobs > MAX_LOGPROBS:
+            raise bad_request(f"logprobs: at most {MAX_LOGPROBS} are supported, got {logprobs}",
+                              "logprobs")
+        logit_bias = None
+        if req.logit_bias:
+            logit_bias = {}
+            vocab = len(self.tokenizer)
+            for key, value in req.logit_bias.items():
+                try:
+                    tid = int(key)
+                except ValueError:
+                    raise bad_request(f"logit_bias: key {key!r} is not a token id", "logit_bias")
+                if not 0 <= tid < vocab:
+                    raise bad_request(f"logit_bias: token id {tid} is outside the vocabulary "
+                                      f"(size {vocab})", "logit_bias")
+                logit_bias[tid] = max(-100.0, min(100.0, float(value)))
+        top_k = req.top_k if req.top_k not in (None, 0) else -1
+        try:
+            return SamplingParams(
+                n=req.n, best_of=req.best_of,
+                presence_penalty=req.presence_penalty or 0.0,
+                frequency_penalty=req.frequency_penalty or 0.0,
+                repetition_penalty=1.0 if req.repetition_penalty is None
+                else req.repetition_penalty,
+                temperature=1.0 if req.temperature is None else req.temperature,
+                top_p=1.0 if req.top_p is None else req.top_p,
+                top_k=top_k, min_p=req.min_p or 0.0, seed=req.seed,
+                use_beam_search=req.use_beam_search, length_penalty=req.length_penalty,
+                stop=req.stop, stop_token_ids=req.stop_token_ids,
+                include_stop_str_in_output=req.include_stop_str_in_output,
+                ignore_eos=req.ignore_eos, max_tokens=max_tokens, min_tokens=req.min_tokens,
+                logprobs=logprobs, prompt_logprobs=prompt_logprobs,
+                skip_special_tokens=req.skip_special_tokens,
+                spaces_between_special_tokens=req.spaces_between_special_tokens,
+                logit_bias=logit_bias,
+            )
+        except ValueError as exc:
+            raise from_value_error(exc) from exc
+
+    def submit(self, request_ids: list[str], prompts: list[tuple[Optional[str], Optional[list[int]]]],
+               params: SamplingParams, param_name: str,
+               add_special_tokens: bool = True) -> list[RequestStream]:
+        """Add one engine request per prompt; all or none (earlier ones aborted on failure)."""
+        self.check_capacity()
+        streams: list[RequestStream] = []
+        try:
+            for rid, (text, ids) in zip(request_ids, prompts):
+                streams.append(self.engine.add_request(rid, text, ids, params, add_special_tokens))
+        except ValueError as exc:
+            close_all(streams)
+            raise from_value_error(exc, param_name) from exc
+        except BaseException:
+            close_all(streams)
+            raise
+        return streams
+
+    def token_str(self, token_id: int) -> str:
+        """The text of one token as logprobs show it (cached; vocabularies are fixed)."""
+        s = self._token_strs.get(token_id)
+        if s is None:
+            s = self.tokenizer.decode([token_id], skip_special_tokens=False,
+                                      clean_up_tokenization_spaces=False)
+            self._token_strs[token_id] = s
+        return s
+
+    def top_entries(self, lp: dict[int, float], k: int) -> list[tuple[int, float]]:
+        """The k most likely entries of one position's logprobs, most likely first."""
+        return sorted(lp.items(), key=lambda kv: -kv[1])[:k]
+
+
+def close_all(streams: list[RequestStream]) -> None:
+    """Abort every unfinished stream (client gone, error, or shutdown)."""
+    for s in streams:
+        s.close()
+
+
+async def last_output(stream: RequestStream) -> RequestOutput:
+    """Drain a stream; its final (cumulative) output."""
+    last: Optional[RequestOutput] = None
+    async for out in stream:
+        last = out
+    assert last is not None and last.finished, "a stream ends with a finished output"
+    return last
+
+
+async def merge_streams(streams: list[RequestStream]) -> AsyncIterator[tuple[int, RequestOutput]]:
+    """Yield (stream index, output) from several streams as outputs arrive.
+
+    Stops at the first error (re-raised); the caller closes the streams in a `finally`.
+    """
+    if len(streams) == 1:
+        async for out in streams[0]:
+            yield 0, out
+        return
+    queue: asyncio.Queue = asyncio.Queue()
+
+    async def pump(i: int, stream: RequestStream) -> None:
+        try:
+            async for out in stream:
+                queue.put_nowait((i, out))
+        except BaseException as exc:  # forwarded to the consumer
+            queue.put_nowait((i, exc))
+        finally:
+            queue.put_nowait((i, None))
+
+    tasks = [asyncio.create_task(pump(i, s)) for i, s in enumerate(streams)]
+    try:
+        remaining = len(tasks)
+        while remaining:
+            i, item = await queue.get()
+            if item is None:
+                remaining -= 1
+            elif isinstance(item, BaseException):
+                raise item
+            else:
+                yield i, item
+    finally:
+        for t in tasks:
+            t.cancel()
+
+
+def usage_dict(prompt_tokens: int, completion_tokens: int) -> dict[str, int]:
+    return {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
+            "total_tokens": prompt_tokens + completion_tokens}

@@ -1,0 +1,135 @@
+"""POST /v1/chat/completions: chat template, chat logprobs shape, SSE with role-first chunks."""
+from __future__ import annotations
+
+import time
+from typing import Any, AsyncIterator, Optional
+
+from fastapi.responses import JSONResponse, StreamingResponse
+
+from engine.output_processor import DeltaTracker
+from engine.outputs import RequestOutput
+from server.engine_client import EngineClient, RequestStream
+from server.errors import bad_request
+from server.protocol import ChatCompletionRequest, ChatMessage, random_id
+from server.serving_base import (MAX_LOGPROBS, SSE_DONE, OpenAIServing, close_all,
+                                 last_output, sse, sse_error, usage_dict)
+
+
+def render_chat(tokenizer: Any, messages: list[ChatMessage], chat_template: Optional[str],
+                add_generation_prompt: bool = True) -> str:
+    """The prompt text for `messages`; ValueError (-> 400) when the model has no template."""
+    from engine.chat import apply_chat_template
+    conversation = [{"role": m.role, "content": m.text()} for m in messages]
+    return apply_chat_template(tokenizer, conversation, chat_template,
+                               add_generation_prompt=add_generation_prompt)
+
+
+class OpenAIServingChat(OpenAIServing):
+
+    def __init__(self, engine: EngineClient, served_model_names: list[str],
+                 max_queue_len: Optional[int] = None, chat_template: Optional[str] = None):
+        super().__init__(engine, served_model_names, max_queue_len)
+        self.chat_template = chat_template
+
+    async def create(self, req: ChatCompletionRequest):
+        self.check_model(req.model)
+        n = req.n if req.n is not None else 1
+        if req.stream and req.best_of is not None and req.best_of > n:
+            raise bad_request("best_of: cannot be larger than n when streaming", "best_of")
+        top = req.top_logprobs
+        if top is not None and not req.logprobs:
+            raise bad_request("top_logprobs: requires logprobs to be true", "top_logprobs")
+        if top is not None and not 0 <= top <= MAX_LOGPROBS:
+            raise bad_request(f"top_logprobs: must be in [0, {MAX_LOGPROBS}]", "top_logprobs")
+        logprobs = (top or 0) if req.logprobs else None
+        max_tokens = req.max_completion_tokens if req.max_completion_tokens is not None \
+            else req.max_tokens
+        param = "max_completion_tokens" if req.max_completion_tokens is not None else "max_tokens"
+        if max_tokens is not None and max_tokens < 1:
+            raise bad_request(f"{param}: must be at least 1, got {max_tokens}", param)
+        params = self.make_sampling_params(req, max_tokens, logprobs)
+        try:
+            prompt = render_chat(self.tokenizer, req.messages, self.chat_template,
+                                 req.add_generation_prompt)
+        except ValueError as exc:
+            raise bad_request(str(exc), "messages") from exc
+        rid = random_id("chatcmpl")
+        # The template already holds any BOS token, as in the offline LLM.chat().
+        streams = self.submit([rid], [(prompt, None)], params, "messages",
+                              add_special_tokens=False)
+        if req.stream:
+            return StreamingResponse(self._stream(req, rid, streams[0], n, logprobs),
+                                     media_type="text/event-stream")
+        try:
+            final = await last_output(streams[0])
+        finally:
+            close_all(streams)
+        return JSONResponse(self._response(rid, final, logprobs))
+
+    def _response(self, rid: str, out: RequestOutput, logprobs: Optional[int]) -> dict:
+        choices = []
+        for c in sorted(out.outputs, key=lambda c: c.index):
+            lp = None
+            if logprobs is not None:
+                lp = {"content": self._logprobs(c.token_ids, c.logprobs, logprobs)}
+            choices.append({"index": c.index,
+                            "message": {"role": "assistant", "content": c.text},
+                            "logprobs": lp, "finish_reason": c.finish_reason,
+                            "stop_reason": c.stop_reason})
+        completion_tokens = sum(len(c.token_ids) for c in out.outputs)
+        return {"id": rid, "object": "chat.completion", "created": int(time.time()),
+                "model": self.model_name, "choices": choices,
+                "usage": usage_dict(len(out.prompt_token_ids), completion_tokens)}
+
+    def _logprobs(self, token_ids: list[int], logprobs: Optional[list[dict[int, float]]],
+                  k: int) -> list[dict]:
+        """OpenAI's chat logprobs `content` list: one entry per sampled token."""
+        content = []
+        for i, tid in enumerate(token_ids):
+            pos = logprobs[i] if logprobs is not None and i < len(logprobs) else {}
+            tok = self.token_str(tid)
+            content.append({
+                "token": tok, "logprob": pos.get(tid, float("-inf")) if pos else 0.0,
+                "bytes": list(tok.encode("utf-8")),
+                "top_logprobs": [{"token": self.token_str(t), "logprob": v,
+                                  "bytes": list(self.token_str(t).encode("utf-8"))}
+                                 for t, v in self.top_entries(pos, k)],
+            })
+        return content
+
+    async def _stream(self, req: ChatCompletionRequest, rid: str, stream: RequestStream, n: int,
+                      logprobs: Optional[int]) -> AsyncIterator[str]:
+        created = int(time.time())
+        include_usage = bool(req.stream_options and req.stream_options.include_usage)
+        tracker = DeltaTracker(n)
+
+        def chunk(choice: dict) -> str:
+            return sse({"id": rid, "object": "chat.completion.chunk", "created": created,
+                        "model": self.model_name, "choices": [choice]})
+
+        try:
+            for i in range(n):  # the role comes first, once per choice
+                yield chunk({"index": i, "delta": {"role": "assistant", "content": ""},
+                             "logprobs": None, "finish_reason": None})
+            final: Optional[RequestOutput] = None
+            async for out in stream:
+                for d in tracker.update(out):
+                    lp = None
+                    if logprobs is not None:
+                        lp = {"content": self._logprobs(d.token_ids, d.logprobs, logprobs)}
+                    delta = {"content": d.text} if d.text or not d.finish_reason else {}
+                    yield chunk({"index": d.index, "delta": delta, "logprobs": lp,
+                                 "finish_reason": d.finish_reason,
+                                 "stop_reason": d.stop_reason if d.finish_reason else None})
+                if out.finished:
+                    final = out
+            if include_usage and final is not None:
+                completion_tokens = sum(len(c.token_ids) for c in final.outputs)
+                yield sse({"id": rid, "object": "chat.completion.chunk", "created": created,
+                           "model": self.model_name, "choices": [],
+                           "usage": usage_dict(len(final.prompt_token_ids), completion_tokens)})
+        except Exception as exc:  # headers are sent: report in-band, then end the stream
+            yield sse_error(exc)
+        finally:
+            close_all([stream])
+        yield SSE_DONE
