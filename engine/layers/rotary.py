@@ -140,8 +140,8 @@ def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
 class RotaryEmbedding(nn.Module):
     """Applies RoPE to the first `rotary_dim` dims of each head of flat q [T, H*D] and k [T, KVH*D].
 
-    Invariant: `cos_sin_cache` covers positions [0, max_position); it grows on demand if a caller
-    passes a larger position (never shrinks), so correctness does not depend on max_position.
+    Invariant: `cos_sin_cache` [max_position, rotary_dim] (float32) covers positions
+    [0, max_position); on the CPU it grows on demand. One instance is shared by all layers.
     """
 
     def __init__(self, head_dim: int, rotary_dim: int, max_position: int,
@@ -165,7 +165,10 @@ class RotaryEmbedding(nn.Module):
 
     def forward(self, positions: torch.Tensor, q: torch.Tensor,
                 k: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        if positions.numel() and int(positions.max()) >= self.cos_sin_cache.shape[0]:
+        # Growth is checked on the CPU only: on a GPU the check would sync every layer, and the
+        # engine keeps positions below max_model_len, which sizes the cache (see get_rope).
+        if (positions.device.type == "cpu" and positions.numel()
+                and int(positions.max()) >= self.cos_sin_cache.shape[0]):
             self.cos_sin_cache = self._build(int(positions.max()) * 2 + 1)
         cos, sin = self.cos_sin_cache[positions.long()].chunk(2, dim=-1)
         return self._rotate(q, cos, sin), self._rotate(k, cos, sin)

@@ -21,7 +21,7 @@ from engine.models.utils import WeightLoader, is_ignored
 
 
 class GPTNeoXAttention(nn.Module):
-    def __init__(self, config: Any):
+    def __init__(self, config: Any, rotary_emb: nn.Module):
         super().__init__()
         hidden = config.hidden_size
         self.num_heads = config.num_attention_heads
@@ -30,7 +30,7 @@ class GPTNeoXAttention(nn.Module):
         # Our row order (after load_weights' reorder): [q (hidden) | k (hidden) | v (hidden)].
         self.query_key_value = nn.Linear(hidden, 3 * hidden, bias=bias)
         self.dense = nn.Linear(hidden, hidden, bias=bias)
-        self.rotary_emb = get_rope(config, self.head_size)
+        self.rotary_emb = rotary_emb  # shared by every layer
         self.attn = Attention(self.num_heads, self.head_size, self.head_size ** -0.5)
 
     def forward(self, positions: torch.Tensor, x: torch.Tensor,
@@ -52,12 +52,12 @@ class GPTNeoXMLP(nn.Module):
 
 
 class GPTNeoXLayer(nn.Module):
-    def __init__(self, config: Any):
+    def __init__(self, config: Any, rotary_emb: nn.Module):
         super().__init__()
         self.use_parallel_residual = config.use_parallel_residual
         self.input_layernorm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
         self.post_attention_layernorm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
-        self.attention = GPTNeoXAttention(config)
+        self.attention = GPTNeoXAttention(config, rotary_emb)
         self.mlp = GPTNeoXMLP(config)
 
     def forward(self, positions: torch.Tensor, x: torch.Tensor,
@@ -73,7 +73,9 @@ class GPTNeoXModel(nn.Module):
     def __init__(self, config: Any):
         super().__init__()
         self.embed_in = nn.Embedding(config.vocab_size, config.hidden_size)
-        self.layers = nn.ModuleList(GPTNeoXLayer(config) for _ in range(config.num_hidden_layers))
+        rotary_emb = get_rope(config, config.hidden_size // config.num_attention_heads)
+        self.layers = nn.ModuleList(GPTNeoXLayer(config, rotary_emb)
+                                    for _ in range(config.num_hidden_layers))
         self.final_layer_norm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
 
     def forward(self, input_ids: torch.Tensor, positions: torch.Tensor,

@@ -35,7 +35,8 @@ def _sliding_window(config: Any, layer_idx: int) -> Optional[int]:
 
 
 class LlamaAttention(nn.Module):
-    def __init__(self, config: Any, layer_idx: int, qkv_bias: bool, o_bias: bool):
+    def __init__(self, config: Any, layer_idx: int, qkv_bias: bool, o_bias: bool,
+                 rotary_emb: nn.Module):
         super().__init__()
         self.num_heads = config.num_attention_heads
         self.num_kv_heads = getattr(config, "num_key_value_heads", None) or self.num_heads
@@ -45,7 +46,7 @@ class LlamaAttention(nn.Module):
         # Rows of qkv_proj: [q (q_size) | k (kv_size) | v (kv_size)].
         self.qkv_proj = nn.Linear(config.hidden_size, self.q_size + 2 * self.kv_size, bias=qkv_bias)
         self.o_proj = nn.Linear(self.q_size, config.hidden_size, bias=o_bias)
-        self.rotary_emb = get_rope(config, self.head_dim)
+        self.rotary_emb = rotary_emb  # shared by every layer
         self.attn = Attention(self.num_heads, self.head_dim, self.head_dim ** -0.5,
                               self.num_kv_heads, _sliding_window(config, layer_idx))
 
@@ -71,9 +72,10 @@ class LlamaMLP(nn.Module):
 
 
 class LlamaDecoderLayer(nn.Module):
-    def __init__(self, config: Any, layer_idx: int, qkv_bias: bool, o_bias: bool):
+    def __init__(self, config: Any, layer_idx: int, qkv_bias: bool, o_bias: bool,
+                 rotary_emb: nn.Module):
         super().__init__()
-        self.self_attn = LlamaAttention(config, layer_idx, qkv_bias, o_bias)
+        self.self_attn = LlamaAttention(config, layer_idx, qkv_bias, o_bias, rotary_emb)
         self.mlp = LlamaMLP(config, bool(getattr(config, "mlp_bias", False)))
         self.input_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps)
         self.post_attention_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps)
@@ -95,7 +97,10 @@ class LlamaModel(nn.Module):
     def __init__(self, config: Any, qkv_bias: bool, o_bias: bool):
         super().__init__()
         self.embed_tokens = nn.Embedding(config.vocab_size, config.hidden_size)
-        self.layers = nn.ModuleList(LlamaDecoderLayer(config, i, qkv_bias, o_bias)
+        head_dim = (getattr(config, "head_dim", None)
+                    or config.hidden_size // config.num_attention_heads)
+        rotary_emb = get_rope(config, head_dim)
+        self.layers = nn.ModuleList(LlamaDecoderLayer(config, i, qkv_bias, o_bias, rotary_emb)
                                     for i in range(config.num_hidden_layers))
         self.norm = RMSNorm(config.hidden_size, config.rms_norm_eps)
 
