@@ -191,7 +191,7 @@ def paged_attention_decode(query: torch.Tensor, key_cache: torch.Tensor,
                            sliding_window: Optional[int] = None,
                            out: Optional[torch.Tensor] = None,
                            num_splits: Optional[int] = None, block_n: Optional[int] = None,
-                           num_warps: int = 4, num_stages: int = 3) -> torch.Tensor:
+                           num_warps: int = 4, num_stages: int = 2) -> torch.Tensor:
     """Decode attention: query row i is sequence i's only new token. Returns out [T, H, D].
 
     `max_seq_len` bounds `seq_lens` (host int, no device sync); the split count is derived from

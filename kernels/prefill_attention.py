@@ -40,26 +40,23 @@ if triton is not None:
                        BLOCK_N: tl.constexpr, CAUSAL: tl.constexpr, USE_WINDOW: tl.constexpr):
         """Fold keys [lo, hi) into the running (acc, l, m) of one query tile.
 
-        `lo` is a multiple of BLOCK_N (itself a multiple of BLOCK_SIZE), so each key tile covers
-        whole cache blocks: one block-table entry per block, expanded to the block's rows.
-        Without CAUSAL the range is whole tiles and nothing is masked.
+        `lo` is a multiple of BLOCK_N, so without CAUSAL the range is whole tiles and nothing
+        is masked. Each key row is gathered through its block-table entry (a block-shaped
+        gather and reshape measured 2x slower on an H200).
         """
         offs_d = tl.arange(0, D_PAD)
-        offs_pg = tl.arange(0, BLOCK_N // BLOCK_SIZE)
-        offs_in = tl.arange(0, BLOCK_SIZE)
         for n0 in range(lo, hi, BLOCK_N):
-            pages = n0 // BLOCK_SIZE + offs_pg
-            if CAUSAL:
-                blk = tl.load(bt_row + pages, mask=pages * BLOCK_SIZE < hi, other=0)
-            else:
-                blk = tl.load(bt_row + pages)
-            row_k = blk.to(tl.int64)[:, None] * stride_kb + offs_in[None, :] * stride_ks
-            row_k = tl.reshape(row_k, (BLOCK_N,)) + kvh * stride_kh
-            row_v = blk.to(tl.int64)[:, None] * stride_vb + offs_in[None, :] * stride_vs
-            row_v = tl.reshape(row_v, (BLOCK_N,)) + kvh * stride_vh
             offs_n = n0 + tl.arange(0, BLOCK_N)
             if CAUSAL:
-                kv_mask = (offs_n < hi)[:, None] & (offs_d[None, :] < HEAD_DIM)
+                n_mask = offs_n < hi
+                blk = tl.load(bt_row + offs_n // BLOCK_SIZE, mask=n_mask, other=0).to(tl.int64)
+            else:
+                blk = tl.load(bt_row + offs_n // BLOCK_SIZE).to(tl.int64)
+            in_blk = offs_n % BLOCK_SIZE
+            row_k = blk * stride_kb + in_blk * stride_ks + kvh * stride_kh
+            row_v = blk * stride_vb + in_blk * stride_vs + kvh * stride_vh
+            if CAUSAL:
+                kv_mask = n_mask[:, None] & (offs_d[None, :] < HEAD_DIM)
                 k = tl.load(k_cache + row_k[:, None] + offs_d[None, :], mask=kv_mask, other=0.0)
             elif D_PAD != HEAD_DIM:
                 kv_mask = offs_d[None, :] < HEAD_DIM
@@ -69,7 +66,7 @@ if triton is not None:
             # Scores stay unscaled; the scale rides in the exponent's multiply-add.
             qk = tl.dot(q, tl.trans(k))
             if CAUSAL:
-                keep = (offs_n[None, :] <= q_pos[:, None]) & (offs_n < hi)[None, :]
+                keep = (offs_n[None, :] <= q_pos[:, None]) & n_mask[None, :]
                 if USE_WINDOW:
                     keep = keep & (offs_n[None, :] > q_pos[:, None] - window)
                 qk = tl.where(keep, qk, float("-inf"))
@@ -153,14 +150,15 @@ if triton is not None:
 
 
 def _default_config(max_query_len: int, d_pad: int, device: torch.device) -> dict[str, int]:
-    """Tile sizes: 128x64 tiles with 8 warps for long prompts; small tiles for short chunks."""
+    """Tile sizes. Long prompts: 128x32 tiles, 4 warps, 3 stages (best of 12 configurations at
+    8 x 2048, 32/8 heads, d=128 bf16 on an H200; see benchmarks/kernels/NOTES.md)."""
     if max_query_len <= 16:
         return dict(block_m=16, block_n=64 if d_pad <= 128 else 32, num_warps=4, num_stages=2)
     if max_query_len <= 64:
         return dict(block_m=64, block_n=64 if d_pad <= 128 else 32, num_warps=4, num_stages=2)
     if d_pad > 128:
         return dict(block_m=64, block_n=32, num_warps=4, num_stages=2)
-    return dict(block_m=128, block_n=64, num_warps=8, num_stages=3)
+    return dict(block_m=128, block_n=32, num_warps=4, num_stages=3)
 
 
 def prefill_attention(query: torch.Tensor, key_cache: torch.Tensor, value_cache: torch.Tensor,

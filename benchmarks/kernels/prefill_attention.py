@@ -97,10 +97,10 @@ def main(argv: Optional[list[str]] = None) -> dict[str, Any]:
           f"rel_err={err:.2e} [{sdpa_mode}]")
     if args.tune:
         tuned = {}
-        for bm, bn, warps, stages in [(128, 64, 8, 3), (128, 128, 8, 3), (64, 64, 4, 3),
-                                      (64, 64, 4, 4), (128, 32, 4, 2), (128, 32, 4, 3),
-                                      (128, 32, 4, 4), (128, 32, 8, 3), (64, 32, 4, 3),
-                                      (128, 64, 4, 3), (128, 64, 4, 4), (128, 16, 4, 4)]:
+        for bm, bn, warps, stages in [(128, 32, 4, 2), (128, 32, 4, 3), (128, 32, 4, 4),
+                                      (128, 64, 4, 2), (128, 64, 8, 2), (128, 64, 8, 3),
+                                      (128, 128, 8, 2), (128, 128, 8, 3), (64, 64, 4, 2),
+                                      (64, 64, 4, 3), (64, 32, 4, 3), (64, 128, 4, 3)]:
             key = f"m{bm}_n{bn}_w{warps}_s{stages}"
             cfg = dict(block_m=bm, block_n=bn, num_warps=warps, num_stages=stages)
             try:

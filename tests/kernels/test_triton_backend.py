@@ -4,6 +4,8 @@ from __future__ import annotations
 import pytest
 import torch
 
+pytest.importorskip("msgspec")  # the engine package needs it; absent on the bare GPU image
+
 from engine.attention.backend import TorchAttentionBackend, get_attention_backend
 from engine.attention.metadata import AttentionMetadata
 from engine.attention.triton_backend import TritonAttentionBackend
