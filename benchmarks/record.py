@@ -47,7 +47,9 @@ def git_sha() -> str:
                              text=True, timeout=10).stdout.strip()
         dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=here,
                                capture_output=True, text=True, timeout=10).stdout.strip()
-        return (sha or os.environ.get("PAGEDSERVE_GIT_SHA", "unknown")) + ("-dirty" if dirty else "")
+        if len(sha) != 40:  # no history here (e.g. a copied tree on the GPU machine)
+            return os.environ.get("PAGEDSERVE_GIT_SHA", "unknown")
+        return sha + ("-dirty" if dirty else "")
     except Exception:
         return os.environ.get("PAGEDSERVE_GIT_SHA", "unknown")
 

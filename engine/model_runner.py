@@ -29,6 +29,8 @@ class RunnerOutput:
     sampled: dict[int, tuple[int, float, Optional[dict[int, float]]]] = field(default_factory=dict)
     # request_id -> new prompt_logprobs entries
     prompt_logprobs: dict[str, list[Optional[dict[int, float]]]] = field(default_factory=dict)
+    # Beam search: seq_id -> (top 2*width token ids, their logprobs) of the raw distribution.
+    beam_candidates: dict[int, tuple[list[int], list[float]]] = field(default_factory=dict)
 
 
 class ModelRunner:
@@ -158,12 +160,21 @@ class ModelRunner:
             return result
         idx = torch.tensor(inputs.sample_rows, device=self.device)
         logits = self.model.compute_logits(hidden.index_select(0, idx)).float()
+        self._beam_candidates(rows, logits, result)
         meta = SamplingMetadata.from_rows(rows, self.vocab_size, self.device)
         sampled = self.sampler(logits, meta)
         for (_, seq), tok, lp, top in zip(rows, sampled.token_ids, sampled.logprobs,
                                           sampled.top_logprobs):
             result.sampled[seq.seq_id] = (tok, lp, top)
         return result
+
+    @staticmethod
+    def _beam_candidates(rows, logits: torch.Tensor, result: RunnerOutput) -> None:
+        for i, (req, seq) in enumerate(rows):
+            if req.params.use_beam_search:
+                lp = torch.log_softmax(logits[i], dim=-1)
+                top = torch.topk(lp, 2 * req.params.best_of)
+                result.beam_candidates[seq.seq_id] = (top.indices.tolist(), top.values.tolist())
 
     def _forward(self, inputs: ModelInputs) -> torch.Tensor:
         if self.graphs is not None and self.graphs.can_run(inputs):

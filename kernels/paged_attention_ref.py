@@ -88,4 +88,6 @@ def _decode_batched(query, key_cache, value_cache, block_tables, seq_lens_cpu, s
     mask = k_pos[None, :] < lens[:, None]
     if sliding_window is not None:
         mask &= k_pos[None, :] > (lens[:, None] - 1 - sliding_window)
+    # Slots past a sequence's end may hold anything (even NaN): zero them, since 0 * NaN = NaN.
+    v = v.masked_fill(~mask[:, :, None, None], 0)
     return _attend(query[:, None], k, v, scale, mask[:, None, :])[:, 0]
