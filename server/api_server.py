@@ -179,7 +179,8 @@ def run_server(engine_args: Any, args: ServerArgs) -> int:
         names.append(config.model.model)  # the resolved path/id works as an alias
     metrics = ServerMetrics(names[0])
     engine = AsyncEngineClient(config, mode=args.engine_mode, core_factory=args.core_factory,
-                               metrics=metrics, log_level=args.log_level)
+                               metrics=metrics, log_level=args.log_level,
+                               cpu_threads=args.cpu_threads)
     app = build_app(engine, args, names, metrics)
     uv_config = uvicorn.Config(app, host=args.host, port=args.port,
                                log_level=args.log_level.lower(),

@@ -53,6 +53,7 @@ class ServerArgs:
     log_level: str = "INFO"
     log_stats_interval: float = 5.0
     access_log: bool = False
+    cpu_threads: Optional[int] = None  # torch threads of a CPU engine core (default: cores - 1)
     core_factory: Optional[str] = None  # module:callable building the core (tests)
 
     def __post_init__(self) -> None:
@@ -76,6 +77,7 @@ _SERVER_HELP = {
     "log_level": "DEBUG, INFO, WARNING or ERROR",
     "log_stats_interval": "seconds between engine stats log lines while busy (0: off)",
     "access_log": "log every HTTP request",
+    "cpu_threads": "torch threads of an engine core on the CPU (default: CPU cores - 1, min 1)",
 }
 
 

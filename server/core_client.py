@@ -140,13 +140,15 @@ class ProcessCoreClient(CoreClient):
     `_WATCHDOG_S` and turns it into an EngineDeadError from `get_output`.
     """
 
-    def __init__(self, config: Any, core_factory: Optional[str] = None, log_level: str = "INFO"):
+    def __init__(self, config: Any, core_factory: Optional[str] = None, log_level: str = "INFO",
+                 cpu_threads: Optional[int] = None):
         import zmq
         import zmq.asyncio
 
         self._config = config
         self._factory = core_factory
         self._log_level = log_level
+        self._cpu_threads = cpu_threads
         self._dir = tempfile.mkdtemp(prefix="pagedserve-")
         self.input_addr = f"ipc://{self._dir}/input"
         self.output_addr = f"ipc://{self._dir}/output"
@@ -168,7 +170,7 @@ class ProcessCoreClient(CoreClient):
         mp = multiprocessing.get_context("spawn")
         self.proc = mp.Process(target=run_core_process, name="pagedserve-core", daemon=True,
                                args=(self._config, self.input_addr, self.output_addr,
-                                     self._factory, self._log_level))
+                                     self._factory, self._log_level, self._cpu_threads))
         self.proc.start()
         logger.info("Engine core process started (pid %d)", self.proc.pid)
         return await self.get_output()

@@ -128,8 +128,24 @@ class CoreLoop:
         return found or None
 
 
+def set_cpu_threads(config: Any, cpu_threads: Optional[int]) -> None:
+    """Torch intra-op threads for a CPU engine: by default one core is left to the HTTP process.
+
+    With every core taken by OpenMP workers, the HTTP process (and anything else on the machine)
+    preempts them mid-operator and a step slows down many times over.
+    """
+    device = getattr(getattr(config, "runner", None), "device", None)
+    if getattr(device, "type", None) != "cpu":
+        return
+    import torch
+    n = cpu_threads or max(1, (os.cpu_count() or 2) - 1)
+    torch.set_num_threads(n)
+    logger.info("Engine core uses %d CPU threads", n)
+
+
 def run_core_process(config: Any, input_addr: str, output_addr: str,
-                     core_factory: Optional[str] = None, log_level: str = "INFO") -> None:
+                     core_factory: Optional[str] = None, log_level: str = "INFO",
+                     cpu_threads: Optional[int] = None) -> None:
     """Entry point of the engine core process: load the model, then loop on ZeroMQ sockets."""
     import signal
 
@@ -165,6 +181,7 @@ def run_core_process(config: Any, input_addr: str, output_addr: str,
 
     code = 0
     try:
+        set_cpu_threads(config, cpu_threads)
         core = load_core_factory(core_factory)(config)
         send(ready_message(core))
         CoreLoop(core, recv, send, alive=lambda: os.getppid() == parent).run()

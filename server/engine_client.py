@@ -89,7 +89,7 @@ class AsyncEngineClient(EngineClient):
 
     def __init__(self, config: Any, mode: str = "process", core_factory: Optional[str] = None,
                  metrics: Optional[ServerMetrics] = None, log_level: str = "INFO",
-                 tokenizer: Any = None):
+                 tokenizer: Any = None, cpu_threads: Optional[int] = None):
         if mode not in ("process", "inproc"):
             raise ValueError(f"engine_mode: must be 'process' or 'inproc', got {mode!r}")
         self.config = config
@@ -98,8 +98,9 @@ class AsyncEngineClient(EngineClient):
         self.input_processor: Any = None  # built by start(): it needs the core's pool size
         self.output_processor: Any = None
         self.metrics = metrics
-        self.core: CoreClient = (ProcessCoreClient(config, core_factory, log_level)
-                                 if mode == "process" else ThreadCoreClient(config, core_factory))
+        self.core: CoreClient = (
+            ProcessCoreClient(config, core_factory, log_level, cpu_threads)
+            if mode == "process" else ThreadCoreClient(config, core_factory))
         self._states: dict[str, _RequestState] = {}
         self._stats: dict = {}
         self._adds_since_stats = 0
