@@ -185,6 +185,8 @@ class EngineArgs:
         dtype = resolve_dtype(self.dtype, device)
         resolved = resolve_model(self.model, self.tokenizer, self.load_format,
                                  self.trust_remote_code, self.hf_overrides)
+        from engine.models.registry import get_model_class
+        get_model_class(resolved.hf_config)  # unsupported architectures fail before any loading
         derived_len = max_len_from_hf_config(resolved.hf_config)
         if self.max_model_len is None:
             max_model_len = derived_len
