@@ -3,6 +3,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 
 from engine.attention.metadata import AttentionMetadata
@@ -51,10 +52,10 @@ def build_model_inputs(out: SchedulerOutput, block_size: int, device: torch.devi
         tables.append(table)
         sample_rows.extend([qsl[-1] - 1] * len(s.sample_seqs))
     width = max([len(t) for t in tables] + [pad_block_tables_to, 1])
-    bt = torch.zeros((len(tables), width), dtype=torch.int32)
+    bt_np = np.zeros((len(tables), width), dtype=np.int32)
     for i, t in enumerate(tables):
-        if t:
-            bt[i, :len(t)] = torch.tensor(t, dtype=torch.int32)
+        bt_np[i, :len(t)] = t
+    bt = torch.from_numpy(bt_np)
     nonblocking = device.type == "cuda"
     meta = AttentionMetadata(
         num_seqs=len(tables),

@@ -43,7 +43,8 @@ class ModelRunner:
         self.block_size = config.cache.block_size
         self.model = load_model(config.model, self.device)
         self.vocab_size = _vocab_size(config.model.hf_config)
-        self.backend = get_attention_backend(config.runner.attention_backend, self.device)
+        self.backend = get_attention_backend(config.runner.attention_backend, self.device,
+                                             self.dtype)
         self.sampler = Sampler()
         layers = attention_layers(self.model)
         if not layers:
@@ -60,7 +61,8 @@ class ModelRunner:
                                            pin=self.device.type == "cuda")
         bind_kv_caches(self.model, self.gpu_cache, self.backend)
         self.graphs = None
-        if self.device.type == "cuda" and not config.runner.enforce_eager:
+        if (self.device.type == "cuda" and not config.runner.enforce_eager
+                and self.backend.name == "triton"):
             from engine.cuda_graphs import CudaGraphRunner
             self.graphs = CudaGraphRunner(self)
             self.graphs.capture()

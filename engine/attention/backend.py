@@ -42,10 +42,16 @@ class TorchAttentionBackend:
                                    seq_lens_cpu=meta.seq_lens_cpu)
 
 
-def get_attention_backend(choice: str, device: torch.device) -> AttentionBackend:
-    """'auto' is Triton on CUDA, torch elsewhere."""
+def get_attention_backend(choice: str, device: torch.device,
+                          dtype: torch.dtype = torch.bfloat16) -> AttentionBackend:
+    """'auto' is Triton on CUDA for fp16/bf16, torch elsewhere.
+
+    fp32 stays on the torch path even on CUDA: Triton's dot runs fp32 as tf32, and fp32 is the
+    mode users pick for exactness.
+    """
     if choice == "auto":
-        choice = "triton" if device.type == "cuda" else "torch"
+        half = dtype in (torch.float16, torch.bfloat16)
+        choice = "triton" if device.type == "cuda" and half else "torch"
     if choice == "torch":
         return TorchAttentionBackend()
     if choice == "triton":

