@@ -11,15 +11,16 @@ import asyncio
 import contextlib
 import logging
 import os
+import signal
 from typing import Any, AsyncIterator, Awaitable, Optional
 
 from fastapi import FastAPI, Request
-from fastapi.responses import JSONResponse, Response
+from fastapi.responses import Response
 
 from server.args import ServerArgs
 from server.auth import APIKeyMiddleware, RequestIdMiddleware
 from server.engine_client import AsyncEngineClient, EngineClient
-from server.errors import engine_unavailable, install_exception_handlers
+from server.errors import bad_request, engine_unavailable, install_exception_handlers
 from server.metrics import CONTENT_TYPE_LATEST, ServerMetrics, StatsLogger
 from server.protocol import (ChatCompletionRequest, CompletionRequest, DetokenizeRequest,
                              ModelCard, ModelList, TokenizeRequest, dump)
@@ -131,14 +132,12 @@ def build_app(engine: EngineClient, args: ServerArgs, served_model_names: list[s
     async def tokenize(body: TokenizeRequest):
         completions.check_model(body.model)
         if (body.prompt is None) == (body.messages is None):
-            from server.errors import bad_request
             raise bad_request("Give exactly one of 'prompt' or 'messages'.", "prompt")
         if body.messages is not None:
             try:
                 text = render_chat(engine.tokenizer, body.messages, args.chat_template,
                                    body.add_generation_prompt)
             except ValueError as exc:
-                from server.errors import bad_request
                 raise bad_request(str(exc), "messages") from exc
             ids = engine.tokenizer.encode(text, add_special_tokens=False)
         else:
@@ -151,7 +150,6 @@ def build_app(engine: EngineClient, args: ServerArgs, served_model_names: list[s
         vocab = len(engine.tokenizer)
         bad = [t for t in body.tokens if not 0 <= t < vocab]
         if bad:
-            from server.errors import bad_request
             raise bad_request(f"tokens: ids outside the vocabulary (size {vocab}): {bad[:5]}",
                               "tokens")
         return {"prompt": engine.tokenizer.decode(body.tokens)}
@@ -187,6 +185,10 @@ def run_server(engine_args: Any, args: ServerArgs) -> int:
                                timeout_graceful_shutdown=args.shutdown_timeout,
                                timeout_keep_alive=5, access_log=args.access_log)
     server = uvicorn.Server(uv_config)
+    # Uvicorn handles SIGINT/SIGTERM (graceful shutdown), then re-raises them to the handlers it
+    # found; these make that re-raise a no-op so a clean shutdown exits 0.
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda signum, frame: logger.info("Shut down on signal %d", signum))
     logger.info("Serving %s on http://%s:%d (engine %s)", names[0], args.host, args.port,
                 args.engine_mode)
     server.run()

@@ -63,12 +63,15 @@ class CoreLoop:
         self._seen_scheduled: set[str] = set()
 
     def run(self) -> None:
+        next_check = time.monotonic() + _IDLE_POLL_S
         while True:
             busy = self.core.has_unfinished_requests()
             msgs = self.recv(0.0 if busy else _IDLE_POLL_S)
-            if not msgs and not busy and not self.alive():
-                logger.warning("Frontend process is gone; engine core exits")
-                return
+            if time.monotonic() >= next_check:  # busy or not: never outlive the frontend
+                next_check = time.monotonic() + _IDLE_POLL_S
+                if not self.alive():
+                    logger.warning("Frontend process is gone; engine core exits")
+                    return
             errors: list[EngineCoreOutput] = []
             stats_tokens: list[int] = []
             for msg in msgs:

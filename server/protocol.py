@@ -36,7 +36,7 @@ class _SamplingFields(_Request):
     """Sampling fields shared by both endpoints, OpenAI's plus vLLM's extras."""
 
     model: Optional[str] = None
-    n: int = 1
+    n: Optional[int] = 1
     best_of: Optional[int] = None
     temperature: Optional[float] = None
     top_p: Optional[float] = None
@@ -49,8 +49,8 @@ class _SamplingFields(_Request):
     stop_token_ids: Optional[list[int]] = None
     seed: Optional[int] = None
     logit_bias: Optional[dict[str, float]] = None
-    ignore_eos: bool = False
-    min_tokens: int = 0
+    ignore_eos: Optional[bool] = False
+    min_tokens: Optional[int] = 0
     use_beam_search: bool = False
     length_penalty: float = 1.0
     include_stop_str_in_output: bool = False
@@ -66,7 +66,7 @@ class CompletionRequest(_SamplingFields):
 
     prompt: Union[str, list[str], list[int], list[list[int]]]
     max_tokens: Optional[int] = 16
-    echo: bool = False
+    echo: Optional[bool] = False
     logprobs: Optional[int] = None
     suffix: Optional[str] = None
 

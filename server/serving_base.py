@@ -86,7 +86,7 @@ class OpenAIServing:
         top_k = req.top_k if req.top_k not in (None, 0) else -1
         try:
             return SamplingParams(
-                n=req.n, best_of=req.best_of,
+                n=1 if req.n is None else req.n, best_of=req.best_of,
                 presence_penalty=req.presence_penalty or 0.0,
                 frequency_penalty=req.frequency_penalty or 0.0,
                 repetition_penalty=1.0 if req.repetition_penalty is None
@@ -97,7 +97,8 @@ class OpenAIServing:
                 use_beam_search=req.use_beam_search, length_penalty=req.length_penalty,
                 stop=req.stop, stop_token_ids=req.stop_token_ids,
                 include_stop_str_in_output=req.include_stop_str_in_output,
-                ignore_eos=req.ignore_eos, max_tokens=max_tokens, min_tokens=req.min_tokens,
+                ignore_eos=bool(req.ignore_eos), max_tokens=max_tokens,
+                min_tokens=req.min_tokens or 0,
                 logprobs=logprobs, prompt_logprobs=prompt_logprobs,
                 skip_special_tokens=req.skip_special_tokens,
                 spaces_between_special_tokens=req.spaces_between_special_tokens,

@@ -72,7 +72,7 @@ class ServerProcess:
         pids = [int(p) for p in out]
         for pid in pids:
             cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
-            if b"multiprocessing" in cmdline:
+            if b"spawn_main" in cmdline:  # not the resource tracker
                 return pid
         raise RuntimeError(f"no engine core child of {self.proc.pid}: {pids}")
 

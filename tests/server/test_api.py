@@ -6,6 +6,8 @@ import json
 
 import pytest
 
+from server.protocol import (ChatCompletionChunk, ChatCompletionResponse, CompletionResponse,
+                             ModelList)
 from tests.fixtures_models import gpt2_tokenizer
 from tests.server.conftest import metric_value
 
@@ -36,6 +38,7 @@ async def test_completion_basic(fake_client):
                                json={"model": "tiny", "prompt": "one two three", "max_tokens": 5})
     assert r.status_code == 200, r.text
     body = r.json()
+    CompletionResponse.model_validate(body)  # the documented shape, no stray fields
     assert body["object"] == "text_completion" and body["id"].startswith("cmpl-")
     assert body["model"] == "tiny"
     (choice,) = body["choices"]
@@ -87,6 +90,7 @@ async def test_chat_basic_and_logprobs(fake_client):
         "max_completion_tokens": 4, "logprobs": True, "top_logprobs": 2})
     assert r.status_code == 200, r.text
     body = r.json()
+    ChatCompletionResponse.model_validate(body)
     assert body["object"] == "chat.completion" and body["id"].startswith("chatcmpl-")
     msg = body["choices"][0]["message"]
     assert msg["role"] == "assistant" and isinstance(msg["content"], str)
@@ -102,6 +106,8 @@ async def test_completion_stream_framing_and_usage(fake_client):
         "stream_options": {"include_usage": True}})
     assert r.status_code == 200 and r.headers["content-type"].startswith("text/event-stream")
     events = sse_events(r.text)
+    for e in events:
+        CompletionResponse.model_validate(e)
     *chunks, usage = events
     assert usage["choices"] == [] and usage["usage"]["completion_tokens"] == 8
     finishes = [(c["choices"][0]["index"], c["choices"][0]["finish_reason"]) for c in chunks
@@ -116,6 +122,8 @@ async def test_chat_stream_role_first_one_finish(fake_client):
     r = await fake_client.post("/v1/chat/completions", json={
         "messages": [{"role": "user", "content": "hello"}], "max_tokens": 3, "stream": True})
     events = sse_events(r.text)
+    for e in events:
+        ChatCompletionChunk.model_validate(e)
     assert events[0]["choices"][0]["delta"] == {"role": "assistant", "content": ""}
     assert all(e["object"] == "chat.completion.chunk" for e in events)
     finishes = [e["choices"][0]["finish_reason"] for e in events if e["choices"][0]["finish_reason"]]
@@ -158,6 +166,7 @@ async def test_stop_token_ids_and_ignore_unknown(fake_client):
 async def test_models_version_tokenize_detokenize(fake_client):
     r = await fake_client.get("/v1/models")
     data = r.json()
+    ModelList.model_validate(data)
     assert data["object"] == "list" and data["data"][0]["id"] == "tiny"
     assert data["data"][0]["max_model_len"] == 256
     assert "version" in (await fake_client.get("/version")).json()
