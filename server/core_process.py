@@ -115,6 +115,12 @@ class CoreLoop:
         """
         found: dict[str, float] = {}
         sched = getattr(self.core, "scheduler", None)
+        if sched is not None and len(self._seen_scheduled) > 1024:
+            # Requests stopped by the frontend end without a finished output: forget the ids
+            # the scheduler no longer holds (amortised, so the set stays small).
+            live = {r.request_id for q in ("running", "waiting", "swapped")
+                    for r in getattr(sched, q, ())}
+            self._seen_scheduled &= live
         for req in list(getattr(sched, "running", ()) or ()):
             rid = getattr(req, "request_id", None)
             t = getattr(getattr(req, "metrics", None), "first_scheduled_time", None)

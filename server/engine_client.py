@@ -158,9 +158,14 @@ class AsyncEngineClient(EngineClient):
                                            arrival_time=arrival,
                                            add_special_tokens=add_special_tokens)
         state = _RequestState(queue=asyncio.Queue(), arrival=arrival)
-        self._states[request_id] = state
         self.output_processor.add_request(request_id, prompt, req.prompt_token_ids, params)
-        self.core.add_request(req)
+        self._states[request_id] = state
+        try:
+            self.core.add_request(req)
+        except BaseException:  # the core is unreachable: leave nothing behind
+            self._states.pop(request_id, None)
+            self.output_processor.abort(request_id)
+            raise
         self._adds_since_stats += 1
         return RequestStream(self, request_id, state.queue, req.prompt_token_ids)
 

@@ -200,3 +200,42 @@ async def test_health_and_metrics(fake_client):
     for name in ("num_requests_waiting", "num_requests_swapped", "num_preemptions_total",
                  "prefix_cache_queries_total", "prefix_cache_hits_total"):
         metric_value(text, f"pagedserve:{name}", label)
+
+
+async def test_stream_never_splits_multibyte_characters(fake_client):
+    # GPT-2 splits these characters into byte-level tokens; the fake core streams them one token
+    # per step, so partial UTF-8 sequences must be held back until complete.
+    prompt = "héllo 你好 🙂 ok"
+    tok = gpt2_tokenizer()
+    n = len(tok(prompt).input_ids)
+    assert n > len(prompt.split())  # really multi-token characters
+    r = await fake_client.post("/v1/completions", json={"prompt": prompt, "max_tokens": n,
+                                                        "stream": True})
+    chunks = [c["choices"][0]["text"] for c in sse_events(r.text)]
+    assert all("\ufffd" not in c for c in chunks), chunks
+    assert "".join(chunks) == prompt
+
+
+async def test_bug_is_a_logged_500_with_request_id(fake_app_factory, monkeypatch, caplog):
+    import httpx
+
+    from server.serving_completions import OpenAIServingCompletion
+
+    client, _ = await fake_app_factory()
+
+    async def broken(self, req):
+        raise RuntimeError("boom")
+
+    monkeypatch.setattr(OpenAIServingCompletion, "create", broken)
+    # Starlette re-raises after answering (so servers log it): let the transport swallow it.
+    raw = httpx.AsyncClient(transport=httpx.ASGITransport(app=client._transport.app,
+                                                          raise_app_exceptions=False),
+                            base_url="http://testserver")
+    r = await raw.post("/v1/completions", json={"prompt": "x"},
+                       headers={"X-Request-Id": "req-42"})
+    await raw.aclose()
+    assert r.status_code == 500
+    err = r.json()["error"]
+    assert err["type"] == "server_error" and "req-42" in err["message"]
+    assert "boom" not in err["message"]  # internals stay in the log
+    assert any("req-42" in rec.getMessage() for rec in caplog.records)

@@ -123,6 +123,12 @@ def test_stop_strings(client, model_name):
     assert "".join(c.choices[0].text for c in chunks) == cut
 
 
+def test_beam_search(client, model_name):
+    out = client.completions.create(model=model_name, prompt=PROMPTS[0], max_tokens=4, n=2,
+                                    temperature=0, extra_body={"use_beam_search": True})
+    assert len(out.choices) == 2 and all(c.finish_reason for c in out.choices)
+
+
 def test_raw_sse_framing(default_server, model_name):
     body = {"model": model_name, "prompt": PROMPTS[1], "max_tokens": 5, "stream": True,
             "n": 2, "temperature": 0.9, "stream_options": {"include_usage": True}}
@@ -157,8 +163,9 @@ def test_errors_through_sdk(client, model_name):
 
 
 def test_disconnect_mid_stream_frees_everything(default_server, model_name):
+    # n=2: both sequences of the request must stop together.
     body = {"model": model_name, "prompt": "Write a long story about a dragon.",
-            "max_tokens": 2000, "ignore_eos": True, "stream": True}
+            "max_tokens": 2000, "ignore_eos": True, "stream": True, "n": 2, "temperature": 0.8}
     with httpx.stream("POST", default_server.base_url + "/v1/completions", json=body,
                       timeout=120) as r:
         lines = r.iter_lines()
