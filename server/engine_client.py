@@ -59,6 +59,13 @@ class EngineClient(ABC):
     def abort(self, request_id: str) -> None: ...
 
     @abstractmethod
+    def tokenize(self, text: str, add_special_tokens: bool = True) -> list[int]: ...
+
+    @abstractmethod
+    def default_max_tokens(self, prompt_len: int, num_seqs: int) -> Optional[int]:
+        """max_tokens for a request that gives none (chat): as many as context and pool allow."""
+
+    @abstractmethod
     async def get_stats(self) -> dict: ...
 
     @abstractmethod
@@ -168,6 +175,30 @@ class AsyncEngineClient(EngineClient):
             raise
         self._adds_since_stats += 1
         return RequestStream(self, request_id, state.queue, req.prompt_token_ids)
+
+    def default_max_tokens(self, prompt_len: int, num_seqs: int) -> Optional[int]:
+        """The largest max_tokens a request may ask for: within the context and within what the
+        KV pool can ever hold for it (None when even one token does not fit)."""
+        from engine.input_processor import worst_case_blocks
+
+        ip = self.input_processor
+        hi = self.model_config.max_model_len - prompt_len
+        if ip is None or hi < 1:
+            return None
+        if worst_case_blocks(prompt_len, hi, num_seqs, ip.block_size) <= ip.num_gpu_blocks:
+            return hi
+        lo = 0  # invariant: lo fits (or is 0), hi does not
+        while hi - lo > 1:
+            mid = (lo + hi) // 2
+            if worst_case_blocks(prompt_len, mid, num_seqs, ip.block_size) <= ip.num_gpu_blocks:
+                lo = mid
+            else:
+                hi = mid
+        return lo or None
+
+    def tokenize(self, text: str, add_special_tokens: bool = True) -> list[int]:
+        """Token ids of `text` exactly as requests are tokenized."""
+        return self.input_processor.tokenize(text, add_special_tokens)
 
     def abort(self, request_id: str) -> None:
         if self._states.pop(request_id, None) is None:

@@ -53,10 +53,15 @@ class OpenAIServingChat(OpenAIServing):
                                  req.add_generation_prompt)
         except ValueError as exc:
             raise bad_request(str(exc), "messages") from exc
-        rid = random_id("chatcmpl")
         # The template already holds any BOS token, as in the offline LLM.chat().
-        streams = self.submit([rid], [(prompt, None)], params, "messages",
-                              add_special_tokens=False)
+        prompt_ids = self.engine.tokenize(prompt, add_special_tokens=False)
+        if max_tokens is None:
+            # OpenAI's default: up to the context length (and what the KV pool can hold).
+            default = self.engine.default_max_tokens(len(prompt_ids), params.num_seqs)
+            if default is not None:
+                params = params.clone(max_tokens=default)
+        rid = random_id("chatcmpl")
+        streams = self.submit([rid], [(prompt, prompt_ids)], params, "messages")
         if req.stream:
             return StreamingResponse(self._stream(req, rid, streams[0], n, logprobs),
                                      media_type="text/event-stream")

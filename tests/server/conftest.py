@@ -121,9 +121,10 @@ async def fake_app_factory(tiny_gpt2):
 
     made: list[Any] = []
 
-    async def make(max_num_seqs: int = 64, **server_kw: Any):
+    async def make(max_num_seqs: int = 64, num_kv_blocks: int = 256, **server_kw: Any):
         server_kw.setdefault("log_stats_interval", 0)
-        cfg = EngineArgs(model=tiny_gpt2, device="cpu", max_model_len=256, num_kv_blocks=256,
+        cfg = EngineArgs(model=tiny_gpt2, device="cpu", max_model_len=256,
+                         num_kv_blocks=num_kv_blocks,
                          max_num_seqs=max_num_seqs).create_engine_config()
         metrics = ServerMetrics("tiny")
         engine = AsyncEngineClient(cfg, mode="inproc", core_factory=FAKE_CORE, metrics=metrics,

@@ -9,7 +9,7 @@ import pytest
 from server.protocol import (ChatCompletionChunk, ChatCompletionResponse, CompletionResponse,
                              ModelList)
 from tests.fixtures_models import gpt2_tokenizer
-from tests.server.conftest import metric_value
+from tests.server.conftest import CHATML, metric_value
 
 
 def sse_events(body: str) -> list:
@@ -239,3 +239,23 @@ async def test_bug_is_a_logged_500_with_request_id(fake_app_factory, monkeypatch
     assert err["type"] == "server_error" and "req-42" in err["message"]
     assert "boom" not in err["message"]  # internals stay in the log
     assert any("req-42" in rec.getMessage() for rec in caplog.records)
+
+
+async def test_chat_default_max_tokens_fits_context_and_pool(fake_app_factory):
+    client, _ = await fake_app_factory(num_kv_blocks=4, chat_template=CHATML)  # 64 tokens
+    r = await client.post("/v1/chat/completions",
+                          json={"messages": [{"role": "user", "content": "hi"}]})
+    assert r.status_code == 200, r.text
+    usage = r.json()["usage"]
+    assert r.json()["choices"][0]["finish_reason"] == "length"
+    # The fake echoes forever, so it stops at the pool's limit: 64 KV slots hold 65 tokens
+    # (the last sampled token's KV is never written).
+    assert usage["total_tokens"] == 65
+
+
+async def test_best_of_returns_n(fake_client):
+    r = await fake_client.post("/v1/completions", json={"prompt": "u v w", "max_tokens": 3,
+                                                        "n": 1, "best_of": 3,
+                                                        "temperature": 1.0})
+    assert r.status_code == 200, r.text
+    assert [c["index"] for c in r.json()["choices"]] == [0]
