@@ -15,6 +15,10 @@ def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float,
     With `residual`, first forms `x + residual` (the new residual stream) and returns
     `(rms_norm(x + residual), x + residual)`; without it returns the normalised tensor.
     """
+    if x.is_cuda and x.dtype != torch.float32:
+        from kernels.rms_norm import rms_norm as fused_rms_norm
+        out, new_residual = fused_rms_norm(x, weight, eps, residual)
+        return out if residual is None else (out, new_residual)
     if residual is not None:
         x = x + residual
         residual = x

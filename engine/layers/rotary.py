@@ -127,14 +127,15 @@ def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
 
     Neox style pairs dimension i with i + rotary_dim/2; GPT-J style pairs 2i with 2i+1.
     """
-    cos = cos[:, None, :]
-    sin = sin[:, None, :]
-    xf = x.float()
+    # Arithmetic in x's dtype with cos/sin rounded to it, as HF transformers does: half-precision
+    # outputs then agree with HF's bit for bit (fp32 is unchanged).
+    cos = cos[:, None, :].to(x.dtype)
+    sin = sin[:, None, :].to(x.dtype)
     if is_neox_style:
-        x1, x2 = xf.chunk(2, dim=-1)
-        return torch.cat((x1 * cos - x2 * sin, x2 * cos + x1 * sin), dim=-1).to(x.dtype)
-    x1, x2 = xf[..., 0::2], xf[..., 1::2]
-    return torch.stack((x1 * cos - x2 * sin, x2 * cos + x1 * sin), dim=-1).flatten(-2).to(x.dtype)
+        x1, x2 = x.chunk(2, dim=-1)
+        return torch.cat((x1 * cos - x2 * sin, x2 * cos + x1 * sin), dim=-1)
+    x1, x2 = x[..., 0::2], x[..., 1::2]
+    return torch.stack((x1 * cos - x2 * sin, x2 * cos + x1 * sin), dim=-1).flatten(-2)
 
 
 class RotaryEmbedding(nn.Module):
@@ -170,6 +171,12 @@ class RotaryEmbedding(nn.Module):
         if (positions.device.type == "cpu" and positions.numel()
                 and int(positions.max()) >= self.cos_sin_cache.shape[0]):
             self.cos_sin_cache = self._build(int(positions.max()) * 2 + 1)
+        if q.is_cuda and q.dtype != torch.float32:
+            # Fused Triton kernel, in place on the q/k views (one launch for both).
+            from kernels.rotary import rotary_embedding
+            rotary_embedding(positions, q, k, self.head_dim, self.cos_sin_cache,
+                             self.is_neox_style)
+            return q, k
         cos, sin = self.cos_sin_cache[positions.long()].chunk(2, dim=-1)
         return self._rotate(q, cos, sin), self._rotate(k, cos, sin)
 

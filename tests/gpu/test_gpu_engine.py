@@ -20,14 +20,19 @@ def prompts32() -> list[str]:
     return [f"{rng.choice(topics)} {rng.choice(things)}." for _ in range(32)]
 
 
-@pytest.fixture(scope="module")
-def hf_model_gpu():
+def load_hf(dtype: torch.dtype):
     from transformers import AutoModelForCausalLM
 
     from engine.loader.default_model import default_model_path
     path = default_model_path()
-    return AutoModelForCausalLM.from_pretrained(os.path.dirname(path),
-                                                gguf_file=os.path.basename(path)).cuda().eval()
+    model = AutoModelForCausalLM.from_pretrained(os.path.dirname(path),
+                                                 gguf_file=os.path.basename(path))
+    return model.to(dtype).cuda().eval() if dtype != torch.float32 else model.cuda().eval()
+
+
+@pytest.fixture(scope="module")
+def hf_model_gpu():
+    return load_hf(torch.float32)
 
 
 def hf_greedy(model, tok, prompt: str, n: int) -> list[int]:
@@ -51,14 +56,14 @@ def test_fp32_greedy_equals_hf(hf_model_gpu):
     torch.cuda.empty_cache()
 
 
-def test_bf16_agrees_with_hf_bf16(hf_model_gpu):
+def test_bf16_agrees_with_hf_bf16():
     """Free-running greedy texts drift apart after one near-tie flip, so agreement is measured
     teacher-forced: along HF's bf16 greedy continuation, our argmax at each position must equal
     HF's token on >= 99% of the 32 x 64 positions. Free-running exact matches are printed too."""
     from engine import LLM, SamplingParams
     llm = LLM(device="cuda", dtype="bfloat16", gpu_memory_utilization=0.3)
     tok = llm.get_tokenizer()
-    hf = hf_model_gpu.to(torch.bfloat16)
+    hf = load_hf(torch.bfloat16)
     prompts = prompts32()
     outs = llm.generate(prompts, SamplingParams(temperature=0, max_tokens=64, ignore_eos=True),
                         use_tqdm=False)
@@ -77,7 +82,6 @@ def test_bf16_agrees_with_hf_bf16(hf_model_gpu):
     frac = agree / total
     print(f"bf16 teacher-forced agreement with HF bf16: {frac:.4f} ({agree}/{total}); "
           f"identical free-running outputs: {same_seq}/32")
-    hf_model_gpu.float()
     assert frac >= 0.99
 
 
@@ -97,11 +101,13 @@ def test_cuda_graphs_match_eager():
 
 
 def test_kv_pool_sized_from_memory_and_preemption_on_gpu():
+    """fp32: bf16 greedy legitimately changes with batch composition (other GEMM kernels), so
+    exact equality under preemption is checked where the arithmetic is exact enough."""
     from engine import LLM, SamplingParams
-    llm = LLM(device="cuda", dtype="bfloat16", gpu_memory_utilization=0.3)
+    llm = LLM(device="cuda", dtype="float32", gpu_memory_utilization=0.3)
     stats = llm.stats()
     assert stats["num_total_blocks"] > 1000
-    small = LLM(device="cuda", dtype="bfloat16", num_kv_blocks=24, preemption_mode="swap",
+    small = LLM(device="cuda", dtype="float32", num_kv_blocks=24, preemption_mode="swap",
                 max_num_seqs=16)
     params = SamplingParams(temperature=0, max_tokens=48, ignore_eos=True)
     prompts = prompts32()[:16]
