@@ -2,8 +2,9 @@
 
 Requests ignore unknown fields (clients written for newer OpenAI versions keep working); range checks
 are left to `SamplingParams`, whose `ValueError("<field>: ...")` becomes a 400 naming that field.
-Responses are plain pydantic models serialised with `model_dump(exclude_none=False)` so `null`
-fields appear the way OpenAI's do.
+Response models document the exact shapes sent (nulls included, as OpenAI sends them) and forbid
+extra fields; the hot streaming path builds the same shapes as dicts, and the tests validate every
+response and chunk against these models.
 """
 from __future__ import annotations
 
