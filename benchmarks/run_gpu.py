@@ -27,7 +27,8 @@ def run(name: str, argv: list[str], rows: list, timeout: int = 400) -> None:
     if "throughput" in argv[0]:
         cmd += ["--output-json", out_json]
     print(f"== {name}: {' '.join(cmd[1:])}", flush=True)
-    env = dict(os.environ, PYTHONPATH=ROOT)
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(
+        p for p in (ROOT, os.environ.get("PYTHONPATH", "")) if p))
     proc = subprocess.run(cmd, cwd=ROOT, env=env, timeout=timeout)
     status = "ok" if proc.returncode == 0 else f"rc={proc.returncode}"
     metrics = {}
