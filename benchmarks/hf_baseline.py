@@ -121,8 +121,9 @@ def _generate(model: Any, prompts: Sequence[list[int]], max_new: int, n: int, be
     """One static batch; returns the number of tokens generated (padding-run ones included)."""
     ids, mask = _left_pad(prompts, pad_id, device)
     width = max(n, beam_width)
-    kwargs: dict[str, Any] = dict(max_new_tokens=max_new, min_new_tokens=max_new,
-                                  pad_token_id=pad_id, num_return_sequences=width, use_cache=True)
+    # eos_token_id=None: EOS does not stop a sequence, as ignore_eos on the engine side.
+    kwargs: dict[str, Any] = dict(max_new_tokens=max_new, eos_token_id=None, pad_token_id=pad_id,
+                                  num_return_sequences=width, use_cache=True)
     if beam_width > 1:
         kwargs.update(num_beams=beam_width, do_sample=False)
     elif n > 1:

@@ -157,7 +157,9 @@ def main(argv: Optional[list[str]] = None) -> dict[str, Any]:
     # The matmul peak is measured before the engine takes its share of device memory.
     flops = None if args.no_roofline else measure_matmul_flops(args.device)
 
+    t0 = time.perf_counter()
     llm = build_llm(spec, args)
+    load_s = time.perf_counter() - t0
     config = hf_config_of(spec, llm)
     max_len = args.max_model_len or max_len_of(config)
     clipped = clip_to_context(reqs, max_len)
@@ -167,6 +169,7 @@ def main(argv: Optional[list[str]] = None) -> dict[str, Any]:
     metrics = run_engine(llm, prompts, clipped, args.n, args.beam_width,
                          warmup=not args.no_warmup, probe=not args.no_step_probe)
 
+    metrics["engine_load_s"] = load_s
     counts = parameter_counts(config)
     metrics.update(counts)
     if flops is not None:

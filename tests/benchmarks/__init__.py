@@ -1,0 +1,1 @@
+"""Tests of the benchmark scripts (CPU smoke, statistics, report rendering)."""
