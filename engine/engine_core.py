@@ -14,7 +14,7 @@ from engine.model_runner import ModelRunner, RunnerOutput
 from engine.outputs import EngineCoreOutput, EngineCoreRequest, SeqDelta
 from engine.sampling_params import SamplingParams
 from engine.scheduler import PreemptionCost, Scheduler
-from engine.scheduler_output import SchedulerOutput
+from engine.scheduler_output import ScheduledSeq, SchedulerOutput
 from engine.sequence import Request
 
 logger = logging.getLogger(__name__)
@@ -83,7 +83,15 @@ class EngineCore:
         return self._update(sched_out, result)
 
     def _account(self, out: SchedulerOutput) -> None:
-        usage = self.block_manager.usage(s for r in self.scheduler.running for s in r.live_seqs())
+        seqs = [s for r in self.scheduler.running for s in r.live_seqs()]
+        if self.block_manager.enable_prefix_caching or len(seqs) != len(self.scheduler.running):
+            usage = self.block_manager.usage(seqs)  # blocks may be shared: count them exactly
+        else:
+            # No sharing possible: O(num_seqs) instead of a walk over every block.
+            blocks = sum(len(s.block_table) for s in seqs)
+            usage = {"logical_blocks": blocks, "physical_blocks": blocks,
+                     "slots_allocated": blocks * self.block_manager.block_size,
+                     "slots_used": sum(s.num_computed_tokens for s in seqs)}
         self.num_steps += 1
         self.kv_slots_allocated_sum += usage["slots_allocated"]
         self.kv_slots_used_sum += usage["slots_used"]
@@ -93,39 +101,39 @@ class EngineCore:
 
     def _update(self, out: SchedulerOutput, result: RunnerOutput) -> list[EngineCoreOutput]:
         sched = self.scheduler
-        touched: dict[str, Request] = {}
+        by_req: dict[str, list[ScheduledSeq]] = {}
         for s in out.scheduled:
             seq, req = s.seq, s.request
             if seq.num_computed_tokens < req.prompt_len:
                 self.prompt_tokens_total += min(s.num_tokens, req.prompt_len - seq.num_computed_tokens)
             seq.num_computed_tokens += s.num_tokens
             self.block_manager.register_computed(seq)
-            touched[req.request_id] = req
+            by_req.setdefault(req.request_id, []).append(s)
             if req.request_id in result.prompt_logprobs:
                 req.prompt_logprobs.extend(result.prompt_logprobs[req.request_id])
-        for s in out.scheduled:
-            req = s.request
+        for group in by_req.values():
+            req = group[0].request
             if req.beam_state is not None:
+                req.beam_state.step(group, result, sched)
                 continue
-            for seq in s.sample_seqs:
-                tok, lp, top = result.sampled[seq.seq_id]
-                seq.append_token(tok, lp)
-                if top is not None:
-                    seq.new_logprobs.append(top)
-                self.generation_tokens_total += 1
-        for req in touched.values():
-            if req.beam_state is not None:
-                req.beam_state.step([s for s in out.scheduled if s.request is req], result, sched)
-                continue
+            for s in group:
+                for seq in s.sample_seqs:
+                    tok, lp, top = result.sampled[seq.seq_id]
+                    seq.append_token(tok, lp)
+                    if top is not None:
+                        seq.new_logprobs.append(top)
+                    self.generation_tokens_total += 1
+            # Fork before stop checks: a leader that finishes at once must not take the prompt
+            # blocks its siblings are about to share.
             if req.needs_fork():
                 sched.fork_siblings(req)
-            for s in out.scheduled:
-                if s.request is req:
-                    for seq in s.sample_seqs:
-                        if not seq.is_finished:
-                            sched.check_stop(req, seq)
+            for s in group:
+                for seq in s.sample_seqs:
+                    if not seq.is_finished:
+                        sched.check_stop(req, seq)
         sched.retire_finished()
-        return [o for o in (self._output(req) for req in touched.values()) if o is not None]
+        outputs = (self._output(group[0].request) for group in by_req.values())
+        return [o for o in outputs if o is not None]
 
     def _output(self, req: Request) -> Optional[EngineCoreOutput]:
         if req.beam_state is not None:

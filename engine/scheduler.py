@@ -96,6 +96,9 @@ class Scheduler:
 
     @staticmethod
     def _insert_ordered(queue, req: Request) -> None:
+        if not queue or queue[-1].order < req.order:
+            queue.append(req)  # the common case: it arrived after everything queued
+            return
         keys = [r.order for r in queue]
         idx = bisect.bisect(keys, req.order)
         queue.insert(idx, req)
@@ -150,9 +153,10 @@ class Scheduler:
         return budget
 
     def _schedule_waiting(self, out: SchedulerOutput, budget: int) -> None:
+        num_seqs = self.num_running_seqs()
         while self.waiting and budget > 0:
             req = self.waiting[0]
-            if self.num_running_seqs() + len(req.live_seqs()) > self.config.max_num_seqs:
+            if num_seqs + len(req.live_seqs()) > self.config.max_num_seqs:
                 break
             leader = req.leader
             hit, limit = 0, 0
@@ -171,6 +175,7 @@ class Scheduler:
                 req.num_cached_tokens = hit
             for seq in req.live_seqs():
                 seq.status = SequenceStatus.RUNNING
+            num_seqs += len(req.live_seqs())
             self._insert_ordered(self.running, req)
             budget -= self._commit(plan, out)
 
