@@ -214,5 +214,6 @@ class BeamSearchState:
         seqs = [SeqDelta(index=i, token_ids=list(h.token_ids), cumulative_logprob=h.logprob,
                          finish_reason=h.finish_reason, replace=True)
                 for i, h in enumerate(self.hypotheses[:req.params.n])]
+        plp = list(req.prompt_logprobs) if req.params.prompt_logprobs is not None else None
         return EngineCoreOutput(request_id=req.request_id, seqs=seqs, finished=True,
-                                num_cached_tokens=req.num_cached_tokens)
+                                prompt_logprobs=plp, num_cached_tokens=req.num_cached_tokens)

@@ -158,8 +158,8 @@ def test_prefix_cache_eviction_keeps_outputs_and_leaks_nothing(model, ref_llm):
 def test_preemption_keeps_samples_and_beams(mode, model, ref_llm):
     # Beams arrive last, so they are the ones preempted, in the middle of their search.
     prompts = [{"prompt_token_ids": PROMPT_200[i * 7:i * 7 + 20 + 9 * i]} for i in range(4)]
-    params = [sample(3, seed=1, max_tokens=20), sample(2, seed=2, best_of=3, max_tokens=20),
-              beams(3, max_tokens=20), beams(2, max_tokens=20)]
+    params = [sample(3, seed=1, max_tokens=16), sample(2, seed=2, best_of=3, max_tokens=16),
+              beams(3, max_tokens=16), beams(2, max_tokens=16)]
     expected = [ids(o) for o in ref_llm.generate(prompts, params, use_tqdm=False)]
     llm = LLM(model=model, device="cpu", num_kv_blocks=10, preemption_mode=mode,
               max_num_batched_tokens=32, num_cpu_blocks=64)
