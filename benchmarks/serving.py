@@ -187,7 +187,7 @@ async def run_benchmark(args: argparse.Namespace, reqs: Sequence[WorkloadRequest
     arrivals = random.Random(args.seed + 1)
 
     async with httpx.AsyncClient(timeout=httpx.Timeout(args.timeout), limits=limits,
-                                 transport=transport) as client:
+                                 transport=transport, headers=_headers(args.api_key)) as client:
         for _ in range(args.warmup_requests):
             warm = WorkloadRequest(min(16, reqs[0].input_len), 4)
             await send_request(client, url, build_payload(args, model, prompts[0], warm),
@@ -211,9 +211,13 @@ async def run_benchmark(args: argparse.Namespace, reqs: Sequence[WorkloadRequest
     return summarize(results, duration)
 
 
-async def discover_model(base_url: str, timeout: float) -> str:
+def _headers(api_key: Optional[str]) -> dict[str, str]:
+    return {"Authorization": f"Bearer {api_key}"} if api_key else {}
+
+
+async def discover_model(base_url: str, timeout: float, api_key: Optional[str] = None) -> str:
     """The first model id the server lists at /v1/models."""
-    async with httpx.AsyncClient(timeout=timeout) as client:
+    async with httpx.AsyncClient(timeout=timeout, headers=_headers(api_key)) as client:
         resp = await client.get(base_url.rstrip("/") + "/v1/models")
         resp.raise_for_status()
         return resp.json()["data"][0]["id"]
@@ -224,6 +228,8 @@ def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
     add_workload_args(parser, default="sharegpt_like", default_num=200)
     parser.add_argument("--base-url", default="http://127.0.0.1:8000")
     parser.add_argument("--model", default=None, help="model name (default: first of /v1/models)")
+    parser.add_argument("--api-key", default=os.environ.get("OPENAI_API_KEY"),
+                        help="bearer token (default: $OPENAI_API_KEY)")
     parser.add_argument("--endpoint", choices=["completions", "chat"], default="completions")
     parser.add_argument("--request-rate", nargs="+", default=["inf"],
                         help="requests/s of the Poisson arrivals, one run each; 'inf' = all at once")
@@ -251,7 +257,7 @@ def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
 def main(argv: Optional[list[str]] = None) -> list[dict[str, Any]]:
     args = parse_args(argv)
     reqs = load_workload(args.workload, args.num_requests, args.workload_dir)
-    model = args.model or asyncio.run(discover_model(args.base_url, args.timeout))
+    model = args.model or asyncio.run(discover_model(args.base_url, args.timeout, args.api_key))
     from benchmarks.record import append_result, make_record
 
     records = []
