@@ -206,7 +206,7 @@ class EngineArgs:
             enable_prefix_caching=self.enable_prefix_caching, num_cpu_blocks=self.num_cpu_blocks,
         )
         on_gpu = device.type == "cuda"
-        max_num_seqs = self.max_num_seqs or (256 if on_gpu else 64)
+        max_num_seqs = self.max_num_seqs or (512 if on_gpu else 64)
         max_batched = self.max_num_batched_tokens or (8192 if on_gpu else 2048)
         sched_cfg = SchedulerConfig(
             max_num_seqs=max_num_seqs, max_num_batched_tokens=max_batched,

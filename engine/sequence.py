@@ -27,17 +27,14 @@ class SequenceStatus(enum.Enum):
     FINISHED_IGNORED = "ignored"
 
     @property
-    def is_finished(self) -> bool:
-        return self in _FINISHED
-
-    @property
     def finish_reason(self) -> Optional[str]:
         """OpenAI's finish_reason for finished states, else None."""
         return self.value if self.is_finished else None
 
 
-_FINISHED = {SequenceStatus.FINISHED_STOPPED, SequenceStatus.FINISHED_LENGTH,
-             SequenceStatus.FINISHED_ABORTED, SequenceStatus.FINISHED_IGNORED}
+# A plain attribute per member: checked for every sequence on every step, so no set lookups.
+for _status in SequenceStatus:
+    _status.is_finished = _status.name.startswith("FINISHED")
 
 
 class Sequence:
@@ -154,7 +151,7 @@ class Request:
         return self.seqs[0]
 
     def live_seqs(self) -> list[Sequence]:
-        return [s for s in self.seqs if not s.is_finished]
+        return [s for s in self.seqs if not s.status.is_finished]
 
     def seqs_with_status(self, status: SequenceStatus) -> list[Sequence]:
         return [s for s in self.seqs if s.status == status]
