@@ -194,6 +194,9 @@ def run_static_batches(model: Any, prompts: Sequence[list[int]], reqs: Sequence[
         "hf_mean_batch_size": sum(sizes) / len(sizes) if sizes else 0.0,
         "hf_max_batch_size": max(sizes) if sizes else 0,
         "hf_oom_splits": splits,
+        # Free memory the batches were sized for: a low figure next to the device's total means
+        # something (a leaked engine) held memory and the baseline ran smaller batches than it could.
+        "hf_memory_budget_gib": budget / 2**30,
         "hf_time_budget_s": time_budget_s,
     }
 

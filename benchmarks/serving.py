@@ -126,8 +126,12 @@ def build_payload(args: argparse.Namespace, model: str, prompt: Any, req: Worklo
 
 
 async def send_request(client: httpx.AsyncClient, url: str, body: dict, input_len: int,
-                       ) -> RequestResult:
-    """Send one streaming request and time its chunks."""
+                       count_empty: bool = False) -> RequestResult:
+    """Send one streaming request and time its chunks.
+
+    A chunk is a token arrival when it carries text; with `count_empty`, also when it carries an
+    empty text before the finish (servers running without a tokenizer stream no text).
+    """
     res = RequestResult(ok=False, prompt_tokens=input_len)
     t0 = time.perf_counter()
     last = t0
@@ -154,7 +158,7 @@ async def send_request(client: httpx.AsyncClient, url: str, body: dict, input_le
                     res.prompt_tokens = msg["usage"].get("prompt_tokens", res.prompt_tokens)
                 for choice in msg.get("choices") or []:
                     piece = choice.get("text") or (choice.get("delta") or {}).get("content")
-                    if not piece:
+                    if not piece and not (count_empty and choice.get("finish_reason") is None):
                         continue
                     now = time.perf_counter()
                     if res.ttft is None:
@@ -191,14 +195,16 @@ async def run_benchmark(args: argparse.Namespace, reqs: Sequence[WorkloadRequest
         for _ in range(args.warmup_requests):
             warm = WorkloadRequest(min(16, reqs[0].input_len), 4)
             await send_request(client, url, build_payload(args, model, prompts[0], warm),
-                               warm.input_len)
+                               warm.input_len, args.count_empty_chunks)
 
         async def one(req: WorkloadRequest, prompt: Any) -> RequestResult:
             body = build_payload(args, model, prompt, req)
             if gate is None:
-                return await send_request(client, url, body, req.input_len)
+                return await send_request(client, url, body, req.input_len,
+                                          args.count_empty_chunks)
             async with gate:
-                return await send_request(client, url, body, req.input_len)
+                return await send_request(client, url, body, req.input_len,
+                                          args.count_empty_chunks)
 
         tasks = []
         start = time.perf_counter()
@@ -241,6 +247,9 @@ def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
     parser.add_argument("--temperature", type=float, default=0.0)
     parser.add_argument("--no-ignore-eos", action="store_true",
                         help="do not send the ignore_eos/min_tokens extensions")
+    parser.add_argument("--count-empty-chunks", action="store_true",
+                        help="count streamed chunks with empty text as tokens (tokenizer-less "
+                             "servers, e.g. dummy-weight shapes)")
     parser.add_argument("--warmup-requests", type=int, default=1)
     parser.add_argument("--timeout", type=float, default=3600.0)
     parser.add_argument("--output-json", default=None)
