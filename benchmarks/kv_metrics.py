@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import copy
 import time
-from typing import Any, Optional, Sequence
+from typing import Any, Optional
 
 Number = float | int
 

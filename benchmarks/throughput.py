@@ -36,6 +36,12 @@ from benchmarks.workloads import (WorkloadRequest, add_workload_args, clip_to_co
                                   load_workload, random_prompt_token_ids, summarize)
 
 
+# CLI options recorded in a result's params when set.
+RECORDED_ARGS = ("dtype", "block_size", "num_kv_blocks", "max_num_seqs", "max_num_batched_tokens",
+                 "preemption_mode", "enable_prefix_caching", "num_threads", "baseline",
+                 "hf_time_budget", "hf_num_requests", "hf_max_batch_size")
+
+
 def sampling_params_for(req: WorkloadRequest, n: int, beam_width: int,
                         seed: Optional[int] = None) -> Any:
     """Exactly `output_len` tokens; sampling at temperature 1, beam search greedy.
@@ -194,10 +200,7 @@ def main(argv: Optional[list[str]] = None) -> dict[str, Any]:
               "num_clipped_to_context": num_clipped,
               **{k: v for k, v in summarize(clipped).items() if k != "num_requests"},
               "num_requests": len(reqs),
-              **{k: getattr(args, k) for k in ("dtype", "block_size", "num_kv_blocks",
-                                               "max_num_seqs", "max_num_batched_tokens",
-                                               "preemption_mode", "enable_prefix_caching", "num_threads",
-                                               "baseline") if getattr(args, k) is not None}}
+              **{k: getattr(args, k) for k in RECORDED_ARGS if getattr(args, k) is not None}}
     from benchmarks.record import append_result, make_record
 
     if torch.cuda.is_available() or args.record:
