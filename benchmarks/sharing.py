@@ -10,7 +10,7 @@ run without sharing) with the physical blocks actually in use:
 alongside KV waste % (allocated-but-unused slots). The PagedAttention paper reports 6.1-9.8%
 (parallel sampling) and 37.6-55.2% (beam search) saved on its Alpaca runs.
 
-    python benchmarks/sharing.py                       # default model on CPU, first 100 requests
+    python benchmarks/sharing.py                       # default model on CPU, first 32 requests
     python benchmarks/sharing.py --model-shape llama3-8b --num-requests 1000   # on a GPU
 """
 from __future__ import annotations
@@ -78,7 +78,7 @@ def main(argv: Optional[list[str]] = None) -> list[dict[str, Any]]:
                         help="append to benchmarks/results/sharing.jsonl even on CPU")
     args = parser.parse_args(argv)
     if args.num_requests is None:
-        args.num_requests = 1000 if torch.cuda.is_available() else 100
+        args.num_requests = 1000 if torch.cuda.is_available() else 32
 
     spec = resolve_model(args.model, args.model_shape)
     reqs = load_workload(args.workload, args.num_requests, args.workload_dir)
