@@ -107,7 +107,7 @@ class LLM:
                 rid = str(next(self._ids))
                 engine.add_request(rid, item.get("prompt"), params,
                                    prompt_token_ids=item.get("prompt_token_ids"),
-                                   add_special_tokens=add_special_tokens)
+                                   add_special_tokens=add_special_tokens, final_only=True)
                 ids.append(rid)
         except Exception:
             for rid in ids:  # a bad prompt leaves nothing of this call behind

@@ -43,12 +43,16 @@ class LLMEngine:
 
     def add_request(self, request_id: str, prompt: Optional[str], params: SamplingParams,
                     prompt_token_ids: Optional[list[int]] = None,
-                    arrival_time: Optional[float] = None, add_special_tokens: bool = True) -> None:
+                    arrival_time: Optional[float] = None, add_special_tokens: bool = True,
+                    final_only: bool = False) -> None:
+        """Validate, tokenize and queue a request. With `final_only`, `step` reports it only
+        once it has finished (no per-step outputs to build)."""
         if self.output_processor.has_request(request_id):
             raise ValueError(f"request_id: '{request_id}' is already in use")
         core_req = self.input_processor.process(request_id, prompt, prompt_token_ids, params,
                                                 arrival_time, add_special_tokens)
-        self.output_processor.add_request(request_id, prompt, core_req.prompt_token_ids, params)
+        self.output_processor.add_request(request_id, prompt, core_req.prompt_token_ids, params,
+                                          final_only=final_only)
         self.core.add_request(core_req)
 
     def abort_request(self, request_id: str) -> None:

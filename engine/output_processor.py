@@ -89,11 +89,13 @@ class _Choice:
 
 class _RequestState:
     __slots__ = ("request_id", "prompt", "prompt_token_ids", "params", "choices",
-                 "prompt_logprobs", "num_cached_tokens", "stop_checker", "error", "tokenizer")
+                 "prompt_logprobs", "num_cached_tokens", "stop_checker", "error", "tokenizer",
+                 "final_only")
 
     def __init__(self, request_id: str, prompt: Optional[str], prompt_token_ids: list[int],
-                 params: SamplingParams, tokenizer: Any):
+                 params: SamplingParams, tokenizer: Any, final_only: bool = False):
         self.request_id = request_id
+        self.final_only = final_only
         self.prompt = prompt
         self.prompt_token_ids = list(prompt_token_ids)
         self.params = params
@@ -122,9 +124,10 @@ class _RequestState:
 
     @property
     def reports_progress(self) -> bool:
-        """Whether unfinished states are reported (not for beam search nor best_of > n)."""
+        """Whether unfinished states are reported (not for beam search, best_of > n, or callers
+        that asked for final results only)."""
         p = self.params
-        return not p.use_beam_search and p.best_of == p.n
+        return not self.final_only and not p.use_beam_search and p.best_of == p.n
 
     def make_output(self) -> RequestOutput:
         finished = self.finished
@@ -157,12 +160,13 @@ class OutputProcessor:
         self._requests: dict[str, _RequestState] = {}
 
     def add_request(self, request_id: str, prompt: Optional[str], prompt_token_ids: list[int],
-                    params: SamplingParams) -> None:
-        """Start tracking a request (before the core can report on it)."""
+                    params: SamplingParams, final_only: bool = False) -> None:
+        """Start tracking a request (before the core can report on it). With `final_only` a
+        RequestOutput is built only once the request finishes (offline batch generation)."""
         if request_id in self._requests:
             raise ValueError(f"request_id: {request_id!r} is already in use")
         self._requests[request_id] = _RequestState(request_id, prompt, prompt_token_ids, params,
-                                                   self.tokenizer)
+                                                   self.tokenizer, final_only)
 
     def abort(self, request_id: str) -> bool:
         """Drop a request's state; its later outputs are ignored. True if it was tracked."""
