@@ -186,16 +186,25 @@ class Sampler:
             f"logits {tuple(logits.shape)} vs {meta.num_rows} rows"
         assert logits.shape[1] == meta.vocab_size, \
             f"logits vocab {logits.shape[1]} != metadata vocab {meta.vocab_size}"
+        return self.launch(logits, meta).result()
+
+    def launch(self, logits: torch.Tensor, meta: SamplingMetadata) -> "PendingSample":
+        """Like `__call__`, but leaves the results on the device while they are copied to the
+        host asynchronously: the caller can queue more GPU work before `result()` waits.
+        The caller's logits are never modified: processing works on a copy."""
         logits = logits.float()
         raw_logprobs = torch.log_softmax(logits, dim=-1)
-
-        # The caller's tensor is never modified: processing works on a copy.
         processed = apply_penalties(logits.clone(), meta) if meta.needs_processing else logits
         tokens = processed.argmax(dim=-1)
         if not meta.all_greedy:
-            sampled = self._sample(processed, meta)
-            tokens = torch.where(meta.greedy, tokens, sampled)
-        return _gather_logprobs(raw_logprobs, tokens, meta.num_logprobs, meta.max_num_logprobs)
+            tokens = torch.where(meta.greedy, tokens, self._sample(processed, meta))
+        chosen = raw_logprobs.gather(1, tokens.unsqueeze(1)).squeeze(1)
+        top = None
+        max_k = min(meta.max_num_logprobs, raw_logprobs.shape[1])
+        if max_k > 0:
+            top = raw_logprobs.topk(max_k, dim=-1)
+        return PendingSample(tokens, chosen, top, meta.num_logprobs, max_k)
+
 
     @staticmethod
     def _sample(logits: torch.Tensor, meta: SamplingMetadata) -> torch.Tensor:
@@ -220,6 +229,49 @@ class Sampler:
         # Exp(1) can return exactly 0; clamping keeps p / q finite (and 0 / q == 0 for masked).
         q.clamp_(min=torch.finfo(q.dtype).tiny)
         return (probs / q).argmax(dim=-1)
+
+
+class PendingSample:
+    """Sampled tokens still on the device, being copied to pinned host memory."""
+
+    def __init__(self, tokens: torch.Tensor, chosen: torch.Tensor, top, num_logprobs: list[int],
+                 max_k: int):
+        self.tokens = tokens  # device tensor: the next step may read it without a host round trip
+        self.num_logprobs = num_logprobs
+        self.max_k = max_k
+        on_gpu = tokens.device.type == "cuda"
+        self._host = [_to_host(t, on_gpu) for t in
+                      ([tokens, chosen] + ([top.values, top.indices] if top is not None else []))]
+        self._event = None
+        if on_gpu:
+            self._event = torch.cuda.Event()
+            self._event.record()
+
+    def result(self) -> SamplerOutput:
+        if self._event is not None:
+            self._event.synchronize()
+        token_list: list[int] = self._host[0].tolist()
+        lp_list: list[float] = self._host[1].tolist()
+        top: list[Optional[dict[int, float]]] = [None] * len(token_list)
+        if self.max_k >= 0:
+            vals_l = self._host[2].tolist() if self.max_k > 0 else None
+            ids_l = self._host[3].tolist() if self.max_k > 0 else None
+            for i, k in enumerate(self.num_logprobs):
+                if k < 0:
+                    continue
+                d = {token_list[i]: lp_list[i]}
+                for j in range(min(k, self.max_k)):
+                    d.setdefault(ids_l[i][j], vals_l[i][j])
+                top[i] = d
+        return SamplerOutput(token_ids=token_list, logprobs=lp_list, top_logprobs=top)
+
+
+def _to_host(t: torch.Tensor, async_copy: bool) -> torch.Tensor:
+    if not async_copy:
+        return t
+    out = torch.empty(t.shape, dtype=t.dtype, pin_memory=True)
+    out.copy_(t, non_blocking=True)
+    return out
 
 
 def apply_penalties(logits: torch.Tensor, meta: SamplingMetadata) -> torch.Tensor:
