@@ -137,7 +137,9 @@ class BlockManager:
         """Publish the sequence's newly completed full blocks in the prefix cache."""
         if not self.enable_prefix_caching:
             return
-        full = seq.num_computed_tokens // self.block_size
+        # Only blocks whose tokens are all known (not a pending placeholder) can be hashed.
+        known = len(seq.token_ids) - seq.num_pending
+        full = min(seq.num_computed_tokens, known) // self.block_size
         self._extend_hashes(seq, full)
         for i in range(full):
             self.gpu.register(seq.block_table[i], seq.block_hashes[i])
@@ -153,10 +155,13 @@ class BlockManager:
         """
         return self._move(request.live_seqs(), self.gpu, self.cpu)
 
-    def can_swap_in(self, request: Request) -> bool:
+    def can_swap_in(self, request: Request, num_new_tokens: dict[int, int]) -> bool:
+        """Room for the request's blocks plus what its next step (`num_new_tokens` per seq id)
+        will add, counting a possible CoW copy per sequence."""
         seqs = request.live_seqs()
-        # Headroom: each sequence may need a fresh block (or a CoW copy) on its next step.
-        return self.gpu.num_free >= self.distinct_blocks(seqs) + len(seqs)
+        growth = sum(max(0, _cdiv(s.num_computed_tokens + num_new_tokens.get(s.seq_id, 0),
+                                  self.block_size) - len(s.block_table)) + 1 for s in seqs)
+        return self.gpu.num_free >= self.distinct_blocks(seqs) + growth
 
     def swap_in(self, request: Request) -> list[tuple[int, int]]:
         """Bring a swapped request back; (cpu, gpu) pairs to copy."""

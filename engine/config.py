@@ -129,6 +129,8 @@ class RunnerConfig:
     enforce_eager: bool = False
     attention_backend: str = "auto"  # auto | torch | triton
     max_cuda_graph_batch: int = 256
+    # Schedule and launch step N+1 while step N runs (see EngineCore.step).
+    async_scheduling: bool = False
 
     def __post_init__(self) -> None:
         _require(self.attention_backend in ("auto", "torch", "triton"), "attention_backend",
@@ -171,6 +173,7 @@ class EngineArgs:
     chat_template: Optional[str] = None
     max_queue_len: Optional[int] = None
     skip_tokenizer_init: bool = False
+    async_scheduling: Optional[bool] = None  # None: on for CUDA, off on the CPU
     hf_overrides: dict = field(default_factory=dict)
 
     @classmethod
@@ -215,7 +218,9 @@ class EngineArgs:
         )
         runner_cfg = RunnerConfig(device=device, enforce_eager=self.enforce_eager,
                                   attention_backend=self.attention_backend,
-                                  max_cuda_graph_batch=min(max_num_seqs, 512))
+                                  max_cuda_graph_batch=min(max_num_seqs, 512),
+                                  async_scheduling=(on_gpu if self.async_scheduling is None
+                                                    else self.async_scheduling))
         return EngineConfig(model=model_cfg, cache=cache_cfg, scheduler=sched_cfg, runner=runner_cfg)
 
 

@@ -10,7 +10,7 @@ from typing import Optional
 
 from engine.block_manager import BlockManager
 from engine.config import EngineConfig
-from engine.model_runner import ModelRunner, RunnerOutput
+from engine.model_runner import InFlight, ModelRunner, RunnerOutput
 from engine.outputs import EngineCoreOutput, EngineCoreRequest, SeqDelta
 from engine.sampling_params import SamplingParams
 from engine.scheduler import PreemptionCost, Scheduler
@@ -28,6 +28,8 @@ class EngineCore:
             self.runner.num_gpu_blocks, self.runner.num_cpu_blocks, config.cache.block_size,
             enable_prefix_caching=config.cache.enable_prefix_caching)
         self.scheduler = Scheduler(config.scheduler, self.block_manager, self._cost_model())
+        self.async_scheduling = config.runner.async_scheduling
+        self._inflight: Optional[InFlight] = None
         self._seq_ids = itertools.count()
         self.prompt_tokens_total = 0
         self.generation_tokens_total = 0
@@ -71,18 +73,60 @@ class EngineCore:
         self.scheduler.stop_seqs(request_id, indices)
 
     def has_unfinished_requests(self) -> bool:
-        return self.scheduler.has_unfinished_requests()
+        return self.scheduler.has_unfinished_requests() or self._inflight is not None
 
     # ---- the step ----------------------------------------------------------------------------
     def step(self) -> list[EngineCoreOutput]:
+        """One iteration. With async scheduling the next step is scheduled and launched while
+        the previous one still runs on the GPU: sequences that just sampled hold a PLACEHOLDER
+        token, which the new step reads on the device; the host learns the tokens (stop checks,
+        outputs) after the launch. Outputs therefore trail the launch by one step."""
+        if not self.async_scheduling:
+            sched_out = self.scheduler.schedule()
+            if sched_out.is_empty and not sched_out.has_block_ops:
+                return []
+            result = self.runner.execute(sched_out)
+            self._begin(sched_out)
+            return self._update(sched_out, result, resolve=False)
+        outputs: list[EngineCoreOutput] = []
+        prev, self._inflight = self._inflight, None
+        if prev is not None and not prev.overlappable:
+            outputs += self._finish(prev)
+            prev = None
         sched_out = self.scheduler.schedule()
-        if sched_out.is_empty and not sched_out.has_block_ops:
-            return []
-        self._account(sched_out)
-        result = self.runner.execute(sched_out)
-        return self._update(sched_out, result)
+        cur = None
+        if not sched_out.is_empty or sched_out.has_block_ops:
+            cur = self.runner.launch(sched_out, prev)  # inputs are built from the old state
+            self._begin(sched_out)
+            cur.overlappable = self._add_placeholders(sched_out)
+        if prev is not None:
+            outputs += self._finish(prev)
+        self._inflight = cur
+        return outputs
+
+    def _finish(self, step: InFlight) -> list[EngineCoreOutput]:
+        return self._update(step.sched, self.runner.finish(step), resolve=step.overlappable)
+
+    @staticmethod
+    def _overlappable(req: Request) -> bool:
+        """Requests whose next sampling does not read their latest tokens on the host."""
+        p = req.params
+        return (len(req.seqs) == 1 and req.beam_state is None
+                and p.repetition_penalty == 1.0 and p.presence_penalty == 0.0
+                and p.frequency_penalty == 0.0
+                and req.leader.num_real_output_tokens >= p.min_tokens)
+
+    def _add_placeholders(self, out: SchedulerOutput) -> bool:
+        sampled = [s for s in out.scheduled if s.sample_seqs]
+        if not all(self._overlappable(s.request) for s in sampled):
+            return False
+        for s in sampled:
+            for seq in s.sample_seqs:
+                seq.append_placeholder()
+        return True
 
     def _account(self, out: SchedulerOutput) -> None:
+        """Per-step KV accounting: allocated vs used slots, logical vs physical blocks."""
         seqs = [s for r in self.scheduler.running for s in r.live_seqs()]
         if self.block_manager.enable_prefix_caching or len(seqs) != len(self.scheduler.running):
             usage = self.block_manager.usage(seqs)  # blocks may be shared: count them exactly
@@ -99,15 +143,23 @@ class EngineCore:
         self.physical_blocks_sum += usage["physical_blocks"]
         self.peak_physical_blocks = max(self.peak_physical_blocks, self.block_manager.gpu.num_used)
 
-    def _update(self, out: SchedulerOutput, result: RunnerOutput) -> list[EngineCoreOutput]:
-        sched = self.scheduler
-        by_req: dict[str, list[ScheduledSeq]] = {}
+    def _begin(self, out: SchedulerOutput) -> None:
+        """Bookkeeping known once a step is launched: its tokens' KV is being computed."""
+        self._account(out)
         for s in out.scheduled:
             seq, req = s.seq, s.request
             if seq.num_computed_tokens < req.prompt_len:
                 self.prompt_tokens_total += min(s.num_tokens, req.prompt_len - seq.num_computed_tokens)
             seq.num_computed_tokens += s.num_tokens
             self.block_manager.register_computed(seq)
+
+    def _update(self, out: SchedulerOutput, result: RunnerOutput,
+                resolve: bool) -> list[EngineCoreOutput]:
+        """Apply a finished step's samples. `resolve`: its tokens replace placeholders."""
+        sched = self.scheduler
+        by_req: dict[str, list[ScheduledSeq]] = {}
+        for s in out.scheduled:
+            req = s.request
             by_req.setdefault(req.request_id, []).append(s)
             if req.request_id in result.prompt_logprobs:
                 req.prompt_logprobs.extend(result.prompt_logprobs[req.request_id])
@@ -118,8 +170,13 @@ class EngineCore:
                 continue
             for s in group:
                 for seq in s.sample_seqs:
+                    if seq.is_finished:
+                        continue  # stopped or aborted while this step was in flight
                     tok, lp, top = result.sampled[seq.seq_id]
-                    seq.append_token(tok, lp)
+                    if resolve:
+                        seq.resolve_placeholder(tok, lp)
+                    else:
+                        seq.append_token(tok, lp)
                     if top is not None:
                         seq.new_logprobs.append(top)
                     self.generation_tokens_total += 1
@@ -132,6 +189,11 @@ class EngineCore:
                     if not seq.is_finished:
                         sched.check_stop(req, seq)
         sched.retire_finished()
+        for group in by_req.values():
+            req = group[0].request
+            if req.is_finished and req.request_id in sched.requests:
+                # Preempted while this step was in flight, then finished by its result.
+                sched.abort_request(req.request_id)
         outputs = (self._output(group[0].request) for group in by_req.values())
         return [o for o in outputs if o is not None]
 
@@ -144,9 +206,10 @@ class EngineCore:
             report_finish = seq.is_finished and not seq.finish_reported
             if n == 0 and not report_finish:
                 continue
+            end = len(seq.token_ids) - seq.num_pending
             deltas.append(SeqDelta(
                 index=seq.index,
-                token_ids=seq.token_ids[len(seq.token_ids) - n:] if n else [],
+                token_ids=seq.token_ids[end - n:end] if n else [],
                 cumulative_logprob=seq.cumulative_logprob,
                 logprobs=seq.new_logprobs or None,
                 finish_reason=seq.status.finish_reason,

@@ -1,13 +1,14 @@
 """Turns a `SchedulerOutput` into the flat tensors one forward pass needs."""
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
 
 from engine.attention.metadata import AttentionMetadata
 from engine.scheduler_output import SchedulerOutput
+from engine.sequence import PLACEHOLDER
 
 
 @dataclass
@@ -19,6 +20,8 @@ class ModelInputs:
     sample_rows: list[int]
     # For prompt_logprobs: (scheduled index, first row, number of rows) of chunks that want them.
     prompt_logprob_spans: list[tuple[int, int, int]]
+    # (row, seq_id) of PLACEHOLDER tokens: filled on the device from the in-flight step's samples.
+    placeholder_rows: list[tuple[int, int]] = field(default_factory=list)
 
 
 def build_model_inputs(out: SchedulerOutput, block_size: int, device: torch.device,
@@ -37,10 +40,17 @@ def build_model_inputs(out: SchedulerOutput, block_size: int, device: torch.devi
     tables: list[list[int]] = []
     sample_rows: list[int] = []
     spans: list[tuple[int, int, int]] = []
+    placeholders: list[tuple[int, int]] = []
     for i, s in enumerate(out.scheduled):
         seq, start, n = s.seq, s.start, s.num_tokens
         end = start + n
-        ids.extend(seq.token_ids[start:end])
+        chunk = seq.token_ids[start:end]
+        if seq.num_pending and end > len(seq.token_ids) - seq.num_pending:
+            base = qsl[-1]
+            placeholders.extend((base + j, seq.seq_id) for j, t in enumerate(chunk)
+                                if t == PLACEHOLDER)
+            chunk = [0 if t == PLACEHOLDER else t for t in chunk]
+        ids.extend(chunk)
         pos.extend(range(start, end))
         table = seq.block_table
         slots.extend(table[p // block_size] * block_size + p % block_size for p in range(start, end))
@@ -75,6 +85,7 @@ def build_model_inputs(out: SchedulerOutput, block_size: int, device: torch.devi
         meta=meta,
         sample_rows=sample_rows,
         prompt_logprob_spans=spans,
+        placeholder_rows=placeholders,
     )
 
 

@@ -15,7 +15,7 @@ from engine.attention.backend import get_attention_backend
 from engine.config import EngineConfig
 from engine.layers.attention import attention_layers, bind_kv_caches
 from engine.model_inputs import ModelInputs, build_model_inputs
-from engine.sampler import Sampler, SamplingMetadata, compute_prompt_logprobs
+from engine.sampler import PendingSample, Sampler, SamplingMetadata, compute_prompt_logprobs
 from engine.scheduler_output import SchedulerOutput
 
 logger = logging.getLogger(__name__)
@@ -31,6 +31,20 @@ class RunnerOutput:
     prompt_logprobs: dict[str, list[Optional[dict[int, float]]]] = field(default_factory=dict)
     # Beam search: seq_id -> (top 2*width token ids, their logprobs) of the raw distribution.
     beam_candidates: dict[int, tuple[list[int], list[float]]] = field(default_factory=dict)
+
+
+@dataclass
+class InFlight:
+    """A launched step: its schedule, its samples (possibly still on their way to the host)."""
+
+    sched: SchedulerOutput
+    result: RunnerOutput = field(default_factory=RunnerOutput)
+    rows: list = field(default_factory=list)
+    pending: Optional[PendingSample] = None
+    row_of_seq: dict[int, int] = field(default_factory=dict)
+    # True when every sequence sampled here got a placeholder token (the next step may be
+    # scheduled before this one's tokens are known).
+    overlappable: bool = False
 
 
 class ModelRunner:
@@ -147,28 +161,55 @@ class ModelRunner:
             dk.index_copy_(0, dst, sk.index_select(0, src).to(dst_dev))
             dv.index_copy_(0, dst, sv.index_select(0, src).to(dst_dev))
 
-    @torch.inference_mode()
     def execute(self, out: SchedulerOutput) -> RunnerOutput:
+        return self.finish(self.launch(out))
+
+    @torch.inference_mode()
+    def launch(self, out: SchedulerOutput, prev: Optional["InFlight"] = None) -> "InFlight":
+        """Queue the step's GPU work and start copying its samples to the host.
+
+        Tokens sampled by `prev` (still in flight) are read on the device wherever this step
+        computes one of its placeholders.
+        """
         self._block_ops(out)
-        result = RunnerOutput()
+        step = InFlight(out)
         if out.is_empty:
-            return result
+            return step
         pad = self.graphs.block_table_width if self.graphs else 0
         inputs = build_model_inputs(out, self.block_size, self.device, pad_block_tables_to=pad)
+        if inputs.placeholder_rows:
+            self._fill_placeholders(inputs, prev)
         hidden = self._forward(inputs)
-        self._prompt_logprobs(out, inputs, hidden, result)
-        rows = [(s.request, q) for s in out.scheduled for q in s.sample_seqs]
-        if not rows:
-            return result
+        self._prompt_logprobs(out, inputs, hidden, step.result)
+        step.rows = [(s.request, q) for s in out.scheduled for q in s.sample_seqs]
+        if not step.rows:
+            return step
         idx = torch.tensor(inputs.sample_rows, device=self.device)
         logits = self.model.compute_logits(hidden.index_select(0, idx)).float()
-        self._beam_candidates(rows, logits, result)
-        meta = SamplingMetadata.from_rows(rows, self.vocab_size, self.device)
-        sampled = self.sampler(logits, meta)
-        for (_, seq), tok, lp, top in zip(rows, sampled.token_ids, sampled.logprobs,
-                                          sampled.top_logprobs):
-            result.sampled[seq.seq_id] = (tok, lp, top)
-        return result
+        self._beam_candidates(step.rows, logits, step.result)
+        meta = SamplingMetadata.from_rows(step.rows, self.vocab_size, self.device)
+        step.pending = self.sampler.launch(logits, meta)
+        step.row_of_seq = {seq.seq_id: i for i, (_, seq) in enumerate(step.rows)}
+        return step
+
+    def finish(self, step: "InFlight") -> RunnerOutput:
+        """Wait for the step's samples; the RunnerOutput of `launch`'s step."""
+        if step.pending is not None:
+            sampled = step.pending.result()
+            for (_, seq), tok, lp, top in zip(step.rows, sampled.token_ids, sampled.logprobs,
+                                              sampled.top_logprobs):
+                step.result.sampled[seq.seq_id] = (tok, lp, top)
+            step.pending = None
+        return step.result
+
+    def _fill_placeholders(self, inputs: ModelInputs, prev: Optional["InFlight"]) -> None:
+        if prev is None or prev.pending is None:
+            raise RuntimeError("placeholder tokens without an in-flight step to read them from")
+        rows = [r for r, _ in inputs.placeholder_rows]
+        src = [prev.row_of_seq[sid] for _, sid in inputs.placeholder_rows]
+        dst = torch.tensor(rows, device=self.device)
+        inputs.input_ids.index_copy_(
+            0, dst, prev.pending.tokens.index_select(0, torch.tensor(src, device=self.device)))
 
     @staticmethod
     def _beam_candidates(rows, logits: torch.Tensor, result: RunnerOutput) -> None:

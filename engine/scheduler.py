@@ -86,6 +86,7 @@ class Scheduler:
 
     def finish_seq(self, req: Request, seq: Sequence, status: SequenceStatus) -> None:
         pool = self.bm.cpu if seq.status == SequenceStatus.SWAPPED else self.bm.gpu
+        seq.drop_placeholders()
         seq.status = status
         self.bm.free_seq(seq, pool)
 
@@ -137,14 +138,15 @@ class Scheduler:
             req = self.swapped[0]
             if self.num_running_seqs() + len(req.live_seqs()) > self.config.max_num_seqs:
                 break
-            if not self.bm.can_swap_in(req):
+            plan = self._plan(req, budget)  # token counts only: no block is touched yet
+            if not self.bm.can_swap_in(req, {s.seq.seq_id: s.num_tokens for s in plan}):
                 break
             self.swapped.popleft()
             out.blocks_to_swap_in.extend(self.bm.swap_in(req))
             for seq in req.live_seqs():
                 seq.status = SequenceStatus.RUNNING
             self._insert_ordered(self.running, req)
-            budget -= self._commit(self._plan(req, budget), out)
+            budget -= self._commit(plan, out)
         if self.swapped and not self.running and not out.scheduled:
             # Nothing runs, so nothing will free blocks: recompute instead of waiting forever.
             req = self.swapped.popleft()
@@ -250,8 +252,8 @@ class Scheduler:
     def check_stop(self, req: Request, seq: Sequence) -> None:
         """Token-level stop conditions; stop strings are the frontend's (see OutputProcessor)."""
         p = req.params
-        last = seq.token_ids[-1]
-        n_out = seq.num_output_tokens
+        last = seq.token_ids[len(seq.token_ids) - 1 - seq.num_pending]
+        n_out = seq.num_real_output_tokens
         status = None
         if n_out >= p.min_tokens:
             if not p.ignore_eos and last == req.eos_token_id:
@@ -260,7 +262,7 @@ class Scheduler:
                 status = SequenceStatus.FINISHED_STOPPED
                 seq.stop_reason = last
         if status is None and ((p.max_tokens is not None and n_out >= p.max_tokens)
-                               or seq.num_tokens >= self.config.max_model_len):
+                               or seq.num_tokens - seq.num_pending >= self.config.max_model_len):
             status = SequenceStatus.FINISHED_LENGTH
         if status is not None:
             self.finish_seq(req, seq, status)

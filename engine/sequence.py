@@ -17,6 +17,10 @@ import torch
 from engine.sampling_params import SamplingParams
 
 
+# Token id standing for a token that a step still in flight is sampling (see num_pending).
+PLACEHOLDER = -1
+
+
 class SequenceStatus(enum.Enum):
     WAITING = "waiting"
     RUNNING = "running"
@@ -43,7 +47,7 @@ class Sequence:
     __slots__ = ("seq_id", "index", "token_ids", "prompt_len", "num_computed_tokens",
                  "block_table", "status", "cumulative_logprob",
                  "stop_reason", "generator", "num_new_outputs", "block_hashes",
-                 "new_logprobs", "finish_reported")
+                 "new_logprobs", "finish_reported", "num_pending")
 
     def __init__(self, seq_id: int, index: int, prompt_token_ids: list[int]):
         self.seq_id = seq_id
@@ -62,6 +66,8 @@ class Sequence:
         self.block_hashes: list[int] = []
         self.new_logprobs: list[dict[int, float]] = []  # logprobs not yet reported
         self.finish_reported = False
+        # Trailing PLACEHOLDER tokens: sampled by a step still in flight (async scheduling).
+        self.num_pending = 0
 
     @property
     def output_token_ids(self) -> list[int]:
@@ -83,10 +89,31 @@ class Sequence:
     def is_finished(self) -> bool:
         return self.status.is_finished
 
+    @property
+    def num_real_output_tokens(self) -> int:
+        return len(self.token_ids) - self.prompt_len - self.num_pending
+
     def append_token(self, token_id: int, logprob: float) -> None:
         self.token_ids.append(token_id)
         self.cumulative_logprob += logprob
         self.num_new_outputs += 1
+
+    def append_placeholder(self) -> None:
+        """A token the in-flight step is sampling; the next step may already compute it."""
+        self.token_ids.append(PLACEHOLDER)
+        self.num_pending += 1
+
+    def resolve_placeholder(self, token_id: int, logprob: float) -> None:
+        """The oldest pending token became known."""
+        self.token_ids[len(self.token_ids) - self.num_pending] = token_id
+        self.num_pending -= 1
+        self.cumulative_logprob += logprob
+        self.num_new_outputs += 1
+
+    def drop_placeholders(self) -> None:
+        if self.num_pending:
+            del self.token_ids[len(self.token_ids) - self.num_pending:]
+            self.num_pending = 0
 
     def reset_for_recompute(self) -> None:
         """Drop all KV state; the tokens (prompt and outputs) are recomputed on readmission."""

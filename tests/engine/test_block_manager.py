@@ -98,7 +98,7 @@ def run_ops(ops, caching: bool) -> None:
                     s.status = SequenceStatus.SWAPPED
         elif op == "swap_in" and swapped:
             req = swapped[pick % len(swapped)]
-            if bm.can_swap_in(req):
+            if bm.can_swap_in(req, {}):
                 bm.swap_in(req)
                 for s in req.live_seqs():
                     s.status = SequenceStatus.RUNNING
