@@ -9,6 +9,7 @@ import torch
 from engine.attention.metadata import AttentionMetadata
 from engine.scheduler_output import SchedulerOutput
 from engine.sequence import PLACEHOLDER
+from engine.transfer import to_device
 
 
 @dataclass
@@ -66,22 +67,21 @@ def build_model_inputs(out: SchedulerOutput, block_size: int, device: torch.devi
     for i, t in enumerate(tables):
         bt_np[i, :len(t)] = t
     bt = torch.from_numpy(bt_np)
-    nonblocking = device.type == "cuda"
     meta = AttentionMetadata(
         num_seqs=len(tables),
         num_tokens=len(ids),
-        slot_mapping=torch.tensor(slots, dtype=torch.int64).to(device, non_blocking=nonblocking),
-        query_start_loc=torch.tensor(qsl, dtype=torch.int32).to(device, non_blocking=nonblocking),
-        seq_lens=torch.tensor(seq_lens, dtype=torch.int32).to(device, non_blocking=nonblocking),
-        block_tables=bt.to(device, non_blocking=nonblocking),
+        slot_mapping=to_device(slots, torch.int64, device),
+        query_start_loc=to_device(qsl, torch.int32, device),
+        seq_lens=to_device(seq_lens, torch.int32, device),
+        block_tables=to_device(bt, torch.int32, device),
         max_query_len=max(q_lens) if q_lens else 0,
         max_seq_len=max(seq_lens) if seq_lens else 0,
         query_lens_cpu=q_lens,
         seq_lens_cpu=seq_lens,
     )
     return ModelInputs(
-        input_ids=torch.tensor(ids, dtype=torch.int64).to(device, non_blocking=nonblocking),
-        positions=torch.tensor(pos, dtype=torch.int64).to(device, non_blocking=nonblocking),
+        input_ids=to_device(ids, torch.int64, device),
+        positions=to_device(pos, torch.int64, device),
         meta=meta,
         sample_rows=sample_rows,
         prompt_logprob_spans=spans,

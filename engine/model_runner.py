@@ -17,6 +17,7 @@ from engine.layers.attention import attention_layers, bind_kv_caches
 from engine.model_inputs import ModelInputs, build_model_inputs
 from engine.sampler import PendingSample, Sampler, SamplingMetadata, compute_prompt_logprobs
 from engine.scheduler_output import SchedulerOutput
+from engine.transfer import to_device
 
 logger = logging.getLogger(__name__)
 
@@ -145,8 +146,8 @@ class ModelRunner:
         if out.blocks_to_swap_in:
             self._swap(self.cpu_cache, self.gpu_cache, out.blocks_to_swap_in)
         if out.blocks_to_copy:
-            src = torch.tensor([s for s, _ in out.blocks_to_copy], device=self.device)
-            dst = torch.tensor([d for _, d in out.blocks_to_copy], device=self.device)
+            src = to_device([s for s, _ in out.blocks_to_copy], torch.int64, self.device)
+            dst = to_device([d for _, d in out.blocks_to_copy], torch.int64, self.device)
             for k, v in self.gpu_cache:
                 k.index_copy_(0, dst, k.index_select(0, src))
                 v.index_copy_(0, dst, v.index_select(0, src))
@@ -184,7 +185,7 @@ class ModelRunner:
         step.rows = [(s.request, q) for s in out.scheduled for q in s.sample_seqs]
         if not step.rows:
             return step
-        idx = torch.tensor(inputs.sample_rows, device=self.device)
+        idx = to_device(inputs.sample_rows, torch.int64, self.device)
         logits = self.model.compute_logits(hidden.index_select(0, idx)).float()
         self._beam_candidates(step.rows, logits, step.result)
         meta = SamplingMetadata.from_rows(step.rows, self.vocab_size, self.device)
@@ -207,9 +208,9 @@ class ModelRunner:
             raise RuntimeError("placeholder tokens without an in-flight step to read them from")
         rows = [r for r, _ in inputs.placeholder_rows]
         src = [prev.row_of_seq[sid] for _, sid in inputs.placeholder_rows]
-        dst = torch.tensor(rows, device=self.device)
+        dst = to_device(rows, torch.int64, self.device)
         inputs.input_ids.index_copy_(
-            0, dst, prev.pending.tokens.index_select(0, torch.tensor(src, device=self.device)))
+            0, dst, prev.pending.tokens.index_select(0, to_device(src, torch.int64, self.device)))
 
     @staticmethod
     def _beam_candidates(rows, logits: torch.Tensor, result: RunnerOutput) -> None:

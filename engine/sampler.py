@@ -35,6 +35,7 @@ from typing import Optional
 import torch
 
 from engine.sequence import Request, Sequence
+from engine.transfer import to_device
 
 _NEG_INF = float("-inf")
 # Top-k + top-p work on the top-k candidates (no full sort) when every row has k <= this.
@@ -131,26 +132,25 @@ class SamplingMetadata:
             need_freq |= has_freq
 
         def col(values: list[float]) -> torch.Tensor:
-            return torch.tensor(values, dtype=torch.float32, device=device).unsqueeze(1)
+            return to_device(values, torch.float32, device).unsqueeze(1)
 
         def idx(r: list[int], c: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
-            return (torch.tensor(r, dtype=torch.long, device=device),
-                    torch.tensor(c, dtype=torch.long, device=device))
+            return to_device(r, torch.long, device), to_device(c, torch.long, device)
 
         meta = cls(num_rows=n, vocab_size=vocab_size, device=device, all_greedy=all(greedy),
-                   greedy=torch.tensor(greedy, dtype=torch.bool, device=device),
+                   greedy=to_device(greedy, torch.bool, device),
                    temperature=col(temps), generators=generators, num_logprobs=num_logprobs,
                    max_num_logprobs=max(num_logprobs, default=-1))
         if not meta.all_greedy:
             if any(k < vocab_size for k in top_k):
-                meta.top_k = torch.tensor(top_k, dtype=torch.long, device=device)
+                meta.top_k = to_device(top_k, torch.long, device)
             if any(x < 1.0 for x in top_p):
-                meta.top_p = torch.tensor(top_p, dtype=torch.float32, device=device)
+                meta.top_p = to_device(top_p, torch.float32, device)
             if any(x > 0.0 for x in min_p):
                 meta.min_p = col(min_p)
         if bias_r:
             meta.bias_index = idx(bias_r, bias_c)
-            meta.bias_values = torch.tensor(bias_v, dtype=torch.float32, device=device)
+            meta.bias_values = to_device(bias_v, torch.float32, device)
         if mask_r:
             meta.mask_index = idx(mask_r, mask_c)
         if need_rep:
@@ -175,7 +175,7 @@ def _pad(lists: list[list[int]], pad: int, device: torch.device) -> torch.Tensor
     for i, x in enumerate(lists):
         if x:
             out[i, :len(x)] = torch.tensor(x, dtype=torch.long)
-    return out.to(device)
+    return to_device(out, torch.long, device)
 
 
 class Sampler:
@@ -225,7 +225,7 @@ class Sampler:
                                  for _, g in meta.generators])
             if q.device.type == "cuda":
                 noise = noise.pin_memory().to(q.device, non_blocking=True)
-            q[torch.tensor(rows, device=q.device)] = noise.to(q.device)
+            q[to_device(rows, torch.long, q.device)] = noise.to(q.device)
         # Exp(1) can return exactly 0; clamping keeps p / q finite (and 0 / q == 0 for masked).
         q.clamp_(min=torch.finfo(q.dtype).tiny)
         return (probs / q).argmax(dim=-1)
