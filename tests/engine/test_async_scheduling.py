@@ -74,3 +74,19 @@ def test_async_abort_mid_flight_frees_blocks(engines):
     assert [o.request_id for o in done] == ["b"] and len(done[0].outputs[0].token_ids) == 50
     stats = asy.stats()
     assert stats["num_free_blocks"] == stats["num_total_blocks"]
+
+
+def test_async_with_prefix_caching(engines, tiny_model_dir):
+    sync, _ = engines
+    cached = LLM(model=tiny_model_dir("llama"), device="cpu", async_scheduling=True,
+                 enable_prefix_caching=True, block_size=4)
+    shared = "The shared system prompt says many things about many topics. " * 3
+    prompts = [shared + f"Question {i}?" for i in range(4)]
+    params = SamplingParams(temperature=0, max_tokens=16, ignore_eos=True)
+    ref = [o.outputs[0].token_ids for o in sync.generate(prompts, params, use_tqdm=False)]
+    first = [o.outputs[0].token_ids for o in cached.generate(prompts, params, use_tqdm=False)]
+    again = [o.outputs[0].token_ids for o in cached.generate(prompts, params, use_tqdm=False)]
+    assert first == ref and again == ref
+    stats = cached.stats()
+    assert stats["prefix_cache_hit_tokens"] > 0
+    assert stats["num_free_blocks"] == stats["num_total_blocks"]
