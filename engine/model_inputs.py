@@ -30,7 +30,9 @@ def build_model_inputs(out: SchedulerOutput, block_size: int, device: torch.devi
     """Pack the scheduled sequences' new tokens, positions and cache slots.
 
     Invariant: sequence i's rows are `query_start_loc[i]:query_start_loc[i+1]`; row r holds token
-    position `pos[r]`, written to slot `block_table[pos // bs] * bs + pos % bs`.
+    position `pos[r]`, written to slot `block_table[pos // bs] * bs + pos % bs`. Single-token
+    (decode) sequences are packed first, so a backend can run them through its decode kernel and
+    only the rest through the prefill kernel. `sample_rows` follows `out.scheduled`'s order.
     """
     ids: list[int] = []
     pos: list[int] = []
@@ -42,7 +44,11 @@ def build_model_inputs(out: SchedulerOutput, block_size: int, device: torch.devi
     sample_rows: list[int] = []
     spans: list[tuple[int, int, int]] = []
     placeholders: list[tuple[int, int]] = []
-    for i, s in enumerate(out.scheduled):
+    last_row = [0] * len(out.scheduled)
+    order = ([i for i, s in enumerate(out.scheduled) if s.num_tokens == 1]
+             + [i for i, s in enumerate(out.scheduled) if s.num_tokens != 1])
+    for i in order:
+        s = out.scheduled[i]
         seq, start, n = s.seq, s.start, s.num_tokens
         end = start + n
         chunk = seq.token_ids[start:end]
@@ -61,7 +67,9 @@ def build_model_inputs(out: SchedulerOutput, block_size: int, device: torch.devi
         seq_lens.append(end)
         q_lens.append(n)
         tables.append(table)
-        sample_rows.extend([qsl[-1] - 1] * len(s.sample_seqs))
+        last_row[i] = qsl[-1] - 1
+    for i, s in enumerate(out.scheduled):
+        sample_rows.extend([last_row[i]] * len(s.sample_seqs))
     width = max([len(t) for t in tables] + [pad_block_tables_to, 1])
     bt_np = np.zeros((len(tables), width), dtype=np.int32)
     for i, t in enumerate(tables):

@@ -18,6 +18,10 @@ from kernels.prefill_attention import prefill_attention
 from kernels.reshape_and_cache import reshape_and_cache
 
 
+# Below this many leading decodes a mixed step stays in one prefill launch.
+_MIN_DECODES_TO_SPLIT = 4
+
+
 class TritonAttentionBackend:
     """AttentionBackend on Triton kernels (CUDA, or CPU under TRITON_INTERPRET=1 for tests)."""
 
@@ -35,8 +39,32 @@ class TritonAttentionBackend:
             return paged_attention_decode(query, key_cache, value_cache, meta.block_tables,
                                           meta.seq_lens, scale, meta.max_seq_len,
                                           sliding_window=sliding_window)
+        q_lens = meta.query_lens_cpu
+        if q_lens is not None and meta.seq_lens_cpu is not None:
+            # Decodes are packed first (build_model_inputs): run them through the decode kernel
+            # instead of spending a 128-row prefill tile on each single query row.
+            nd = 0
+            while nd < len(q_lens) and q_lens[nd] == 1:
+                nd += 1
+            if nd >= _MIN_DECODES_TO_SPLIT:
+                return self._split(query, key_cache, value_cache, meta, scale, sliding_window, nd)
         num_real = sum(meta.query_lens_cpu) if meta.query_lens_cpu is not None else None
         return prefill_attention(query, key_cache, value_cache, meta.block_tables,
                                  meta.seq_lens, meta.query_start_loc, scale,
                                  meta.max_query_len, sliding_window=sliding_window,
                                  num_query_tokens=num_real)
+
+    @staticmethod
+    def _split(query, key_cache, value_cache, meta: AttentionMetadata, scale: float,
+               sliding_window: Optional[int], nd: int) -> torch.Tensor:
+        """Sequences [0, nd) have one query row each; the rest are prefills or chunks."""
+        out = torch.empty_like(query)
+        paged_attention_decode(query[:nd], key_cache, value_cache, meta.block_tables[:nd],
+                               meta.seq_lens[:nd], scale, max(meta.seq_lens_cpu[:nd]),
+                               sliding_window=sliding_window, out=out[:nd])
+        rest = meta.query_lens_cpu[nd:]
+        prefill_attention(query[nd:], key_cache, value_cache, meta.block_tables[nd:],
+                          meta.seq_lens[nd:], meta.query_start_loc[nd:] - nd, scale, max(rest),
+                          sliding_window=sliding_window, out=out[nd:],
+                          num_query_tokens=sum(rest))
+        return out

@@ -26,9 +26,14 @@ def _meta(case, query_lens, seq_lens, block_size, device):
         max_seq_len=max(seq_lens), query_lens_cpu=list(query_lens), seq_lens_cpu=list(seq_lens))
 
 
-@pytest.mark.parametrize("query_lens", [[1, 1, 1], [1, 9, 4]], ids=["decode", "mixed"])
-def test_triton_backend_matches_torch(query_lens, device):
-    seq_lens, heads, kvh, d, bs = [12, 30, 7], 4, 2, 32, 8
+@pytest.mark.parametrize("query_lens,seq_lens", [
+    ([1, 1, 1], [12, 30, 7]),
+    ([1, 9, 4], [12, 30, 7]),
+    # >= 4 leading decodes: the backend splits them off to the decode kernel
+    ([1, 1, 1, 1, 1, 9, 4], [12, 30, 7, 5, 17, 20, 6]),
+], ids=["decode", "mixed", "mixed_split"])
+def test_triton_backend_matches_torch(query_lens, seq_lens, device):
+    heads, kvh, d, bs = 4, 2, 32, 8
     # no shared blocks: both sequences would write their new tokens into the shared block
     case = make_paged_case(seq_lens, query_lens, heads, kvh, d, bs, torch.float32, device,
                            share_prefix=False)
