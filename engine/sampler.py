@@ -336,27 +336,6 @@ def apply_top_k_top_p(logits: torch.Tensor, top_k: Optional[torch.Tensor],
     return torch.empty_like(logits).scatter_(1, order, sorted_logits)
 
 
-def _gather_logprobs(raw_logprobs: torch.Tensor, tokens: torch.Tensor, num_logprobs: list[int],
-                     max_k: int) -> SamplerOutput:
-    chosen = raw_logprobs.gather(1, tokens.unsqueeze(1)).squeeze(1)
-    token_list: list[int] = tokens.tolist()
-    lp_list: list[float] = chosen.tolist()
-    top: list[Optional[dict[int, float]]] = [None] * len(token_list)
-    max_k = min(max_k, raw_logprobs.shape[1])
-    if max_k >= 0:
-        if max_k > 0:
-            vals, ids = raw_logprobs.topk(max_k, dim=-1)
-            vals_l, ids_l = vals.tolist(), ids.tolist()
-        for i, k in enumerate(num_logprobs):
-            if k < 0:
-                continue
-            d = {token_list[i]: lp_list[i]}
-            for j in range(min(k, max_k)):
-                d.setdefault(ids_l[i][j], vals_l[i][j])
-            top[i] = d
-    return SamplerOutput(token_ids=token_list, logprobs=lp_list, top_logprobs=top)
-
-
 def compute_prompt_logprobs(logits: torch.Tensor, next_token_ids: list[int],
                             k: int) -> list[dict[int, float]]:
     """prompt_logprobs for P prompt positions: row i scores `next_token_ids[i]`.
@@ -367,6 +346,9 @@ def compute_prompt_logprobs(logits: torch.Tensor, next_token_ids: list[int],
     if not next_token_ids:
         return []
     lp = torch.log_softmax(logits.float(), dim=-1)
-    nxt = torch.tensor(next_token_ids, dtype=torch.long, device=lp.device)
-    out = _gather_logprobs(lp, nxt, [k] * len(next_token_ids), k)
+    nxt = to_device(next_token_ids, torch.long, lp.device)
+    chosen = lp.gather(1, nxt.unsqueeze(1)).squeeze(1)
+    k = min(k, lp.shape[1])
+    top = lp.topk(k, dim=-1) if k > 0 else None
+    out = PendingSample(nxt, chosen, top, [k] * len(next_token_ids), k).result()
     return [d for d in out.top_logprobs if d is not None]

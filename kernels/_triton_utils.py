@@ -77,3 +77,12 @@ def same_device(*tensors: Optional[torch.Tensor]) -> None:
     devs = {t.device for t in tensors if t is not None}
     if len(devs) > 1:
         raise ValueError(f"tensors on different devices: {devs}")
+
+
+def output_like(out: Optional[torch.Tensor], query: torch.Tensor) -> torch.Tensor:
+    """The caller's output buffer after checking it matches `query`, or a new one."""
+    if out is None:
+        return torch.empty_like(query)
+    if out.shape != query.shape or out.stride(-1) != 1:
+        raise ValueError(f"out {tuple(out.shape)} must match query and be contiguous in D")
+    return out

@@ -26,7 +26,8 @@ from typing import Optional
 import torch
 
 from kernels._triton_utils import (cdiv, check_dtype, check_last_dim_contiguous, interpreting,
-                                   next_pow2, num_sms, require_triton, same_device, tl, triton)
+                                   next_pow2, num_sms, output_like, require_triton, same_device,
+                                   tl, triton)
 from kernels.paged_attention_ref import paged_attention_ref
 
 LOG2E = 1.4426950408889634
@@ -211,10 +212,7 @@ def paged_attention_decode(query: torch.Tensor, key_cache: torch.Tensor,
         raise TypeError("block_tables and seq_lens must be int32")
     if block_tables.stride(1) != 1:
         raise ValueError("block_tables rows must be contiguous")
-    if out is None:
-        out = torch.empty_like(query)
-    elif out.shape != query.shape or out.stride(-1) != 1:
-        raise ValueError(f"out {tuple(out.shape)} must match query and be contiguous in D")
+    out = output_like(out, query)
     if num_tokens > num_seqs:
         out[num_seqs:].zero_()
     if num_seqs == 0:

@@ -23,7 +23,8 @@ from typing import Optional
 
 import torch
 
-from kernels._triton_utils import (cdiv, next_pow2, require_triton, same_device, tl, triton)
+from kernels._triton_utils import (cdiv, next_pow2, output_like, require_triton, same_device, tl,
+                                   triton)
 from kernels.paged_attention import LOG2E, _check_cache
 from kernels.paged_attention_ref import paged_attention_ref
 
@@ -188,10 +189,7 @@ def prefill_attention(query: torch.Tensor, key_cache: torch.Tensor, value_cache:
             raise TypeError(f"{name} must be int32, got {t.dtype}")
     if block_tables.stride(1) != 1:
         raise ValueError("block_tables rows must be contiguous")
-    if out is None:
-        out = torch.empty_like(query)
-    elif out.shape != query.shape or out.stride(-1) != 1:
-        raise ValueError(f"out {tuple(out.shape)} must match query and be contiguous in D")
+    out = output_like(out, query)
     if num_query_tokens is None:
         num_query_tokens = int(query_start_loc[-1].item()) if num_seqs else 0
     if num_tokens > num_query_tokens:
