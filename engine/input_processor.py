@@ -1,17 +1,12 @@
 """Validates and tokenizes a request before it reaches the engine core (and takes any memory)."""
 from __future__ import annotations
 
-import dataclasses
 import time
 from typing import Optional
 
 from engine.config import ModelConfig
 from engine.outputs import EngineCoreRequest
 from engine.sampling_params import SamplingParams
-
-
-def params_to_dict(params: SamplingParams) -> dict:
-    return {f.name: getattr(params, f.name) for f in dataclasses.fields(params) if f.init}
 
 
 def worst_case_blocks(prompt_len: int, max_tokens: int, num_seqs: int, block_size: int) -> int:
@@ -81,7 +76,7 @@ class InputProcessor:
                 f"max_tokens: the request needs up to {blocks} KV blocks ({n_prompt} prompt tokens, "
                 f"{max_tokens} new tokens, {params.num_seqs} sequences) but the KV cache holds only "
                 f"{self.num_gpu_blocks} blocks of {self.block_size} tokens")
-        sp = params_to_dict(params)
+        sp = params.to_dict()
         sp["max_tokens"] = max_tokens
         return EngineCoreRequest(request_id=request_id, prompt_token_ids=ids, sampling_params=sp,
                                  arrival_time=arrival_time or time.time(),

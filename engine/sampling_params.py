@@ -1,7 +1,7 @@
 """Per-request sampling parameters, with vLLM's field names, validated at construction."""
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import Optional, Union
 
 _SAMPLING_EPS = 1e-5
@@ -118,8 +118,10 @@ class SamplingParams:
         """Sequences the engine runs for this request: the beam width or best_of samples."""
         return self.best_of
 
+    def to_dict(self) -> dict:
+        """The constructor arguments (what the engine core rebuilds the params from)."""
+        return {f.name: getattr(self, f.name) for f in fields(self) if f.init}
+
     def clone(self, **changes) -> "SamplingParams":
-        from dataclasses import fields, replace  # noqa: F401
-        kwargs = {f.name: getattr(self, f.name) for f in fields(self) if f.init}
-        kwargs.update(changes)
-        return SamplingParams(**kwargs)
+        """A validated copy with some fields changed."""
+        return SamplingParams(**{**self.to_dict(), **changes})
