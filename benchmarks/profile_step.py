@@ -1,6 +1,7 @@
-"""Where a decode step's time goes: GPU graph replay vs host work (schedule, inputs, sampling).
+"""Where a decode step's time goes: every GPU kernel of steady decode steps (CUDA graph replay
+included) with its time per step, against the step's wall time.
 
-    python benchmarks/profile_step.py --batch 1
+    python benchmarks/profile_step.py --batches 1,64
 """
 from __future__ import annotations
 
@@ -22,71 +23,40 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--model-shape", default="llama3-8b")
     ap.add_argument("--batches", default="1,64")
+    ap.add_argument("--steps", type=int, default=20)
+    ap.add_argument("--rows", type=int, default=30, help="kernel table rows")
     args = ap.parse_args()
     from engine import EngineArgs, LLMEngine, SamplingParams
-    from engine.model_inputs import build_model_inputs
-    from engine.sampler import SamplingMetadata
+    batches = [int(x) for x in args.batches.split(",")]
     eng = LLMEngine.from_engine_args(EngineArgs(
         model=shape_folder(args.model_shape), load_format="dummy", skip_tokenizer_init=True,
-        max_num_seqs=256, max_model_len=2048, gpu_memory_utilization=0.85))
-    core, runner = eng.core, eng.core.runner
-    for b in [int(x) for x in args.batches.split(",")]:
+        max_num_seqs=max(batches), max_model_len=2048, gpu_memory_utilization=0.85))
+    for b in batches:
         rng = random.Random(0)
         for i in range(b):
-            eng.add_request(f"p{b}-{i}", None, SamplingParams(temperature=0, max_tokens=200,
+            eng.add_request(f"p{b}-{i}", None, SamplingParams(temperature=0, max_tokens=400,
                                                               ignore_eos=True, detokenize=False),
                             prompt_token_ids=[rng.randrange(1000) for _ in range(64)])
-        for _ in range(3):
+        for _ in range(4):
             eng.step()
-        parts: dict[str, list[float]] = {k: [] for k in
-                                         ("schedule", "inputs", "replay_gpu", "logits+sample",
-                                          "update+outputs", "step_total")}
-        for _ in range(20):
+        walls = []
+        with torch.profiler.profile(
+                activities=[torch.profiler.ProfilerActivity.CUDA]) as prof:
+            for _ in range(args.steps):
+                t0 = time.perf_counter()
+                eng.step()
+                walls.append(time.perf_counter() - t0)
             torch.cuda.synchronize()
-            t0 = time.perf_counter()
-            out = core.scheduler.schedule()
-            t1 = time.perf_counter()
-            inputs = build_model_inputs(out, runner.block_size, runner.device,
-                                        pad_block_tables_to=runner.graphs.block_table_width)
-            t2 = time.perf_counter()
-            ev0, ev1 = torch.cuda.Event(True), torch.cuda.Event(True)
-            ev0.record()
-            hidden = runner._forward(inputs)
-            ev1.record()
-            torch.cuda.synchronize()
-            t3 = time.perf_counter()
-            rows = [(s.request, q) for s in out.scheduled for q in s.sample_seqs]
-            idx = torch.tensor(inputs.sample_rows, device=runner.device)
-            logits = runner.model.compute_logits(hidden.index_select(0, idx)).float()
-            res = runner.sampler(logits, SamplingMetadata.from_rows(rows, runner.vocab_size,
-                                                                    runner.device))
-            t4 = time.perf_counter()
-            from engine.model_runner import RunnerOutput
-            ro = RunnerOutput()
-            for (_, seq), tok, lp, top in zip(rows, res.token_ids, res.logprobs, res.top_logprobs):
-                ro.sampled[seq.seq_id] = (tok, lp, top)
-            eng.output_processor.process_outputs(core._update(out, ro))
-            t5 = time.perf_counter()
-            parts["schedule"].append(t1 - t0)
-            parts["inputs"].append(t2 - t1)
-            parts["replay_gpu"].append(ev0.elapsed_time(ev1) / 1e3)
-            parts["logits+sample"].append(t4 - t3)
-            parts["update+outputs"].append(t5 - t4)
-            t6 = time.perf_counter()
-            eng.step()
-            parts["step_total"].append(time.perf_counter() - t6)
-        print(f"batch {b}: " + ", ".join(f"{k} {statistics.median(v) * 1e3:.3f} ms"
-                                         for k, v in parts.items()), flush=True)
+        events = [e for e in prof.key_averages() if e.device_time_total > 0]
+        gpu_ms = sum(e.self_device_time_total for e in events) / 1e3 / args.steps
+        calls = sum(e.count for e in events) / args.steps
+        print(f"batch {b}: step wall median {statistics.median(walls) * 1e3:.3f} ms (profiled), "
+              f"GPU kernel time {gpu_ms:.3f} ms/step, {calls:.0f} kernels/step", flush=True)
+        print(prof.key_averages().table(sort_by="self_cuda_time_total", row_limit=args.rows))
         for i in range(b):
             eng.abort_request(f"p{b}-{i}")
-    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CUDA]) as prof:
-        for i in range(1):
-            eng.add_request("prof", None, SamplingParams(temperature=0, max_tokens=20,
-                                                         ignore_eos=True, detokenize=False),
-                            prompt_token_ids=list(range(64)))
-        for _ in range(8):
+        while eng.has_unfinished_requests():
             eng.step()
-    print(prof.key_averages().table(sort_by="cuda_time_total", row_limit=15))
 
 
 if __name__ == "__main__":

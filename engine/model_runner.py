@@ -75,6 +75,8 @@ class ModelRunner:
         self.cpu_cache = self._alloc_cache(self.num_cpu_blocks, torch.device("cpu"),
                                            pin=self.device.type == "cuda")
         bind_kv_caches(self.model, self.gpu_cache, self.backend)
+        if self.device.type == "cuda" and hasattr(self.backend, "warm_up"):
+            self._warm_up_attention(layers)
         self.graphs = None
         if (self.device.type == "cuda" and not config.runner.enforce_eager
                 and self.backend.name == "triton"):
@@ -138,6 +140,16 @@ class ModelRunner:
         del scratch, hidden
         torch.cuda.empty_cache()
         return int(peak * 1.1)
+
+    def _warm_up_attention(self, layers) -> None:
+        """Compile the attention kernels' variants now rather than inside users' first steps."""
+        seen = set()
+        for layer in layers:
+            key = (layer.num_heads, layer.head_dim, layer.sliding_window)
+            if key not in seen:
+                seen.add(key)
+                self.backend.warm_up(layer, self.config.model.max_model_len)
+        torch.cuda.synchronize(self.device)
 
     # ---- one step ----------------------------------------------------------------------------
     def _block_ops(self, out: SchedulerOutput) -> None:

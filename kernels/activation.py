@@ -1,8 +1,9 @@
 """SiLU-and-mul, the gated MLP activation of Llama-style models (SwiGLU, Shazeer 2020).
 
 x `[..., 2d]` -> out `[..., d]` with out = silu(x[..., :d]) * x[..., d:], silu(a) = a / (1 + e^-a)
-computed in float32 and rounded once. One pass over the input instead of torch's three (slice,
-silu, mul): bandwidth-bound, one program per (row, column tile).
+computed in float32; silu(gate) is rounded to x's dtype before the product and the product once
+more, like `F.silu(gate) * up`. One pass over the input instead of torch's three (slice, silu,
+mul): bandwidth-bound, one program per (row, column tile).
 """
 from __future__ import annotations
 
@@ -23,7 +24,10 @@ if triton is not None:
         mask = cols < d
         a = tl.load(x_ptr + row * stride_x + cols, mask=mask, other=0.0).to(tl.float32)
         b = tl.load(x_ptr + row * stride_x + d + cols, mask=mask, other=0.0).to(tl.float32)
-        y = a / (1.0 + tl.exp(-a)) * b
+        # silu(a) is rounded to the output dtype before the product, as the unfused model code
+        # (`act(gate) * up`) rounds it: half-precision results equal HF's bit for bit.
+        dt = out_ptr.dtype.element_ty
+        y = (a / (1.0 + tl.exp(-a))).to(dt).to(tl.float32) * b
         tl.store(out_ptr + row * stride_o + cols, y.to(out_ptr.dtype.element_ty), mask=mask)
 
 
@@ -51,4 +55,4 @@ def silu_and_mul(x: torch.Tensor, out: Optional[torch.Tensor] = None) -> torch.T
 
 def silu_and_mul_ref(x: torch.Tensor) -> torch.Tensor:
     d = x.shape[-1] // 2
-    return (F.silu(x[..., :d].float()) * x[..., d:].float()).to(x.dtype)
+    return (F.silu(x[..., :d].float()).to(x.dtype).float() * x[..., d:].float()).to(x.dtype)

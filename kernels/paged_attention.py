@@ -38,7 +38,11 @@ _MIN_PARTITION = 256  # tokens per split: below this a split is mostly overhead
 
 if triton is not None:
 
-    @triton.jit
+    # Per-step values (window, partition, block-table width, partial strides) and sliced metadata
+    # pointers are not specialised on: one compiled variant per SPLIT serves every step.
+    @triton.jit(do_not_specialize=["window", "partition", "stride_bt", "stride_pa_s", "stride_pa_h",
+                                   "stride_pm_s", "stride_pm_h"],
+                do_not_specialize_on_alignment=["block_tables", "seq_lens"])
     def _decode_split_kernel(
         q_ptr, k_cache, v_cache, block_tables, seq_lens, out_ptr, part_acc, part_ml,
         scale_log2, window, partition,
@@ -114,16 +118,21 @@ if triton is not None:
             tl.store(out_ptr + seq.to(tl.int64) * stride_ot + heads[:, None] * stride_oh
                      + offs_d[None, :], o.to(out_ptr.dtype.element_ty), mask=qd_mask)
 
-    @triton.jit
+    @triton.jit(do_not_specialize=["window", "partition", "stride_pa_s", "stride_pa_h",
+                                   "stride_pm_s", "stride_pm_h"],
+                do_not_specialize_on_alignment=["seq_lens"])
     def _decode_reduce_kernel(
         out_ptr, part_acc, part_ml, seq_lens, window, partition,
         stride_ot, stride_oh,
         stride_pa_s, stride_pa_h, stride_pa_p,
         stride_pm_s, stride_pm_h, stride_pm_p,
-        HEAD_DIM: tl.constexpr, D_PAD: tl.constexpr, SPLITS_PAD: tl.constexpr,
-        USE_WINDOW: tl.constexpr,
+        HEAD_DIM: tl.constexpr, D_PAD: tl.constexpr, USE_WINDOW: tl.constexpr,
     ):
-        """Merge the splits of one (sequence, query head): rescale each to the global max."""
+        """Merge the splits of one (sequence, query head): rescale each to the global max.
+
+        The split count is read in loops (never a compile-time size), so one compiled variant
+        serves every context length.
+        """
         seq = tl.program_id(0)
         head = tl.program_id(1)
         seq_len = tl.load(seq_lens + seq)
@@ -131,20 +140,19 @@ if triton is not None:
         if USE_WINDOW:
             lo = tl.maximum(seq_len - window, 0)
         n_splits = (seq_len - lo + partition - 1) // partition
-        offs_p = tl.arange(0, SPLITS_PAD)
-        p_mask = offs_p < n_splits
         pm_base = part_ml + seq.to(tl.int64) * stride_pm_s + head * stride_pm_h
-        pm = pm_base + offs_p * stride_pm_p
-        m_s = tl.load(pm, mask=p_mask, other=float("-inf"))
-        l_s = tl.load(pm + 1, mask=p_mask, other=0.0)
-        m_max = tl.max(m_s, 0)
-        w = tl.where(p_mask, tl.math.exp2(m_s - m_max), 0.0)
-        l_tot = tl.sum(l_s * w, 0)
+        m_max = float("-inf")
+        for i in range(0, n_splits):
+            m_max = tl.maximum(m_max, tl.load(pm_base + i * stride_pm_p))
         offs_d = tl.arange(0, D_PAD)
         pa = part_acc + seq.to(tl.int64) * stride_pa_s + head * stride_pa_h
         acc = tl.zeros([D_PAD], dtype=tl.float32)
+        l_tot = 0.0
         for i in range(0, n_splits):
-            w_i = tl.math.exp2(tl.load(pm_base + i * stride_pm_p) - m_max)
+            m_i = tl.load(pm_base + i * stride_pm_p)
+            # A split whose context was empty has m = -inf and l = 0: weight 0, never NaN.
+            w_i = tl.where(m_i > float("-inf"), tl.math.exp2(m_i - m_max), 0.0)
+            l_tot += tl.load(pm_base + i * stride_pm_p + 1) * w_i
             acc += tl.load(pa + i * stride_pa_p + offs_d) * w_i
         l_safe = tl.where(l_tot > 0.0, l_tot, 1.0)
         o = acc / l_safe
@@ -261,8 +269,7 @@ def paged_attention_decode(query: torch.Tensor, key_cache: torch.Tensor,
         _decode_reduce_kernel[(num_seqs, heads)](
             out, part_acc, part_ml, seq_lens, window, partition,
             out.stride(0), out.stride(1), *pa_strides, *pm_strides,
-            HEAD_DIM=head_dim, D_PAD=d_pad, SPLITS_PAD=next_pow2(num_splits),
-            USE_WINDOW=use_window, num_warps=4,
+            HEAD_DIM=head_dim, D_PAD=d_pad, USE_WINDOW=use_window, num_warps=4,
         )
     return out
 

@@ -85,7 +85,10 @@ if triton is not None:
             m_i = m_new
         return acc, l_i, m_i
 
-    @triton.jit
+    # Per-step values (tile count, block-table width, window) and sliced metadata pointers are
+    # not specialised on: one compiled variant per tile configuration serves every step.
+    @triton.jit(do_not_specialize=["window", "num_m_tiles", "stride_bt"],
+                do_not_specialize_on_alignment=["block_tables", "seq_lens", "query_start_loc"])
     def _prefill_kernel(
         q_ptr, k_cache, v_cache, block_tables, seq_lens, query_start_loc, out_ptr,
         scale_log2, window, num_m_tiles,

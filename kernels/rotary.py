@@ -4,7 +4,8 @@
 Each head's first `rot_dim` features are rotated in pairs (x1, x2) -> (x1 cos - x2 sin,
 x2 cos + x1 sin); features past `rot_dim` (partial rotary) are left alone. Pairs are
 (i, i + rot_dim/2) in the GPT-NeoX style (`is_neox=True`, Llama) and (2i, 2i+1) in the GPT-J
-style. One program per token rotates all its query and key heads in float32.
+style. One program per token rotates all its query and key heads, rounding like the unfused
+model code (see `_rotate_heads`).
 """
 from __future__ import annotations
 
@@ -30,12 +31,17 @@ if triton is not None:
         else:
             p1 = base + 2 * offs_r[None, :]
             p2 = p1 + 1
+        dt = x_ptr.dtype.element_ty
         x1 = tl.load(p1, mask=mask, other=0.0).to(tl.float32)
         x2 = tl.load(p2, mask=mask, other=0.0).to(tl.float32)
-        o1 = x1 * cos[None, :] - x2 * sin[None, :]
-        o2 = x2 * cos[None, :] + x1 * sin[None, :]
-        tl.store(p1, o1.to(x_ptr.dtype.element_ty), mask=mask)
-        tl.store(p2, o2.to(x_ptr.dtype.element_ty), mask=mask)
+        # Each product and the sum are rounded to x's dtype, as the unfused model code rounds
+        # them (cos/sin arrive rounded): half-precision results equal HF's bit for bit.
+        c = cos[None, :]
+        s = sin[None, :]
+        o1 = (x1 * c).to(dt).to(tl.float32) - (x2 * s).to(dt).to(tl.float32)
+        o2 = (x2 * c).to(dt).to(tl.float32) + (x1 * s).to(dt).to(tl.float32)
+        tl.store(p1, o1.to(dt), mask=mask)
+        tl.store(p2, o2.to(dt), mask=mask)
 
     @triton.jit
     def _rotary_kernel(pos_ptr, q_ptr, k_ptr, cache_ptr, stride_qt, stride_qh, stride_kt,
@@ -46,9 +52,11 @@ if triton is not None:
         pos = tl.load(pos_ptr + tok).to(tl.int64)
         offs_r = tl.arange(0, HALF_PAD)
         cmask = offs_r < HALF
-        cos = tl.load(cache_ptr + pos * stride_c + offs_r, mask=cmask, other=0.0).to(tl.float32)
+        dt = q_ptr.dtype.element_ty
+        cos = tl.load(cache_ptr + pos * stride_c + offs_r, mask=cmask,
+                      other=0.0).to(dt).to(tl.float32)
         sin = tl.load(cache_ptr + pos * stride_c + HALF + offs_r, mask=cmask,
-                      other=0.0).to(tl.float32)
+                      other=0.0).to(dt).to(tl.float32)
         _rotate_heads(q_ptr + tok * stride_qt, stride_qh, cos, sin, num_q_heads, HALF,
                       QH_PAD, HALF_PAD, IS_NEOX)
         if HAS_KEY:
@@ -101,20 +109,21 @@ def rotary_embedding(positions: torch.Tensor, query: torch.Tensor, key: Optional
 def rotary_embedding_ref(positions: torch.Tensor, query: torch.Tensor,
                          key: Optional[torch.Tensor], head_size: int,
                          cos_sin_cache: torch.Tensor, is_neox: bool = True) -> None:
-    """Torch version, in place, same rounding (float32 math, one rounding per element)."""
+    """Torch version, in place, same rounding: cos/sin rounded to x's dtype, then arithmetic in
+    x's dtype (each product and the sum rounded), as HF's model code computes it."""
     rot_dim = cos_sin_cache.shape[-1]
     half = rot_dim // 2
-    cs = cos_sin_cache[positions.long()].float()
-    cos, sin = cs[:, None, :half], cs[:, None, half:]
+    cs = cos_sin_cache[positions.long()]
     for x in (query, key):
         if x is None:
             continue
+        cos, sin = cs[:, None, :half].to(x.dtype), cs[:, None, half:].to(x.dtype)
         xh = x.view(x.shape[0], -1, head_size)
-        rot = xh[..., :rot_dim].float()
+        rot = xh[..., :rot_dim]
         if is_neox:
             x1, x2 = rot[..., :half], rot[..., half:]
             out = torch.cat([x1 * cos - x2 * sin, x2 * cos + x1 * sin], dim=-1)
         else:
             x1, x2 = rot[..., 0::2], rot[..., 1::2]
             out = torch.stack([x1 * cos - x2 * sin, x2 * cos + x1 * sin], dim=-1).flatten(-2)
-        xh[..., :rot_dim] = out.to(x.dtype)
+        xh[..., :rot_dim] = out

@@ -55,6 +55,31 @@ class TritonAttentionBackend:
                                  num_query_tokens=num_real)
 
     @staticmethod
+    def warm_up(layer, max_model_len: int) -> None:
+        """Compile every kernel variant a serving step can launch for `layer`'s shapes, so no
+        request pays Triton's JIT: decode without and with splits, and each prefill tile
+        configuration (query lengths 16, 64, and longer). Reads the layer's bound cache only;
+        nothing is written."""
+        key_cache, value_cache = layer.kv_cache
+        dev, dtype = key_cache.device, key_cache.dtype
+        block_size = key_cache.shape[1]
+        ctx = min(max_model_len, 2048)
+        nblocks = min(-(-ctx // block_size), key_cache.shape[0])
+        ctx = min(ctx, nblocks * block_size)
+        table = torch.arange(nblocks, dtype=torch.int32, device=dev)[None]
+        window = layer.sliding_window
+        q1 = torch.zeros(1, layer.num_heads, layer.head_dim, dtype=dtype, device=dev)
+        seq_lens = torch.tensor([ctx], dtype=torch.int32, device=dev)
+        for splits in (1, 2):
+            paged_attention_decode(q1, key_cache, value_cache, table, seq_lens, layer.scale, ctx,
+                                   sliding_window=window, num_splits=splits)
+        for q_len in (16, 64, min(128, ctx)):
+            q = torch.zeros(q_len, layer.num_heads, layer.head_dim, dtype=dtype, device=dev)
+            qsl = torch.tensor([0, q_len], dtype=torch.int32, device=dev)
+            prefill_attention(q, key_cache, value_cache, table, seq_lens, qsl, layer.scale, q_len,
+                              sliding_window=window, num_query_tokens=q_len)
+
+    @staticmethod
     def _split(query, key_cache, value_cache, meta: AttentionMetadata, scale: float,
                sliding_window: Optional[int], nd: int) -> torch.Tensor:
         """Sequences [0, nd) have one query row each; the rest are prefills or chunks."""

@@ -53,4 +53,19 @@ def test_rotary_gpu(is_neox):
     q_ref, k_ref = q.clone(), k.clone()
     rotary_embedding(positions, q, k, d, cache, is_neox)
     rotary_embedding_ref(positions, q_ref, k_ref, d, cache, is_neox)
-    assert rel_err(q, q_ref) < 1e-2 and rel_err(k, k_ref) < 1e-2
+    # Same rounding points as the model code in bf16: bit-equal on the GPU.
+    assert torch.equal(q, q_ref) and torch.equal(k, k_ref)
+
+
+@pytest.mark.gpu
+def test_rotary_equals_the_unfused_layer_gpu():
+    """The fused kernel against engine.layers.rotary.apply_rotary (HF's arithmetic) in bf16."""
+    from engine.layers.rotary import apply_rotary
+    t, h, d = 1024, 8, 128
+    cache = _cos_sin(4096, d, "cuda")
+    positions = torch.randint(0, 4096, (t,), device="cuda")
+    q = torch.randn(t, h, d, dtype=torch.bfloat16, device="cuda")
+    cs = cache[positions]
+    want = apply_rotary(q, cs[:, :d // 2], cs[:, d // 2:], True)
+    rotary_embedding(positions, q, None, d, cache, True)
+    assert torch.equal(q, want)

@@ -53,3 +53,14 @@ def test_triton_backend_matches_torch(query_lens, seq_lens, device):
 def test_backend_registry_name():
     assert TritonAttentionBackend.name == "triton"
     assert get_attention_backend("triton", torch.device("cpu")).name == "triton"
+
+
+@pytest.mark.parametrize("window", [None, 24])
+def test_warm_up_runs_every_variant_and_leaves_the_cache_alone(window, device):
+    from engine.layers.attention import Attention
+    layer = Attention(4, 32, 32 ** -0.5, num_kv_heads=2, sliding_window=window)
+    kc = torch.randn(12, 8, 2, 32, device=device)
+    vc = torch.randn(12, 8, 2, 32, device=device)
+    layer.kv_cache = (kc.clone(), vc.clone())
+    TritonAttentionBackend.warm_up(layer, max_model_len=80)
+    assert torch.equal(layer.kv_cache[0], kc) and torch.equal(layer.kv_cache[1], vc)
