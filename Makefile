@@ -32,7 +32,7 @@ test: install
 
 # GPU machine: the system python3 holds CUDA torch; run the project from source.
 test-gpu:
-	PYTHONPATH=. $(PYTHON) -m pytest -q -m gpu tests -p no:cacheprovider
+	PYTHONPATH=. $(PYTHON) -m pytest -q -m gpu tests/kernels tests/gpu -p no:cacheprovider
 
 bench-gpu:
 	PYTHONPATH=. $(PYTHON) benchmarks/run_gpu.py

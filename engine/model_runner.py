@@ -60,7 +60,7 @@ class ModelRunner:
         self.vocab_size = _vocab_size(config.model.hf_config)
         self.backend = get_attention_backend(config.runner.attention_backend, self.device,
                                              self.dtype)
-        self.sampler = Sampler()
+        self.sampler = Sampler(config.model.seed)
         layers = attention_layers(self.model)
         if not layers:
             raise ValueError("model has no Attention layers")

@@ -24,6 +24,11 @@ generator. Rows without a seed share one batched draw on the device from torch's
 Drawing on the CPU costs ~V exponentials per seeded row per step plus one copy; device-side
 generators would avoid that but could not continue the CPU `Sequence.generator` state.
 
+On CUDA, steps whose rows need only greedy or plain temperature sampling (no 1-4, no top-k /
+top-p / min-p, no per-request seed, no top logprobs) run `kernels/sampling.py` instead: one read
+of the logits gives each row's token (Gumbel-max with in-kernel Philox noise, the same
+distribution as the race above) and its raw logprob, instead of a dozen full-vocabulary passes.
+
 Logprobs are always those of the raw model distribution (log_softmax of the unprocessed logits),
 like vLLM V1 and HF's `compute_transition_scores` on raw scores.
 """
@@ -84,6 +89,8 @@ class SamplingMetadata:
     generators: list[tuple[int, torch.Generator]] = field(default_factory=list)
     num_logprobs: list[int] = field(default_factory=list)  # per row; -1 = not requested
     max_num_logprobs: int = -1
+    # Per row: the temperature, 0.0 for greedy rows (the fused sampling kernel's input).
+    kernel_temperatures: list[float] = field(default_factory=list)
 
     @classmethod
     def from_rows(cls, rows: list[tuple[Request, Sequence]], vocab_size: int,
@@ -140,7 +147,8 @@ class SamplingMetadata:
         meta = cls(num_rows=n, vocab_size=vocab_size, device=device, all_greedy=all(greedy),
                    greedy=to_device(greedy, torch.bool, device),
                    temperature=col(temps), generators=generators, num_logprobs=num_logprobs,
-                   max_num_logprobs=max(num_logprobs, default=-1))
+                   max_num_logprobs=max(num_logprobs, default=-1),
+                   kernel_temperatures=[0.0 if g else t for g, t in zip(greedy, temps)])
         if not meta.all_greedy:
             if any(k < vocab_size for k in top_k):
                 meta.top_k = to_device(top_k, torch.long, device)
@@ -179,7 +187,14 @@ def _pad(lists: list[list[int]], pad: int, device: torch.device) -> torch.Tensor
 
 
 class Sampler:
-    """Stateless: `sampler(logits, meta)` samples one token per row. See the module docstring."""
+    """`sampler(logits, meta)` samples one token per row. See the module docstring.
+
+    Its only state is the CPU generator that keys the fused kernel's noise, seeded with the
+    engine's seed so that unseeded requests are reproducible run to run.
+    """
+
+    def __init__(self, seed: int = 0):
+        self._step_keys = torch.Generator().manual_seed(seed)
 
     def __call__(self, logits: torch.Tensor, meta: SamplingMetadata) -> SamplerOutput:
         assert logits.dim() == 2 and logits.shape[0] == meta.num_rows, \
@@ -192,6 +207,8 @@ class Sampler:
         """Like `__call__`, but leaves the results on the device while they are copied to the
         host asynchronously: the caller can queue more GPU work before `result()` waits.
         The caller's logits are never modified: processing works on a copy."""
+        if self._fusable(logits, meta):
+            return self._launch_fused(logits, meta)
         logits = logits.float()
         raw_logprobs = torch.log_softmax(logits, dim=-1)
         processed = apply_penalties(logits.clone(), meta) if meta.needs_processing else logits
@@ -205,6 +222,22 @@ class Sampler:
             top = raw_logprobs.topk(max_k, dim=-1)
         return PendingSample(tokens, chosen, top, meta.num_logprobs, max_k)
 
+
+    @staticmethod
+    def _fusable(logits: torch.Tensor, meta: SamplingMetadata) -> bool:
+        """Rows needing nothing but greedy / plain temperature sampling and at most the chosen
+        token's logprob run through one fused kernel (kernels/sampling.py) on CUDA."""
+        return (logits.is_cuda and not meta.needs_processing and meta.top_k is None
+                and meta.top_p is None and meta.min_p is None and not meta.generators
+                and meta.max_num_logprobs <= 0)
+
+    def _launch_fused(self, logits: torch.Tensor, meta: SamplingMetadata) -> "PendingSample":
+        from kernels.sampling import sample_tokens
+        temps = to_device(meta.kernel_temperatures, torch.float32, logits.device)
+        # One Philox stream per step, keyed from the sampler's own generator.
+        seed = int(torch.randint(0, 2 ** 31 - 1, (1,), generator=self._step_keys).item())
+        tokens, chosen = sample_tokens(logits, temps, seed)
+        return PendingSample(tokens, chosen, None, meta.num_logprobs, meta.max_num_logprobs)
 
     @staticmethod
     def _sample(logits: torch.Tensor, meta: SamplingMetadata) -> torch.Tensor:
