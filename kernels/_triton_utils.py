@@ -86,3 +86,23 @@ def output_like(out: Optional[torch.Tensor], query: torch.Tensor) -> torch.Tenso
     if out.shape != query.shape or out.stride(-1) != 1:
         raise ValueError(f"out {tuple(out.shape)} must match query and be contiguous in D")
     return out
+
+
+if triton is not None:
+
+    @triton.jit
+    def round_to(x, DT: tl.constexpr):
+        """float32 `x` rounded to the nearest `DT` value (ties to even), kept in float32.
+
+        bf16 is rounded with integer arithmetic on the bits: the same result on every backend
+        (the CPU interpreter's float cast truncates) and nothing a compiler may fold away the
+        way it can fold a float truncate-then-extend pair. Finite inputs only.
+        """
+        if DT == tl.bfloat16:
+            bits = x.to(tl.uint32, bitcast=True)
+            bits = (bits + 0x7FFF + ((bits >> 16) & 1)) & 0xFFFF0000
+            return bits.to(tl.float32, bitcast=True)
+        elif DT == tl.float16:
+            return x.to(tl.float16).to(tl.float32)
+        else:
+            return x

@@ -16,6 +16,9 @@ from kernels._triton_utils import (FLOAT_DTYPES, cdiv, check_dtype, check_last_d
                                    require_triton, tl, triton)
 
 if triton is not None:
+    from kernels._triton_utils import round_to
+
+if triton is not None:
 
     @triton.jit
     def _silu_and_mul_kernel(x_ptr, out_ptr, d, stride_x, stride_o, BLOCK: tl.constexpr):
@@ -27,8 +30,8 @@ if triton is not None:
         # silu(a) is rounded to the output dtype before the product, as the unfused model code
         # (`act(gate) * up`) rounds it: half-precision results equal HF's bit for bit.
         dt = out_ptr.dtype.element_ty
-        y = (a / (1.0 + tl.exp(-a))).to(dt).to(tl.float32) * b
-        tl.store(out_ptr + row * stride_o + cols, y.to(out_ptr.dtype.element_ty), mask=mask)
+        y = round_to(a / (1.0 + tl.exp(-a)), dt) * b
+        tl.store(out_ptr + row * stride_o + cols, round_to(y, dt).to(dt), mask=mask)
 
 
 def silu_and_mul(x: torch.Tensor, out: Optional[torch.Tensor] = None) -> torch.Tensor:

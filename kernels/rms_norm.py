@@ -15,6 +15,9 @@ from kernels._triton_utils import (FLOAT_DTYPES, check_dtype, next_pow2, require
                                    same_device, tl, triton)
 
 if triton is not None:
+    from kernels._triton_utils import round_to
+
+if triton is not None:
 
     @triton.jit
     def _rms_norm_kernel(x_ptr, res_ptr, w_ptr, out_ptr, res_out_ptr, n, eps,
@@ -23,16 +26,17 @@ if triton is not None:
         row = tl.program_id(0).to(tl.int64)
         cols = tl.arange(0, BLOCK)
         mask = cols < n
-        x = tl.load(x_ptr + row * stride_x + cols, mask=mask, other=0.0)
+        dt = x_ptr.dtype.element_ty
+        xf = tl.load(x_ptr + row * stride_x + cols, mask=mask, other=0.0).to(tl.float32)
         if HAS_RESIDUAL:
             r = tl.load(res_ptr + row * stride_r + cols, mask=mask, other=0.0)
-            x = (x.to(tl.float32) + r.to(tl.float32)).to(x_ptr.dtype.element_ty)
-            tl.store(res_out_ptr + row * stride_ro + cols, x, mask=mask)
-        xf = x.to(tl.float32)
+            xf = round_to(xf + r.to(tl.float32), dt)
+            tl.store(res_out_ptr + row * stride_ro + cols, xf.to(dt), mask=mask)
         rstd = 1.0 / tl.sqrt(tl.sum(xf * xf, 0) / n + eps)
         w = tl.load(w_ptr + cols, mask=mask, other=0.0)
-        y = (xf * rstd).to(x_ptr.dtype.element_ty).to(tl.float32) * w.to(tl.float32)
-        tl.store(out_ptr + row * stride_o + cols, y.to(out_ptr.dtype.element_ty), mask=mask)
+        y = round_to(xf * rstd, dt) * w.to(tl.float32)
+        dt_out = out_ptr.dtype.element_ty
+        tl.store(out_ptr + row * stride_o + cols, round_to(y, dt_out).to(dt_out), mask=mask)
 
 
 def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float,

@@ -17,6 +17,9 @@ from kernels._triton_utils import (FLOAT_DTYPES, check_dtype, next_pow2, require
                                    same_device, tl, triton)
 
 if triton is not None:
+    from kernels._triton_utils import round_to
+
+if triton is not None:
 
     @triton.jit
     def _rotate_heads(x_ptr, stride_h, cos, sin, heads, HALF: tl.constexpr,
@@ -38,10 +41,10 @@ if triton is not None:
         # them (cos/sin arrive rounded): half-precision results equal HF's bit for bit.
         c = cos[None, :]
         s = sin[None, :]
-        o1 = (x1 * c).to(dt).to(tl.float32) - (x2 * s).to(dt).to(tl.float32)
-        o2 = (x2 * c).to(dt).to(tl.float32) + (x1 * s).to(dt).to(tl.float32)
-        tl.store(p1, o1.to(dt), mask=mask)
-        tl.store(p2, o2.to(dt), mask=mask)
+        o1 = round_to(x1 * c, dt) - round_to(x2 * s, dt)
+        o2 = round_to(x2 * c, dt) + round_to(x1 * s, dt)
+        tl.store(p1, round_to(o1, dt).to(dt), mask=mask)
+        tl.store(p2, round_to(o2, dt).to(dt), mask=mask)
 
     @triton.jit
     def _rotary_kernel(pos_ptr, q_ptr, k_ptr, cache_ptr, stride_qt, stride_qh, stride_kt,
@@ -53,10 +56,10 @@ if triton is not None:
         offs_r = tl.arange(0, HALF_PAD)
         cmask = offs_r < HALF
         dt = q_ptr.dtype.element_ty
-        cos = tl.load(cache_ptr + pos * stride_c + offs_r, mask=cmask,
-                      other=0.0).to(dt).to(tl.float32)
-        sin = tl.load(cache_ptr + pos * stride_c + HALF + offs_r, mask=cmask,
-                      other=0.0).to(dt).to(tl.float32)
+        cos = round_to(tl.load(cache_ptr + pos * stride_c + offs_r, mask=cmask,
+                               other=0.0).to(tl.float32), dt)
+        sin = round_to(tl.load(cache_ptr + pos * stride_c + HALF + offs_r, mask=cmask,
+                               other=0.0).to(tl.float32), dt)
         _rotate_heads(q_ptr + tok * stride_qt, stride_qh, cos, sin, num_q_heads, HALF,
                       QH_PAD, HALF_PAD, IS_NEOX)
         if HAS_KEY:

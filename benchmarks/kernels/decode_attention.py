@@ -51,12 +51,50 @@ def measure(batch: int, ctx: int, heads: int, kv_heads: int, head_dim: int, bloc
     return {"ms": ms, "gb_per_s": bw / 1e9, "bw_fraction": bw / copy_bw}
 
 
+def measure_ragged(lens: list[int], max_len: int, copy_bw: float,
+                   **kernel_args: Any) -> dict[str, float]:
+    """Mixed context lengths (as in serving), the kernel sized for `max_len` like a CUDA graph."""
+    dev = torch.device("cuda")
+    batch, bs = len(lens), 16
+    per_seq = -(-max_len // bs)
+    shape = (batch * per_seq, bs, 8, 128)
+    key_cache = torch.randn(shape, dtype=torch.bfloat16, device=dev)
+    value_cache = torch.randn(shape, dtype=torch.bfloat16, device=dev)
+    tables = random_block_tables(batch, per_seq, dev)
+    seq_lens = torch.tensor(lens, dtype=torch.int32, device=dev)
+    query = torch.randn(batch, 32, 128, dtype=torch.bfloat16, device=dev)
+    out = torch.empty_like(query)
+    ms = bench_ms(lambda: paged_attention_decode(query, key_cache, value_cache, tables, seq_lens,
+                                                 128 ** -0.5, max_len, out=out, **kernel_args))
+    bw = 2 * sum(lens) * 8 * 128 * 2 / (ms * 1e-3)
+    del key_cache, value_cache
+    torch.cuda.empty_cache()
+    return {"ms": ms, "bw_fraction": bw / copy_bw}
+
+
+def ragged_study(copy_bw: float) -> dict[str, float]:
+    """Log-normal contexts (mean ~900, 16..3072) at batch 32/128: split count vs balance."""
+    import random
+    rng = random.Random(0)
+    found = {}
+    for batch in (32, 128):
+        lens = [min(3072, max(16, int(rng.lognormvariate(6.5, 0.8)))) for _ in range(batch)]
+        for splits in (None, 1, 2, 4, 8, 16):
+            r = measure_ragged(lens, 8192, copy_bw, num_splits=splits)
+            found[f"b{batch}_sp{splits}"] = round(r["bw_fraction"], 4)
+            print(f"  ragged b={batch} mean ctx {sum(lens) / batch:.0f} max {max(lens)} "
+                  f"splits {splits}: {r['ms'] * 1e3:.1f} us bw_fraction={r['bw_fraction']:.3f}")
+    return found
+
+
 def main(argv: Optional[list[str]] = None) -> dict[str, Any]:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--batch", type=int, default=64)
     ap.add_argument("--ctx", type=int, default=4096)
     ap.add_argument("--no-sweep", action="store_true")
     ap.add_argument("--tune", action="store_true", help="also try tile/split variants")
+    ap.add_argument("--ragged", action="store_true",
+                    help="also mixed context lengths with split counts (serving-like)")
     args = ap.parse_args(argv)
     torch.manual_seed(0)
     params = dict(batch=args.batch, ctx=args.ctx, heads=32, kv_heads=8, head_dim=128,
@@ -93,6 +131,8 @@ def main(argv: Optional[list[str]] = None) -> dict[str, Any]:
                 print(f"  b{batch} ctx{ctx} sp{splits}: {r['ms']:.4f} ms "
                       f"bw_fraction={r['bw_fraction']:.3f}")
         metrics["tune"] = tuned
+    if args.ragged:
+        metrics["ragged"] = ragged_study(copy_bw)
     if not args.no_sweep:
         sweep = []
         for batch in (1, 8, 64, 256):
