@@ -128,11 +128,12 @@ if triton is not None:
         stride_pa_s, stride_pa_h, stride_pa_p,
         stride_pm_s, stride_pm_h, stride_pm_p,
         HEAD_DIM: tl.constexpr, D_PAD: tl.constexpr, USE_WINDOW: tl.constexpr,
+        CHUNK: tl.constexpr,
     ):
         """Merge the splits of one (sequence, query head): rescale each to the global max.
 
-        The split count is read in loops (never a compile-time size), so one compiled variant
-        serves every context length.
+        Splits are read CHUNK at a time (vector loads, no serial chain of scalar loads); the
+        split count itself is never a compile-time size, so one variant serves every context.
         """
         seq = tl.program_id(0)
         head = tl.program_id(1)
@@ -142,19 +143,29 @@ if triton is not None:
             lo = tl.maximum(seq_len - window, 0)
         n_splits = (seq_len - lo + partition - 1) // partition
         pm_base = part_ml + seq.to(tl.int64) * stride_pm_s + head * stride_pm_h
-        m_max = float("-inf")
-        for i in range(0, n_splits):
-            m_max = tl.maximum(m_max, tl.load(pm_base + i * stride_pm_p))
+        pa_base = part_acc + seq.to(tl.int64) * stride_pa_s + head * stride_pa_h
+        offs_c = tl.arange(0, CHUNK)
         offs_d = tl.arange(0, D_PAD)
-        pa = part_acc + seq.to(tl.int64) * stride_pa_s + head * stride_pa_h
+        m_max = tl.full([CHUNK], float("-inf"), dtype=tl.float32)
+        for c0 in range(0, n_splits, CHUNK):
+            c_mask = c0 + offs_c < n_splits
+            m_c = tl.load(pm_base + (c0 + offs_c) * stride_pm_p, mask=c_mask, other=float("-inf"))
+            m_max = tl.maximum(m_max, m_c)
+        m_all = tl.max(m_max, 0)
         acc = tl.zeros([D_PAD], dtype=tl.float32)
-        l_tot = 0.0
-        for i in range(0, n_splits):
-            m_i = tl.load(pm_base + i * stride_pm_p)
-            # A split whose context was empty has m = -inf and l = 0: weight 0, never NaN.
-            w_i = tl.where(m_i > float("-inf"), tl.math.exp2(m_i - m_max), 0.0)
-            l_tot += tl.load(pm_base + i * stride_pm_p + 1) * w_i
-            acc += tl.load(pa + i * stride_pa_p + offs_d) * w_i
+        l_vec = tl.zeros([CHUNK], dtype=tl.float32)
+        for c0 in range(0, n_splits, CHUNK):
+            c_mask = c0 + offs_c < n_splits
+            pm = pm_base + (c0 + offs_c) * stride_pm_p
+            m_c = tl.load(pm, mask=c_mask, other=float("-inf"))
+            l_c = tl.load(pm + 1, mask=c_mask, other=0.0)
+            # Masked or empty splits have m = -inf: weight 0, never NaN.
+            w = tl.where(m_c > float("-inf"), tl.math.exp2(m_c - m_all), 0.0)
+            l_vec += l_c * w
+            a = tl.load(pa_base + (c0 + offs_c)[:, None] * stride_pa_p + offs_d[None, :],
+                        mask=c_mask[:, None], other=0.0)
+            acc += tl.sum(a * w[:, None], 0)
+        l_tot = tl.sum(l_vec, 0)
         l_safe = tl.where(l_tot > 0.0, l_tot, 1.0)
         o = acc / l_safe
         tl.store(out_ptr + seq.to(tl.int64) * stride_ot + head * stride_oh + offs_d,
@@ -274,7 +285,7 @@ def paged_attention_decode(query: torch.Tensor, key_cache: torch.Tensor,
         _decode_reduce_kernel[(num_seqs, heads)](
             out, part_acc, part_ml, seq_lens, window, partition,
             out.stride(0), out.stride(1), *pa_strides, *pm_strides,
-            HEAD_DIM=head_dim, D_PAD=d_pad, USE_WINDOW=use_window, num_warps=4,
+            HEAD_DIM=head_dim, D_PAD=d_pad, USE_WINDOW=use_window, CHUNK=16, num_warps=4,
         )
     return out
 

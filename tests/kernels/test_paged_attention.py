@@ -54,6 +54,11 @@ def test_decode_split_kv(num_splits, device):
     _run([300, 9, 130], 4, 2, 32, 16, torch.float32, device, num_splits=num_splits)
 
 
+def test_decode_more_splits_than_one_reduce_chunk(device):
+    # 1300 tokens in 64-token splits: 21 splits, merged 16 at a time by the reduce kernel
+    _run([1300, 9, 700], 4, 2, 32, 16, torch.float32, device, num_splits=40)
+
+
 @pytest.mark.parametrize("num_splits", [1, 2])
 def test_decode_sliding_window(num_splits, device):
     _run([70, 12, 45], 4, 2, 32, 8, torch.float32, device, window=20, num_splits=num_splits)
