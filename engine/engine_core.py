@@ -15,7 +15,7 @@ from engine.outputs import EngineCoreOutput, EngineCoreRequest, SeqDelta
 from engine.sampling_params import SamplingParams
 from engine.scheduler import PreemptionCost, Scheduler
 from engine.scheduler_output import ScheduledSeq, SchedulerOutput
-from engine.sequence import Request
+from engine.sequence import Request, Sequence
 
 logger = logging.getLogger(__name__)
 
@@ -60,6 +60,7 @@ class EngineCore:
         seq_ids = [next(self._seq_ids) for _ in range(params.num_seqs)]
         request = Request(req.request_id, req.prompt_token_ids, params, seq_ids,
                           req.eos_token_id, arrival_time=req.arrival_time)
+        request.final_only = req.final_only
         if params.use_beam_search:
             from engine.beam_search import BeamSearchState
             request.beam_state = BeamSearchState(request)
@@ -110,96 +111,168 @@ class EngineCore:
     @staticmethod
     def _overlappable(req: Request) -> bool:
         """Requests whose next sampling does not read their latest tokens on the host."""
-        p = req.params
-        return (len(req.seqs) == 1 and req.beam_state is None
-                and p.repetition_penalty == 1.0 and p.presence_penalty == 0.0
-                and p.frequency_penalty == 0.0
-                and req.leader.num_real_output_tokens >= p.min_tokens)
+        if not req.single_seq or req.beam_state is not None or req.has_penalties:
+            return False
+        min_tokens = req.params.min_tokens
+        return min_tokens == 0 or req.leader.num_real_output_tokens >= min_tokens
 
     def _add_placeholders(self, out: SchedulerOutput) -> bool:
-        sampled = [s for s in out.scheduled if s.sample_seqs]
-        if not all(self._overlappable(s.request) for s in sampled):
-            return False
-        for s in sampled:
-            for seq in s.sample_seqs:
-                seq.append_placeholder()
+        overlappable = self._overlappable
+        seqs: list[Sequence] = []
+        for s in out.scheduled:
+            if s.sample_seqs:
+                if not overlappable(s.request):
+                    return False
+                seqs += s.sample_seqs
+        for seq in seqs:
+            seq.append_placeholder()
         return True
 
     def _account(self, out: SchedulerOutput) -> None:
         """Per-step KV accounting: allocated vs used slots, logical vs physical blocks."""
-        seqs = [s for r in self.scheduler.running for s in r.live_seqs()]
-        if self.block_manager.enable_prefix_caching or len(seqs) != len(self.scheduler.running):
-            usage = self.block_manager.usage(seqs)  # blocks may be shared: count them exactly
-        else:
-            # No sharing possible: O(num_seqs) instead of a walk over every block.
-            blocks = sum(len(s.block_table) for s in seqs)
-            usage = {"logical_blocks": blocks, "physical_blocks": blocks,
-                     "slots_allocated": blocks * self.block_manager.block_size,
-                     "slots_used": sum(s.num_computed_tokens for s in seqs)}
+        bm, running = self.block_manager, self.scheduler.running
+        usage = None
+        if not bm.enable_prefix_caching:
+            # No sharing possible while every running request has one live sequence:
+            # O(num_seqs) instead of a walk over every block.
+            blocks = used = num_live = 0
+            for r in running:
+                for s in r.seqs:
+                    if not s.is_finished:
+                        num_live += 1
+                        blocks += len(s.block_table)
+                        used += s.num_computed_tokens
+            if num_live == len(running):
+                usage = {"logical_blocks": blocks, "physical_blocks": blocks,
+                         "slots_allocated": blocks * bm.block_size, "slots_used": used}
+        if usage is None:
+            # Blocks may be shared: count them exactly.
+            usage = bm.usage([s for r in running for s in r.live_seqs()])
         self.num_steps += 1
         self.kv_slots_allocated_sum += usage["slots_allocated"]
         self.kv_slots_used_sum += usage["slots_used"]
         self.logical_blocks_sum += usage["logical_blocks"]
         self.physical_blocks_sum += usage["physical_blocks"]
-        self.peak_physical_blocks = max(self.peak_physical_blocks, self.block_manager.gpu.num_used)
+        self.peak_physical_blocks = max(self.peak_physical_blocks, bm.gpu.num_used)
 
     def _begin(self, out: SchedulerOutput) -> None:
         """Bookkeeping known once a step is launched: its tokens' KV is being computed."""
         self._account(out)
+        register = (self.block_manager.register_computed
+                    if self.block_manager.enable_prefix_caching else None)
+        prompt_tokens = 0
         for s in out.scheduled:
-            seq, req = s.seq, s.request
-            if seq.num_computed_tokens < req.prompt_len:
-                self.prompt_tokens_total += min(s.num_tokens, req.prompt_len - seq.num_computed_tokens)
-            seq.num_computed_tokens += s.num_tokens
-            self.block_manager.register_computed(seq)
+            seq = s.seq
+            computed = seq.num_computed_tokens
+            prompt_len = s.request.prompt_len
+            if computed < prompt_len:
+                prompt_tokens += min(s.num_tokens, prompt_len - computed)
+            seq.num_computed_tokens = computed + s.num_tokens
+            if register is not None:
+                register(seq)
+        self.prompt_tokens_total += prompt_tokens
 
     def _update(self, out: SchedulerOutput, result: RunnerOutput,
                 resolve: bool) -> list[EngineCoreOutput]:
-        """Apply a finished step's samples. `resolve`: its tokens replace placeholders."""
+        """Apply a finished step's samples. `resolve`: its tokens replace placeholders.
+
+        Requests are handled in the order of their first scheduled sequence. A one-sequence
+        request (not beam search) takes the fast path: it cannot fork, and its only sequence is
+        the one that sampled.
+        """
         sched = self.scheduler
-        by_req: dict[str, list[ScheduledSeq]] = {}
+        sampled = result.sampled
+        if result.prompt_logprobs:
+            plp = result.prompt_logprobs
+            for s in out.scheduled:  # once per scheduled sequence, as each carries the chunk
+                if s.request.request_id in plp:
+                    s.request.prompt_logprobs.extend(plp[s.request.request_id])
+        # Requests with several sequences (or beams): all of their scheduled sequences together.
+        groups: dict[str, list[ScheduledSeq]] = {}
         for s in out.scheduled:
             req = s.request
-            by_req.setdefault(req.request_id, []).append(s)
-            if req.request_id in result.prompt_logprobs:
-                req.prompt_logprobs.extend(result.prompt_logprobs[req.request_id])
-        for group in by_req.values():
-            req = group[0].request
+            if not req.single_seq or req.beam_state is not None:
+                groups.setdefault(req.request_id, []).append(s)
+        order: list[Request] = []  # every scheduled request once, in order
+        finished: list[Request] = []  # requests in which a sequence finished this step
+        num_sampled = 0
+        for s in out.scheduled:
+            req = s.request
+            if req.single_seq and req.beam_state is None:
+                order.append(req)
+                if not s.sample_seqs:
+                    continue  # a prefill chunk: nothing sampled
+                seq = s.seq  # for one sequence, sample_seqs == [seq]
+                if seq.is_finished:
+                    continue  # stopped or aborted while this step was in flight
+                tok, lp, top = sampled[seq.seq_id]
+                if resolve:
+                    seq.resolve_placeholder(tok, lp)
+                else:
+                    seq.append_token(tok, lp)
+                if top is not None:
+                    seq.new_logprobs.append(top)
+                num_sampled += 1
+                if sched.check_stop(req, seq):
+                    finished.append(req)
+                continue
+            group = groups.pop(req.request_id, None)
+            if group is None:
+                continue  # handled with its first scheduled sequence
+            order.append(req)
+            finished.append(req)  # may have finished: retirement checks
             if req.beam_state is not None:
                 req.beam_state.step(group, result, sched)
                 continue
-            for s in group:
-                for seq in s.sample_seqs:
-                    if seq.is_finished:
-                        continue  # stopped or aborted while this step was in flight
-                    tok, lp, top = result.sampled[seq.seq_id]
-                    if resolve:
-                        seq.resolve_placeholder(tok, lp)
-                    else:
-                        seq.append_token(tok, lp)
-                    if top is not None:
-                        seq.new_logprobs.append(top)
-                    self.generation_tokens_total += 1
-            # Fork before stop checks: a leader that finishes at once must not take the prompt
-            # blocks its siblings are about to share.
-            if req.needs_fork():
-                sched.fork_siblings(req)
-            for s in group:
-                for seq in s.sample_seqs:
-                    if not seq.is_finished:
-                        sched.check_stop(req, seq)
-        sched.retire_finished()
-        for group in by_req.values():
-            req = group[0].request
-            if req.is_finished and req.request_id in sched.requests:
-                # Preempted while this step was in flight, then finished by its result.
-                sched.abort_request(req.request_id)
-        outputs = (self._output(group[0].request) for group in by_req.values())
-        return [o for o in outputs if o is not None]
+            num_sampled += self._apply_samples(req, group, sampled, resolve)
+        self.generation_tokens_total += num_sampled
+        if finished:
+            sched.retire(finished)
+            for req in finished:
+                if req.is_finished and req.request_id in sched.requests:
+                    # Preempted while this step was in flight, then finished by its result.
+                    sched.abort_request(req.request_id)
+        outputs = []
+        for req in order:
+            o = self._output(req)
+            if o is not None:
+                outputs.append(o)
+        return outputs
+
+    def _apply_samples(self, req: Request, group: list[ScheduledSeq],
+                       sampled: dict, resolve: bool) -> int:
+        """Append (or resolve) the samples of a request with several sequences; forks siblings
+        and checks stops. Returns the number of tokens applied."""
+        sched = self.scheduler
+        n = 0
+        for s in group:
+            for seq in s.sample_seqs:
+                if seq.is_finished:
+                    continue  # stopped or aborted while this step was in flight
+                tok, lp, top = sampled[seq.seq_id]
+                if resolve:
+                    seq.resolve_placeholder(tok, lp)
+                else:
+                    seq.append_token(tok, lp)
+                if top is not None:
+                    seq.new_logprobs.append(top)
+                n += 1
+        # Fork before stop checks: a leader that finishes at once must not take the prompt
+        # blocks its siblings are about to share.
+        if req.needs_fork():
+            sched.fork_siblings(req)
+        for s in group:
+            for seq in s.sample_seqs:
+                if not seq.is_finished:
+                    sched.check_stop(req, seq)
+        return n
 
     def _output(self, req: Request) -> Optional[EngineCoreOutput]:
         if req.beam_state is not None:
             return req.beam_state.output() if req.is_finished else None
+        finished = req.is_finished
+        if req.final_only and not finished:
+            return None  # new tokens and logprobs stay counted in the sequences until then
         deltas = []
         for seq in req.seqs:
             n = seq.num_new_outputs
@@ -216,7 +289,8 @@ class EngineCore:
                 stop_reason=seq.stop_reason,
             ))
             seq.num_new_outputs = 0
-            seq.new_logprobs = []
+            if seq.new_logprobs:
+                seq.new_logprobs = []
             seq.finish_reported = seq.is_finished
         new_plp = None
         if req.params.prompt_logprobs is not None:
@@ -224,7 +298,7 @@ class EngineCore:
             req.num_prompt_logprobs_reported = len(req.prompt_logprobs)
         if not deltas and not new_plp:
             return None
-        return EngineCoreOutput(request_id=req.request_id, seqs=deltas, finished=req.is_finished,
+        return EngineCoreOutput(request_id=req.request_id, seqs=deltas, finished=finished,
                                 prompt_logprobs=new_plp or None,
                                 num_cached_tokens=req.num_cached_tokens)
 

@@ -1,8 +1,10 @@
 """The offline API, with vLLM's names so users' scripts port: `LLM(...).generate(...)`."""
 from __future__ import annotations
 
+import contextlib
+import gc
 import itertools
-from typing import Any, Optional, Sequence, Union
+from typing import Any, Iterator, Optional, Sequence, Union
 
 from engine.chat import apply_chat_template
 from engine.config import EngineArgs
@@ -123,12 +125,13 @@ class LLM:
             from tqdm import tqdm
             bar = tqdm(total=len(ids), desc="Processed prompts", dynamic_ncols=True)
         try:
-            while engine.has_unfinished_requests():
-                for out in engine.step():
-                    if out.finished and out.request_id not in finished:
-                        finished[out.request_id] = out
-                        if bar is not None:
-                            bar.update(1)
+            with frozen_gc_heap():
+                while engine.has_unfinished_requests():
+                    for out in engine.step():
+                        if out.finished and out.request_id not in finished:
+                            finished[out.request_id] = out
+                            if bar is not None:
+                                bar.update(1)
         except BaseException:
             for rid in ids:
                 if rid not in finished:
@@ -138,3 +141,24 @@ class LLM:
             if bar is not None:
                 bar.close()
         return [finished[rid] for rid in ids]
+
+
+@contextlib.contextmanager
+def frozen_gc_heap() -> Iterator[None]:
+    """Keep the objects alive on entry (model, KV block pool, queued requests) out of the cyclic
+    garbage collector's passes until exit.
+
+    A full collection otherwise walks the whole startup heap (hundreds of thousands of objects)
+    and every queued prompt, which at large batches costs more than a step's host work. Frozen
+    objects are still freed by reference counting; cyclic garbage among them is collected after
+    exit, when they are unfrozen. Does nothing when the caller froze the heap itself or
+    disabled the collector.
+    """
+    if not gc.isenabled() or gc.get_freeze_count():
+        yield
+        return
+    gc.freeze()
+    try:
+        yield
+    finally:
+        gc.unfreeze()

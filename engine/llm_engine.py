@@ -53,6 +53,8 @@ class LLMEngine:
                                                 arrival_time, add_special_tokens)
         self.output_processor.add_request(request_id, prompt, core_req.prompt_token_ids, params,
                                           final_only=final_only)
+        # Nothing is built per step for a request whose intermediate outputs nobody reads.
+        core_req.final_only = self.output_processor.needs_only_final(request_id)
         self.core.add_request(core_req)
 
     def abort_request(self, request_id: str) -> None:

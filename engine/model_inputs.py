@@ -1,6 +1,7 @@
 """Turns a `SchedulerOutput` into the flat tensors one forward pass needs."""
 from __future__ import annotations
 
+import itertools
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -34,54 +35,85 @@ def build_model_inputs(out: SchedulerOutput, block_size: int, device: torch.devi
     (decode) sequences are packed first, so a backend can run them through its decode kernel and
     only the rest through the prefill kernel. `sample_rows` follows `out.scheduled`'s order.
     """
+    scheduled = out.scheduled
+    bs = block_size
+    decodes: list[int] = []
+    others: list[int] = []
+    for i, s in enumerate(scheduled):
+        (decodes if s.num_tokens == 1 else others).append(i)
     ids: list[int] = []
     pos: list[int] = []
     slots: list[int] = []
-    qsl = [0]
-    seq_lens: list[int] = []
-    q_lens: list[int] = []
     tables: list[list[int]] = []
-    sample_rows: list[int] = []
     spans: list[tuple[int, int, int]] = []
     placeholders: list[tuple[int, int]] = []
-    last_row = [0] * len(out.scheduled)
-    order = ([i for i, s in enumerate(out.scheduled) if s.num_tokens == 1]
-             + [i for i, s in enumerate(out.scheduled) if s.num_tokens != 1])
-    for i in order:
-        s = out.scheduled[i]
-        seq, start, n = s.seq, s.start, s.num_tokens
+    last_row = [0] * len(scheduled)
+
+    # Decodes: row r = one token at position `num_computed_tokens`.
+    ids_append, pos_append, slots_append = ids.append, pos.append, slots.append
+    tables_append = tables.append
+    for row, i in enumerate(decodes):
+        s = scheduled[i]
+        seq = s.seq
+        p = seq.num_computed_tokens
+        tok = seq.token_ids[p]
+        if tok == PLACEHOLDER and seq.num_pending and p >= len(seq.token_ids) - seq.num_pending:
+            placeholders.append((row, seq.seq_id))
+            tok = 0
+        ids_append(tok)
+        pos_append(p)
+        table = seq.block_table
+        slots_append(table[p // bs] * bs + p % bs)
+        tables_append(table)
+        last_row[i] = row
+        if s.request.params.prompt_logprobs is not None and s.wants_prompt_logprobs:
+            spans.append((i, row, 1))
+    qsl = list(range(len(decodes) + 1))
+    seq_lens = [p + 1 for p in pos]
+    q_lens = [1] * len(decodes)
+
+    # Prefill chunks (and the rare multi-token catch-up): slots one block run at a time.
+    for i in others:
+        s = scheduled[i]
+        seq, n = s.seq, s.num_tokens
+        start = seq.num_computed_tokens
         end = start + n
+        base = len(ids)
         chunk = seq.token_ids[start:end]
         if seq.num_pending and end > len(seq.token_ids) - seq.num_pending:
-            base = qsl[-1]
             placeholders.extend((base + j, seq.seq_id) for j, t in enumerate(chunk)
                                 if t == PLACEHOLDER)
             chunk = [0 if t == PLACEHOLDER else t for t in chunk]
         ids.extend(chunk)
         pos.extend(range(start, end))
         table = seq.block_table
-        slots.extend(table[p // block_size] * block_size + p % block_size for p in range(start, end))
+        for b in range(start // bs, (end - 1) // bs + 1):
+            first = b * bs
+            slot0 = table[b] * bs - first  # slot of position q in this block: slot0 + q
+            slots.extend(range(slot0 + max(start, first), slot0 + min(end, first + bs)))
         if s.wants_prompt_logprobs:
-            spans.append((i, qsl[-1], n))
-        qsl.append(qsl[-1] + n)
+            spans.append((i, base, n))
+        qsl.append(base + n)
         seq_lens.append(end)
         q_lens.append(n)
         tables.append(table)
-        last_row[i] = qsl[-1] - 1
-    for i, s in enumerate(out.scheduled):
-        sample_rows.extend([last_row[i]] * len(s.sample_seqs))
-    width = max([len(t) for t in tables] + [pad_block_tables_to, 1])
-    bt_np = np.zeros((len(tables), width), dtype=np.int32)
-    for i, t in enumerate(tables):
-        bt_np[i, :len(t)] = t
-    bt = torch.from_numpy(bt_np)
+        last_row[i] = base + n - 1
+
+    sample_rows: list[int] = []
+    for i, s in enumerate(scheduled):
+        k = len(s.sample_seqs)
+        if k == 1:
+            sample_rows.append(last_row[i])
+        elif k:
+            sample_rows.extend([last_row[i]] * k)
     meta = AttentionMetadata(
         num_seqs=len(tables),
         num_tokens=len(ids),
         slot_mapping=to_device(slots, torch.int64, device),
         query_start_loc=to_device(qsl, torch.int32, device),
         seq_lens=to_device(seq_lens, torch.int32, device),
-        block_tables=to_device(bt, torch.int32, device),
+        block_tables=to_device(_pack_block_tables(tables, pad_block_tables_to), torch.int32,
+                               device),
         max_query_len=max(q_lens) if q_lens else 0,
         max_seq_len=max(seq_lens) if seq_lens else 0,
         query_lens_cpu=q_lens,
@@ -95,6 +127,18 @@ def build_model_inputs(out: SchedulerOutput, block_size: int, device: torch.devi
         prompt_logprob_spans=spans,
         placeholder_rows=placeholders,
     )
+
+
+def _pack_block_tables(tables: list[list[int]], pad_to: int) -> torch.Tensor:
+    """[len(tables), width] int32, row i = tables[i] then zeros; width >= pad_to and >= 1."""
+    lens = np.fromiter(map(len, tables), dtype=np.int64, count=len(tables))
+    width = max(int(lens.max()) if len(tables) else 0, pad_to, 1)
+    bt = np.zeros((len(tables), width), dtype=np.int32)
+    total = int(lens.sum())
+    if total:
+        flat = np.fromiter(itertools.chain.from_iterable(tables), dtype=np.int32, count=total)
+        bt[np.arange(width) < lens[:, None]] = flat  # row-major: each row's prefix, in order
+    return torch.from_numpy(bt)
 
 
 def dummy_prefill_inputs(num_tokens: int, block_size: int, device: torch.device) -> ModelInputs:

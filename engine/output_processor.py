@@ -90,14 +90,16 @@ class _Choice:
 class _RequestState:
     __slots__ = ("request_id", "prompt", "prompt_token_ids", "params", "choices",
                  "prompt_logprobs", "num_cached_tokens", "stop_checker", "error", "tokenizer",
-                 "final_only")
+                 "final_only", "reports_progress")
 
     def __init__(self, request_id: str, prompt: Optional[str], prompt_token_ids: list[int],
                  params: SamplingParams, tokenizer: Any, final_only: bool = False):
         self.request_id = request_id
         self.final_only = final_only
         self.prompt = prompt
-        self.prompt_token_ids = list(prompt_token_ids)
+        # A tuple: every output gets its own list copy; a tuple of ints is left alone by the
+        # cyclic garbage collector once it has seen it.
+        self.prompt_token_ids = tuple(prompt_token_ids)
         self.params = params
         self.tokenizer = tokenizer if params.detokenize else None
         # Beam search reports n final beams; parallel sampling runs best_of sequences.
@@ -110,6 +112,10 @@ class _RequestState:
         self.stop_checker = StopChecker(params.stop_strs, params.include_stop_str_in_output) \
             if params.stop_strs and self.tokenizer is not None else None
         self.error: Optional[str] = None
+        # Whether unfinished states are reported (not for beam search, best_of > n, or callers
+        # that asked for final results only).
+        self.reports_progress = (not final_only and not params.use_beam_search
+                                 and params.best_of == params.n)
 
     def new_detokenizer(self) -> Optional[IncrementalDetokenizer]:
         if self.tokenizer is None:
@@ -120,24 +126,28 @@ class _RequestState:
 
     @property
     def finished(self) -> bool:
-        return all(c.finished for c in self.choices)
+        for c in self.choices:
+            if c.finish_reason is None:
+                return False
+        return True
 
     @property
-    def reports_progress(self) -> bool:
-        """Whether unfinished states are reported (not for beam search, best_of > n, or callers
-        that asked for final results only)."""
-        p = self.params
-        return not self.final_only and not p.use_beam_search and p.best_of == p.n
+    def needs_only_final(self) -> bool:
+        """True when nothing before the request's end matters to this frontend: it reports no
+        progress and has no stop strings to match, so the core may send the outputs at once
+        when the request finishes (the detokenizer takes tokens one at a time either way)."""
+        return not self.reports_progress and self.stop_checker is None
 
     def make_output(self) -> RequestOutput:
         finished = self.finished
         choices = self.choices
-        if finished and not self.params.use_beam_search and self.params.best_of > self.params.n:
+        p = self.params
+        if p.use_beam_search:
+            outputs = [c.to_output() for c in choices[:p.n]]
+        elif finished and p.best_of > p.n:
             # Stable sort: equal logprobs keep their original order.
-            best = sorted(choices, key=lambda c: -c.cumulative_logprob)[:self.params.n]
+            best = sorted(choices, key=lambda c: -c.cumulative_logprob)[:p.n]
             outputs = [c.to_output(index=i) for i, c in enumerate(best)]
-        elif self.params.use_beam_search:
-            outputs = [c.to_output() for c in choices[:self.params.n]]
         else:
             outputs = [c.to_output() for c in choices]
         metrics: dict = {"error": self.error} if self.error is not None else {}
@@ -175,6 +185,11 @@ class OutputProcessor:
     def has_request(self, request_id: str) -> bool:
         return request_id in self._requests
 
+    def needs_only_final(self, request_id: str) -> bool:
+        """Whether the core may report this (tracked) request only once it has finished: the
+        `RequestOutput`s built are then the same as with outputs every step."""
+        return self._requests[request_id].needs_only_final
+
     @property
     def num_unfinished_requests(self) -> int:
         return len(self._requests)
@@ -187,10 +202,16 @@ class OutputProcessor:
             state = self._requests.get(out.request_id)
             if state is None:
                 continue  # aborted, or already finished by a stop string
-            stopped = [d.index for d in out.seqs if self._apply_delta(state, d)]
+            stopped = None
+            for d in out.seqs:
+                if self._apply_delta(state, d):
+                    if stopped is None:
+                        stopped = []
+                    stopped.append(d.index)
             if out.prompt_logprobs and state.prompt_logprobs is not None:
                 state.prompt_logprobs.extend(out.prompt_logprobs)
-            state.num_cached_tokens = max(state.num_cached_tokens, out.num_cached_tokens)
+            if out.num_cached_tokens > state.num_cached_tokens:
+                state.num_cached_tokens = out.num_cached_tokens
             if out.error is not None:
                 state.error = out.error
             if out.finished or out.error is not None:
@@ -216,9 +237,20 @@ class OutputProcessor:
 
     def _apply_delta(self, state: _RequestState, d: SeqDelta) -> bool:
         """Update one choice; True when it just hit a stop string and the core must stop it."""
-        c = self._choice(state, d.index)
-        if c.finished:
+        choices = state.choices
+        c = choices[d.index] if d.index < len(choices) else self._choice(state, d.index)
+        if c.finish_reason is not None:
             return False  # frozen: e.g. the core's step that raced with our stop
+        checker = state.stop_checker
+        if c.detok is None and checker is None and not d.replace:
+            # No text to build or match (detokenize=False, or no tokenizer): tokens only.
+            c.token_ids += d.token_ids
+            if c.logprobs is not None and d.logprobs:
+                c.logprobs += d.logprobs
+            c.cumulative_logprob = d.cumulative_logprob
+            if d.finish_reason is not None:
+                c.finish(d.finish_reason, d.stop_reason)
+            return False
         if d.replace:
             c.token_ids = list(d.token_ids)
             if c.logprobs is not None:
@@ -242,7 +274,6 @@ class OutputProcessor:
             new_chars = len(new_text)
         c.cumulative_logprob = d.cumulative_logprob
 
-        checker = state.stop_checker
         if checker is not None and len(c.token_ids) >= state.params.min_tokens:
             hit = checker.check(c.text, new_chars)
             if hit is not None:

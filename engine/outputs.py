@@ -24,9 +24,12 @@ class EngineCoreRequest(msgspec.Struct, omit_defaults=True):
     sampling_params: dict  # SamplingParams fields (init=True ones), rebuilt by the core
     arrival_time: float
     eos_token_id: Optional[int] = None
+    # The frontend needs this request's outputs only once it has finished (no progress to
+    # report, no stop strings to match): the core then reports it once, at the end.
+    final_only: bool = False
 
 
-class SeqDelta(msgspec.Struct, omit_defaults=True):
+class SeqDelta(msgspec.Struct, omit_defaults=True, gc=False):
     """New tokens of one sequence (choice `index`) since the last output.
 
     For beam search the core reports only finished results, with `replace=True`: `token_ids` is
@@ -42,7 +45,7 @@ class SeqDelta(msgspec.Struct, omit_defaults=True):
     replace: bool = False
 
 
-class EngineCoreOutput(msgspec.Struct, omit_defaults=True):
+class EngineCoreOutput(msgspec.Struct, omit_defaults=True, gc=False):
     request_id: str
     seqs: list[SeqDelta]
     finished: bool = False

@@ -67,7 +67,13 @@ class Scheduler:
         return bool(self.waiting or self.running or self.swapped)
 
     def num_running_seqs(self) -> int:
-        return sum(len(r.live_seqs()) for r in self.running)
+        n = 0
+        for r in self.running:
+            if r.single_seq:
+                n += not r.seqs[0].is_finished
+            else:
+                n += len(r.live_seqs())
+        return n
 
     def abort_request(self, request_id: str) -> Optional[Request]:
         """Finish every sequence of the request as aborted and free its blocks at once."""
@@ -107,16 +113,51 @@ class Scheduler:
     # ---- scheduling --------------------------------------------------------------------------
     def schedule(self) -> SchedulerOutput:
         out = SchedulerOutput()
-        budget = self.config.max_num_batched_tokens
+        budget = self._schedule_running(out, self.config.max_num_batched_tokens)
+        if not out.num_preempted:
+            budget = self._schedule_swapped(out, budget)
+        if not self.swapped and not out.num_preempted:
+            self._schedule_waiting(out, budget)
+        return out
 
+    def _schedule_running(self, out: SchedulerOutput, budget: int) -> int:
+        """Running requests in arrival order, each as many tokens as the budget allows; when
+        the GPU pool runs short, the most recently arrived running request is preempted."""
+        bm = self.bm
+        gpu = bm.gpu
+        running = self.running
+        scheduled = out.scheduled
         i = 0
-        while i < len(self.running) and budget > 0:
-            req = self.running[i]
-            plan = self._plan(req, budget)
-            need = sum(self.bm.blocks_needed(s.seq, s.num_tokens) for s in plan)
+        while i < len(running) and budget > 0:
+            req = running[i]
+            if req.single_seq:
+                # Fast path of `_plan` + `_commit` for one sequence (no siblings to fork).
+                seq = req.seqs[0]
+                computed, held = seq.num_computed_tokens, len(seq.token_ids)
+                n = min(held - computed, budget)
+                if n > 0 and not seq.is_finished:
+                    if gpu.num_free >= bm.blocks_needed(seq, n):
+                        copies = bm.allocate_slots(seq, n)
+                        if copies:
+                            out.blocks_to_copy.extend(copies)
+                        # It samples once this step catches up with every token it holds.
+                        scheduled.append(ScheduledSeq(req, seq, n,
+                                                      [seq] if computed + n == held else []))
+                        out.num_batched_tokens += n
+                        budget -= n
+                        i += 1
+                        continue
+                    plan = [ScheduledSeq(req, seq, n, [seq] if computed + n == held else [])]
+                else:
+                    plan = []
+            else:
+                plan = self._plan(req, budget)
+            need = 0
+            for s in plan:
+                need += bm.blocks_needed(s.seq, s.num_tokens)
             preempted_self = False
-            while self.bm.num_free_gpu_blocks < need:
-                victim = self.running.pop()
+            while gpu.num_free < need:
+                victim = running.pop()
                 self._preempt(victim, out)
                 if victim is req:
                     preempted_self = True
@@ -125,13 +166,7 @@ class Scheduler:
                 break
             budget -= self._commit(plan, out)
             i += 1
-
-        if not out.num_preempted:
-            budget = self._schedule_swapped(out, budget)
-        if not self.swapped and not out.num_preempted:
-            self._schedule_waiting(out, budget)
-        out.num_batched_tokens = sum(s.num_tokens for s in out.scheduled)
-        return out
+        return budget
 
     def _schedule_swapped(self, out: SchedulerOutput, budget: int) -> int:
         while self.swapped and budget > 0:
@@ -209,10 +244,17 @@ class Scheduler:
         return plan
 
     def _commit(self, plan: list[ScheduledSeq], out: SchedulerOutput) -> int:
+        allocate = self.bm.allocate_slots
+        scheduled = out.scheduled
+        total = 0
         for s in plan:
-            out.blocks_to_copy.extend(self.bm.allocate_slots(s.seq, s.num_tokens))
-            out.scheduled.append(s)
-        return sum(s.num_tokens for s in plan)
+            copies = allocate(s.seq, s.num_tokens)
+            if copies:
+                out.blocks_to_copy.extend(copies)
+            scheduled.append(s)
+            total += s.num_tokens
+        out.num_batched_tokens += total  # invariant: the sum of num_tokens over out.scheduled
+        return total
 
     # ---- preemption --------------------------------------------------------------------------
     def _preempt(self, req: Request, out: SchedulerOutput) -> None:
@@ -249,31 +291,45 @@ class Scheduler:
                 self.bm.fork(leader, seq, req.prompt_len)
                 seq.status = SequenceStatus.RUNNING
 
-    def check_stop(self, req: Request, seq: Sequence) -> None:
-        """Token-level stop conditions; stop strings are the frontend's (see OutputProcessor)."""
+    def check_stop(self, req: Request, seq: Sequence) -> bool:
+        """Token-level stop conditions; stop strings are the frontend's (see OutputProcessor).
+        True when `seq` finished here."""
         p = req.params
-        last = seq.token_ids[len(seq.token_ids) - 1 - seq.num_pending]
-        n_out = seq.num_real_output_tokens
+        token_ids = seq.token_ids
+        known = len(token_ids) - seq.num_pending  # tokens whose ids the host knows
+        last = token_ids[known - 1]
+        n_out = known - seq.prompt_len
         status = None
         if n_out >= p.min_tokens:
             if not p.ignore_eos and last == req.eos_token_id:
                 status = SequenceStatus.FINISHED_STOPPED
-            elif last in p.stop_token_ids:
+            elif p.stop_token_ids and last in p.stop_token_ids:
                 status = SequenceStatus.FINISHED_STOPPED
                 seq.stop_reason = last
         if status is None and ((p.max_tokens is not None and n_out >= p.max_tokens)
-                               or seq.num_tokens - seq.num_pending >= self.config.max_model_len):
+                               or known >= self.config.max_model_len):
             status = SequenceStatus.FINISHED_LENGTH
-        if status is not None:
-            self.finish_seq(req, seq, status)
+        if status is None:
+            return False
+        self.finish_seq(req, seq, status)
+        return True
 
     def retire_finished(self) -> list[Request]:
         """Remove requests whose sequences have all finished from the running queue."""
-        done = [r for r in self.running if r.is_finished]
-        if done:
-            self.running = [r for r in self.running if not r.is_finished]
-            for r in done:
-                self._retire(r)
+        return self.retire(self.running)
+
+    def retire(self, candidates: list[Request]) -> list[Request]:
+        """Like `retire_finished`, but only `candidates` (requests in which a sequence finished
+        since the last retirement) are looked at: O(running) once, only when one is done."""
+        gone = {id(r) for r in candidates if r.is_finished}
+        if not gone:
+            return []
+        # Only running requests retire here (one preempted while its step was in flight is
+        # aborted by the engine core instead), in running order.
+        done = [r for r in self.running if id(r) in gone]
+        self.running = [r for r in self.running if id(r) not in gone]
+        for r in done:
+            self._retire(r)
         return done
 
     def stop_seqs(self, request_id: str, indices: list[int]) -> None:

@@ -6,7 +6,7 @@ from dataclasses import dataclass, field
 from engine.sequence import Request, Sequence
 
 
-@dataclass
+@dataclass(slots=True)
 class ScheduledSeq:
     """Run `num_tokens` tokens of `seq`: `token_ids[num_computed : num_computed + num_tokens]`.
 

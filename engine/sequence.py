@@ -45,7 +45,7 @@ class Sequence:
     """One generated continuation: its tokens, KV blocks and sampling history."""
 
     __slots__ = ("seq_id", "index", "token_ids", "prompt_len", "num_computed_tokens",
-                 "block_table", "status", "cumulative_logprob",
+                 "block_table", "_status", "is_finished", "cumulative_logprob",
                  "stop_reason", "generator", "num_new_outputs", "block_hashes",
                  "new_logprobs", "finish_reported", "num_pending")
 
@@ -86,8 +86,15 @@ class Sequence:
         return len(self.token_ids) - self.num_computed_tokens
 
     @property
-    def is_finished(self) -> bool:
-        return self.status.is_finished
+    def status(self) -> SequenceStatus:
+        return self._status
+
+    @status.setter
+    def status(self, status: SequenceStatus) -> None:
+        # Invariant: `is_finished == status.is_finished`. A plain attribute, since it is read for
+        # every sequence several times per step; every status change goes through here.
+        self._status = status
+        self.is_finished = status.is_finished
 
     @property
     def num_real_output_tokens(self) -> int:
@@ -151,7 +158,18 @@ class Request:
         self.params = params
         self.eos_token_id = eos_token_id
         self.metrics = RequestMetrics(arrival_time=arrival_time or time.time())
+        # Never changes after construction (preemption recomputes the same prompt).
+        self.prompt_len = len(self.prompt_token_ids)
         self.seqs = [Sequence(sid, i, prompt_token_ids) for i, sid in enumerate(seq_ids)]
+        # The sequence list never grows or shrinks (beams reuse their Sequence objects), so the
+        # one-sequence fast paths of the engine can test this once.
+        self.single_seq = len(self.seqs) == 1
+        # Penalties read the latest tokens on the host when sampling (params never change).
+        self.has_penalties = (params.repetition_penalty != 1.0 or params.presence_penalty != 0.0
+                              or params.frequency_penalty != 0.0)
+        # Set by the frontend when it wants this request's outputs only once it has finished:
+        # the core then reports nothing before that (tokens keep accumulating in the sequences).
+        self.final_only = False
         if params.seed is not None:
             # Sample i draws from seed + i: reproducible and independent of batch company.
             for seq in self.seqs:
@@ -166,10 +184,6 @@ class Request:
         self.beam_state = None
 
     @property
-    def prompt_len(self) -> int:
-        return len(self.prompt_token_ids)
-
-    @property
     def leader(self) -> Sequence:
         """The first unfinished sequence: it computes the prompt that its siblings then share."""
         for s in self.seqs:
@@ -178,14 +192,17 @@ class Request:
         return self.seqs[0]
 
     def live_seqs(self) -> list[Sequence]:
-        return [s for s in self.seqs if not s.status.is_finished]
+        return [s for s in self.seqs if not s.is_finished]
 
     def seqs_with_status(self, status: SequenceStatus) -> list[Sequence]:
         return [s for s in self.seqs if s.status == status]
 
     @property
     def is_finished(self) -> bool:
-        return all(s.is_finished for s in self.seqs)
+        for s in self.seqs:  # a loop, not all(genexpr): read for every request every step
+            if not s.is_finished:
+                return False
+        return True
 
     @property
     def prompt_computed(self) -> bool:
