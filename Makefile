@@ -32,10 +32,10 @@ test: install
 
 # GPU machine: the system python3 holds CUDA torch; run the project from source.
 test-gpu:
-	PYTHONPATH=. $(PYTHON) -m pytest -q -m gpu tests/kernels tests/gpu -p no:cacheprovider
+	PYTHONPATH=.:$$PYTHONPATH $(PYTHON) -m pytest -q -m gpu tests/kernels tests/gpu -p no:cacheprovider
 
 bench-gpu:
-	PYTHONPATH=. $(PYTHON) benchmarks/run_gpu.py
+	PYTHONPATH=.:$$PYTHONPATH $(PYTHON) benchmarks/run_gpu.py
 
 bench-cpu: install
 	$(VPY) benchmarks/cpu_generate.py

@@ -41,6 +41,9 @@ def versions() -> dict[str, str]:
 
 
 def git_sha() -> str:
+    """PAGEDSERVE_GIT_SHA when set (a copied tree's own .git may be stale), else git's HEAD."""
+    if os.environ.get("PAGEDSERVE_GIT_SHA"):
+        return os.environ["PAGEDSERVE_GIT_SHA"]
     try:
         here = os.path.dirname(os.path.abspath(__file__))
         sha = subprocess.run(["git", "rev-parse", "HEAD"], cwd=here, capture_output=True,
