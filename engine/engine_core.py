@@ -203,15 +203,8 @@ class EngineCore:
                 if not s.sample_seqs:
                     continue  # a prefill chunk: nothing sampled
                 seq = s.seq  # for one sequence, sample_seqs == [seq]
-                if seq.is_finished:
-                    continue  # stopped or aborted while this step was in flight
-                tok, lp, top = sampled[seq.seq_id]
-                if resolve:
-                    seq.resolve_placeholder(tok, lp)
-                else:
-                    seq.append_token(tok, lp)
-                if top is not None:
-                    seq.new_logprobs.append(top)
+                if not _apply_sample(seq, sampled, resolve):
+                    continue
                 num_sampled += 1
                 if sched.check_stop(req, seq):
                     finished.append(req)
@@ -247,16 +240,7 @@ class EngineCore:
         n = 0
         for s in group:
             for seq in s.sample_seqs:
-                if seq.is_finished:
-                    continue  # stopped or aborted while this step was in flight
-                tok, lp, top = sampled[seq.seq_id]
-                if resolve:
-                    seq.resolve_placeholder(tok, lp)
-                else:
-                    seq.append_token(tok, lp)
-                if top is not None:
-                    seq.new_logprobs.append(top)
-                n += 1
+                n += _apply_sample(seq, sampled, resolve)
         # Fork before stop checks: a leader that finishes at once must not take the prompt
         # blocks its siblings are about to share.
         if req.needs_fork():
@@ -336,3 +320,18 @@ class EngineCore:
             "block_size": bm.block_size,
             "bytes_per_block": self.runner.bytes_per_block,
         }
+
+
+def _apply_sample(seq: Sequence, sampled: dict, resolve: bool) -> bool:
+    """Give `seq` its token from this step (`resolve`: in place of its placeholder); False when
+    it was stopped or aborted while the step was in flight."""
+    if seq.is_finished:
+        return False
+    tok, lp, top = sampled[seq.seq_id]
+    if resolve:
+        seq.resolve_placeholder(tok, lp)
+    else:
+        seq.append_token(tok, lp)
+    if top is not None:
+        seq.new_logprobs.append(top)
+    return True
