@@ -75,7 +75,7 @@ class ModelRunner:
         self.cpu_cache = self._alloc_cache(self.num_cpu_blocks, torch.device("cpu"),
                                            pin=self.device.type == "cuda")
         bind_kv_caches(self.model, self.gpu_cache, self.backend)
-        if self.device.type == "cuda" and hasattr(self.backend, "warm_up"):
+        if self.device.type == "cuda":
             self._warm_up_attention(layers)
         self.graphs = None
         if (self.device.type == "cuda" and not config.runner.enforce_eager

@@ -89,8 +89,6 @@ class SamplingMetadata:
     generators: list[tuple[int, torch.Generator]] = field(default_factory=list)
     num_logprobs: list[int] = field(default_factory=list)  # per row; -1 = not requested
     max_num_logprobs: int = -1
-    # Per row: the temperature, 0.0 for greedy rows (the fused sampling kernel's input).
-    kernel_temperatures: list[float] = field(default_factory=list)
 
     @classmethod
     def from_rows(cls, rows: list[tuple[Request, Sequence]], vocab_size: int,
@@ -147,8 +145,7 @@ class SamplingMetadata:
         meta = cls(num_rows=n, vocab_size=vocab_size, device=device, all_greedy=all(greedy),
                    greedy=to_device(greedy, torch.bool, device),
                    temperature=col(temps), generators=generators, num_logprobs=num_logprobs,
-                   max_num_logprobs=max(num_logprobs, default=-1),
-                   kernel_temperatures=[0.0 if g else t for g, t in zip(greedy, temps)])
+                   max_num_logprobs=max(num_logprobs, default=-1))
         if not meta.all_greedy:
             if any(k < vocab_size for k in top_k):
                 meta.top_k = to_device(top_k, torch.long, device)
@@ -222,7 +219,6 @@ class Sampler:
             top = raw_logprobs.topk(max_k, dim=-1)
         return PendingSample(tokens, chosen, top, meta.num_logprobs, max_k)
 
-
     @staticmethod
     def _fusable(logits: torch.Tensor, meta: SamplingMetadata) -> bool:
         """Rows needing nothing but greedy / plain temperature sampling and at most the chosen
@@ -233,7 +229,7 @@ class Sampler:
 
     def _launch_fused(self, logits: torch.Tensor, meta: SamplingMetadata) -> "PendingSample":
         from kernels.sampling import sample_tokens
-        temps = to_device(meta.kernel_temperatures, torch.float32, logits.device)
+        temps = meta.temperature.squeeze(1).masked_fill(meta.greedy, 0.0)  # 0 = greedy
         # One Philox stream per step, keyed from the sampler's own generator.
         seed = int(torch.randint(0, 2 ** 31 - 1, (1,), generator=self._step_keys).item())
         tokens, chosen = sample_tokens(logits, temps, seed)

@@ -126,35 +126,20 @@ class Scheduler:
         bm = self.bm
         gpu = bm.gpu
         running = self.running
-        scheduled = out.scheduled
         i = 0
         while i < len(running) and budget > 0:
             req = running[i]
             if req.single_seq:
-                # Fast path of `_plan` + `_commit` for one sequence (no siblings to fork).
+                # `_plan` for one sequence (no siblings to fork): everything it holds, budget
+                # permitting; it samples once the step catches up with its last token.
                 seq = req.seqs[0]
                 computed, held = seq.num_computed_tokens, len(seq.token_ids)
                 n = min(held - computed, budget)
-                if n > 0 and not seq.is_finished:
-                    if gpu.num_free >= bm.blocks_needed(seq, n):
-                        copies = bm.allocate_slots(seq, n)
-                        if copies:
-                            out.blocks_to_copy.extend(copies)
-                        # It samples once this step catches up with every token it holds.
-                        scheduled.append(ScheduledSeq(req, seq, n,
-                                                      [seq] if computed + n == held else []))
-                        out.num_batched_tokens += n
-                        budget -= n
-                        i += 1
-                        continue
-                    plan = [ScheduledSeq(req, seq, n, [seq] if computed + n == held else [])]
-                else:
-                    plan = []
+                plan = ([ScheduledSeq(req, seq, n, [seq] if computed + n == held else [])]
+                        if n > 0 and not seq.is_finished else [])
             else:
                 plan = self._plan(req, budget)
-            need = 0
-            for s in plan:
-                need += bm.blocks_needed(s.seq, s.num_tokens)
+            need = sum(bm.blocks_needed(s.seq, s.num_tokens) for s in plan)
             preempted_self = False
             while gpu.num_free < need:
                 victim = running.pop()

@@ -18,8 +18,6 @@ from kernels._triton_utils import (FLOAT_DTYPES, cdiv, check_dtype, check_last_d
 if triton is not None:
     from kernels._triton_utils import round_to
 
-if triton is not None:
-
     @triton.jit
     def _silu_and_mul_kernel(x_ptr, out_ptr, d, stride_x, stride_o, BLOCK: tl.constexpr):
         row = tl.program_id(0).to(tl.int64)

@@ -39,6 +39,13 @@ _MAX_PARTITION = 512  # tokens per split at most: balances ragged batches
 
 if triton is not None:
 
+    @triton.jit
+    def _window_start(seq_len, window, USE_WINDOW: tl.constexpr):
+        """First context position the newest token attends to (0 without a sliding window)."""
+        if USE_WINDOW:
+            return tl.maximum(seq_len - window, 0)
+        return 0
+
     # Per-step values (window, partition, block-table width, partial strides) and sliced metadata
     # pointers are not specialised on: one compiled variant per SPLIT serves every step.
     @triton.jit(do_not_specialize=["window", "partition", "stride_bt", "stride_pa_s", "stride_pa_h",
@@ -62,9 +69,7 @@ if triton is not None:
         kvh = tl.program_id(1)
         split = tl.program_id(2)
         seq_len = tl.load(seq_lens + seq)
-        lo = 0
-        if USE_WINDOW:
-            lo = tl.maximum(seq_len - window, 0)
+        lo = _window_start(seq_len, window, USE_WINDOW)
         start = lo + split * partition
         end = tl.minimum(start + partition, seq_len)
         if SPLIT:
@@ -138,9 +143,7 @@ if triton is not None:
         seq = tl.program_id(0)
         head = tl.program_id(1)
         seq_len = tl.load(seq_lens + seq)
-        lo = 0
-        if USE_WINDOW:
-            lo = tl.maximum(seq_len - window, 0)
+        lo = _window_start(seq_len, window, USE_WINDOW)
         n_splits = (seq_len - lo + partition - 1) // partition
         pm_base = part_ml + seq.to(tl.int64) * stride_pm_s + head * stride_pm_h
         pa_base = part_acc + seq.to(tl.int64) * stride_pa_s + head * stride_pa_h

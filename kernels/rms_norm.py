@@ -17,8 +17,6 @@ from kernels._triton_utils import (FLOAT_DTYPES, check_dtype, next_pow2, require
 if triton is not None:
     from kernels._triton_utils import round_to
 
-if triton is not None:
-
     @triton.jit
     def _rms_norm_kernel(x_ptr, res_ptr, w_ptr, out_ptr, res_out_ptr, n, eps,
                          stride_x, stride_r, stride_o, stride_ro,

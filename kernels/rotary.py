@@ -19,8 +19,6 @@ from kernels._triton_utils import (FLOAT_DTYPES, check_dtype, next_pow2, require
 if triton is not None:
     from kernels._triton_utils import round_to
 
-if triton is not None:
-
     @triton.jit
     def _rotate_heads(x_ptr, stride_h, cos, sin, heads, HALF: tl.constexpr,
                       H_PAD: tl.constexpr, HALF_PAD: tl.constexpr, IS_NEOX: tl.constexpr):

@@ -25,6 +25,9 @@ class AttentionBackend(Protocol):
                meta: AttentionMetadata, scale: float,
                sliding_window: Optional[int] = None) -> torch.Tensor: ...
 
+    def warm_up(self, layer, max_model_len: int) -> None:
+        """Prepare (e.g. compile) whatever `layer`'s steps will run, before serving."""
+
 
 class TorchAttentionBackend:
     """Reference path: correct on every device, fast enough for the CPU."""
@@ -40,6 +43,9 @@ class TorchAttentionBackend:
                                    sliding_window=sliding_window,
                                    query_lens_cpu=meta.query_lens_cpu,
                                    seq_lens_cpu=meta.seq_lens_cpu)
+
+    def warm_up(self, layer, max_model_len: int) -> None:
+        pass  # plain torch ops: nothing to compile
 
 
 def get_attention_backend(choice: str, device: torch.device,
