@@ -20,14 +20,52 @@ def worst_case_blocks(prompt_len: int, max_tokens: int, num_seqs: int, block_siz
 
 
 class InputProcessor:
+    """Admission: a request that passes `process` can be scheduled (alone, on an empty engine);
+    anything else is a ValueError naming the field, before any tokenizing that cannot help."""
+
     def __init__(self, model_config: ModelConfig, tokenizer, vocab_size: int,
-                 num_gpu_blocks: int, block_size: int):
+                 num_gpu_blocks: int, block_size: int, max_num_seqs: Optional[int] = None):
         self.model_config = model_config
         self.tokenizer = tokenizer
         self.vocab_size = vocab_size
         self.num_gpu_blocks = num_gpu_blocks
         self.block_size = block_size
+        self.max_num_seqs = max_num_seqs  # the scheduler's batch limit on sequences
         self.eos_token_id = self._eos_token_id()
+        self._max_token_chars: Optional[int] = None
+
+    def check_params(self, params: SamplingParams) -> None:
+        """The request's sequences must fit in one batch: the scheduler admits a request whole,
+        so one asking for more sequences than max_num_seqs would wait forever (and block the
+        FCFS queue behind it)."""
+        if self.max_num_seqs is None or params.num_seqs <= self.max_num_seqs:
+            return
+        field = "best_of" if params.best_of > params.n else "n"
+        what = "beam width" if params.use_beam_search else field
+        raise ValueError(f"{field}: the {what} ({params.num_seqs}) exceeds the engine's "
+                         f"max_num_seqs ({self.max_num_seqs}), so it could never be scheduled")
+
+    def max_token_chars(self) -> int:
+        """An upper bound on the characters one token stands for (longest vocabulary entry,
+        doubled for normalisers that shrink text); 0 when unknown."""
+        if self._max_token_chars is None:
+            longest = 0
+            try:
+                longest = max((len(t) for t in self.tokenizer.get_vocab()), default=0)
+            except Exception:  # a tokenizer without a readable vocabulary: no early bound
+                pass
+            self._max_token_chars = 2 * longest
+        return self._max_token_chars
+
+    def check_text_length(self, text: str, field: str = "prompt") -> None:
+        """Reject text too long to fit the context whatever it tokenizes to, without
+        tokenizing it (tokenizing megabytes costs seconds and gigabytes)."""
+        per_token = self.max_token_chars()
+        limit = per_token * self.model_config.max_model_len
+        if per_token and len(text) > limit:
+            raise ValueError(
+                f"{field}: {len(text)} characters cannot fit this model's maximum context length "
+                f"of {self.model_config.max_model_len} tokens")
 
     def _eos_token_id(self) -> Optional[int]:
         if self.tokenizer is not None and self.tokenizer.eos_token_id is not None:
@@ -47,11 +85,18 @@ class InputProcessor:
                 params: SamplingParams, arrival_time: Optional[float] = None,
                 add_special_tokens: bool = True) -> EngineCoreRequest:
         """Raises ValueError (message names the field) for anything the engine cannot serve."""
+        self.check_params(params)
+        max_len = self.model_config.max_model_len
+        if params.max_tokens is not None and params.max_tokens >= max_len:
+            raise ValueError(
+                f"max_tokens: {params.max_tokens} new tokens leave no room for a prompt in this "
+                f"model's maximum context length of {max_len} tokens")
         if prompt_token_ids is None:
             if prompt is None:
                 raise ValueError("prompt: a prompt or prompt_token_ids is required")
             if not isinstance(prompt, str):
                 raise ValueError("prompt: must be a string")
+            self.check_text_length(prompt)
             prompt_token_ids = self.tokenize(prompt, add_special_tokens)
         ids = list(prompt_token_ids)
         if not ids:
@@ -60,7 +105,6 @@ class InputProcessor:
             if not isinstance(t, int) or not 0 <= t < self.vocab_size:
                 raise ValueError(f"prompt_token_ids: token id {t!r} is outside the vocabulary "
                                  f"[0, {self.vocab_size})")
-        max_len = self.model_config.max_model_len
         n_prompt = len(ids)
         max_tokens = params.max_tokens
         if max_tokens is None:

@@ -27,7 +27,8 @@ class LLMEngine:
         self.core = EngineCore(config)
         self.input_processor = InputProcessor(config.model, self.tokenizer,
                                               self.core.runner.vocab_size,
-                                              self.core.num_gpu_blocks, config.cache.block_size)
+                                              self.core.num_gpu_blocks, config.cache.block_size,
+                                              config.scheduler.max_num_seqs)
         self.output_processor = OutputProcessor(self.tokenizer)
 
     @classmethod

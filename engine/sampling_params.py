@@ -1,6 +1,7 @@
 """Per-request sampling parameters, with vLLM's field names, validated at construction."""
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field, fields
 from typing import Optional, Union
 
@@ -72,7 +73,7 @@ class SamplingParams:
             bad("frequency_penalty", f"must be in [-2, 2], got {self.frequency_penalty}")
         if not 0.0 < self.repetition_penalty <= 2.0:
             bad("repetition_penalty", f"must be in (0, 2], got {self.repetition_penalty}")
-        if self.temperature < 0.0:
+        if not math.isfinite(self.temperature) or self.temperature < 0.0:
             bad("temperature", f"must be non-negative, got {self.temperature}")
         if not 0.0 < self.top_p <= 1.0:
             bad("top_p", f"must be in (0, 1], got {self.top_p}")
@@ -80,8 +81,10 @@ class SamplingParams:
             bad("top_k", f"must be -1 (disable) or at least 1, got {self.top_k!r}")
         if not 0.0 <= self.min_p <= 1.0:
             bad("min_p", f"must be in [0, 1], got {self.min_p}")
-        if self.seed is not None and not isinstance(self.seed, int):
-            bad("seed", f"must be an integer, got {self.seed!r}")
+        if self.seed is not None and (not isinstance(self.seed, int)
+                                      or not -2 ** 63 <= self.seed < 2 ** 63):
+            # Sequence i seeds its generator with seed + i: int64 keeps that in torch's range.
+            bad("seed", f"must be an integer in [-2^63, 2^63), got {self.seed!r}")
         if self.max_tokens is not None and (not isinstance(self.max_tokens, int) or self.max_tokens < 1):
             bad("max_tokens", f"must be at least 1, got {self.max_tokens!r}")
         if not isinstance(self.min_tokens, int) or self.min_tokens < 0:
@@ -95,6 +98,8 @@ class SamplingParams:
             bad("prompt_logprobs", f"must be a non-negative integer, got {self.prompt_logprobs!r}")
         if any(not isinstance(s, str) or s == "" for s in self.stop_strs):
             bad("stop", "every stop string must be a non-empty string")
+        if self.logit_bias and not all(math.isfinite(v) for v in self.logit_bias.values()):
+            bad("logit_bias", "values must be finite numbers")
         if any(not isinstance(t, int) or t < 0 for t in self.stop_token_ids):
             bad("stop_token_ids", "must be non-negative integers")
         if self.use_beam_search:

@@ -20,7 +20,10 @@ from fastapi.responses import Response
 from server.args import ServerArgs
 from server.auth import APIKeyMiddleware, RequestIdMiddleware
 from server.engine_client import AsyncEngineClient, EngineClient
-from server.errors import bad_request, engine_unavailable, install_exception_handlers
+from server.engine_health import RestartPolicy
+from server.errors import (bad_request, engine_unavailable, install_exception_handlers,
+                           shutting_down)
+from server.limits import BodyLimitMiddleware
 from server.metrics import CONTENT_TYPE_LATEST, ServerMetrics, StatsLogger
 from server.protocol import (ChatCompletionRequest, CompletionRequest, DetokenizeRequest,
                              ModelCard, ModelList, TokenizeRequest, dump)
@@ -77,6 +80,9 @@ def build_app(engine: EngineClient, args: ServerArgs, served_model_names: list[s
         if manage_engine:
             await engine.start()
             logger.info("Engine ready; serving %s", ", ".join(served_model_names))
+        on_started = getattr(app.state, "on_started", None)
+        if on_started is not None:
+            on_started()
         if args.log_stats_interval > 0:
             tasks.append(asyncio.create_task(
                 StatsLogger(engine.get_stats, args.log_stats_interval).run()))
@@ -92,6 +98,7 @@ def build_app(engine: EngineClient, args: ServerArgs, served_model_names: list[s
     app = FastAPI(title="pagedserve", version=VERSION, lifespan=lifespan, docs_url=None,
                   redoc_url=None)
     install_exception_handlers(app)
+    app.add_middleware(BodyLimitMiddleware, max_body_bytes=args.max_request_body_bytes)
     app.add_middleware(APIKeyMiddleware, api_key=args.api_key)
     app.add_middleware(RequestIdMiddleware)
     completions = OpenAIServingCompletion(engine, served_model_names, args.max_queue_len)
@@ -115,8 +122,9 @@ def build_app(engine: EngineClient, args: ServerArgs, served_model_names: list[s
 
     @app.get("/health")
     async def health():
-        if not engine.is_healthy():
-            raise engine_unavailable("the engine core process is not running")
+        problem = engine.health_problem()
+        if problem is not None:
+            raise engine_unavailable(problem)
         return Response(status_code=200)
 
     @app.get("/metrics")
@@ -139,9 +147,9 @@ def build_app(engine: EngineClient, args: ServerArgs, served_model_names: list[s
                                    body.add_generation_prompt)
             except ValueError as exc:
                 raise bad_request(str(exc), "messages") from exc
-            ids = engine.tokenizer.encode(text, add_special_tokens=False)
+            ids = await engine.tokenize(text, add_special_tokens=False)
         else:
-            ids = engine.tokenizer.encode(body.prompt, add_special_tokens=body.add_special_tokens)
+            ids = await engine.tokenize(body.prompt, add_special_tokens=body.add_special_tokens)
         return {"count": len(ids), "max_model_len": max_model_len, "tokens": list(ids)}
 
     @app.post("/detokenize")
@@ -167,8 +175,51 @@ def default_served_name(model_arg: Optional[str], model_config: Any) -> str:
     return stem if dot and quant.upper().startswith(("Q", "F", "IQ", "BF")) else base
 
 
+class _Server:
+    """Uvicorn's server plus two ways out: the shutdown timeout ends what still runs with a
+    'server shutting down' error (an SSE error event and [DONE] for streams) instead of cutting
+    connections, and a fatal engine death (fail-fast policy) exits non-zero."""
+
+    def __init__(self, uv_config: Any, engine: EngineClient, shutdown_timeout: float):
+        import uvicorn
+
+        outer = self
+
+        class Server(uvicorn.Server):
+            def handle_exit(self, sig: int, frame: Any) -> None:
+                if not self.should_exit:
+                    outer._schedule_drain_deadline()
+                super().handle_exit(sig, frame)
+
+        self.uv = Server(uv_config)
+        self.engine = engine
+        self.shutdown_timeout = shutdown_timeout
+        self.fatal: Optional[str] = None
+        self.loop: Optional[asyncio.AbstractEventLoop] = None
+
+    def _schedule_drain_deadline(self) -> None:
+        loop = self.loop
+        if loop is None or loop.is_closed():
+            return
+
+        def expire() -> None:
+            if self.engine.num_in_flight:
+                logger.warning("Shutdown timeout: ending %d requests still running",
+                               self.engine.num_in_flight)
+            self.engine.fail_in_flight(shutting_down())
+
+        loop.call_soon_threadsafe(loop.call_later, self.shutdown_timeout, expire)
+
+    def on_fatal(self, reason: str) -> None:
+        """The engine is gone for good (--no-engine-restart, or restarts exhausted)."""
+        logger.error("Exiting: the engine core died (%s)", reason)
+        self.fatal = reason
+        self.uv.should_exit = True
+
+
 def run_server(engine_args: Any, args: ServerArgs) -> int:
-    """Build everything and serve until a signal; 0 on a clean shutdown."""
+    """Build everything and serve until a signal; 0 on a clean shutdown, 1 when the engine
+    died for good or never started."""
     import uvicorn
 
     config = engine_args.create_engine_config()
@@ -176,22 +227,29 @@ def run_server(engine_args: Any, args: ServerArgs) -> int:
     if config.model.model not in names and engine_args.model:
         names.append(config.model.model)  # the resolved path/id works as an alias
     metrics = ServerMetrics(names[0])
-    engine = AsyncEngineClient(config, mode=args.engine_mode, core_factory=args.core_factory,
-                               metrics=metrics, log_level=args.log_level,
-                               cpu_threads=args.cpu_threads)
+    holder: dict[str, _Server] = {}
+    engine = AsyncEngineClient(
+        config, mode=args.engine_mode, core_factory=args.core_factory, metrics=metrics,
+        log_level=args.log_level, cpu_threads=args.cpu_threads,
+        restart=RestartPolicy(enabled=args.engine_restart,
+                              max_retries=args.engine_restart_retries),
+        step_timeout_s=args.engine_step_timeout,
+        on_fatal=lambda reason: holder["server"].on_fatal(reason))
     app = build_app(engine, args, names, metrics)
+    # Uvicorn's own graceful timeout is the backstop; ours ends streams cleanly first.
     uv_config = uvicorn.Config(app, host=args.host, port=args.port,
                                log_level=args.log_level.lower(),
-                               timeout_graceful_shutdown=args.shutdown_timeout,
+                               timeout_graceful_shutdown=args.shutdown_timeout + 5,
                                timeout_keep_alive=5, access_log=args.access_log)
-    server = uvicorn.Server(uv_config)
+    server = holder["server"] = _Server(uv_config, engine, args.shutdown_timeout)
+    app.state.on_started = lambda: setattr(server, "loop", asyncio.get_running_loop())
     # Uvicorn handles SIGINT/SIGTERM (graceful shutdown), then re-raises them to the handlers it
     # found; these make that re-raise a no-op so a clean shutdown exits 0.
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda signum, frame: logger.info("Shut down on signal %d", signum))
     logger.info("Serving %s on http://%s:%d (engine %s)", names[0], args.host, args.port,
                 args.engine_mode)
-    server.run()
-    if not server.started:
+    server.uv.run()
+    if not server.uv.started or server.fatal is not None:
         return 1
     return 0

@@ -54,6 +54,10 @@ class ServerArgs:
     log_stats_interval: float = 5.0
     access_log: bool = False
     cpu_threads: Optional[int] = None  # torch threads of a CPU engine core (default: cores - 1)
+    max_request_body_bytes: int = 8 * 1024 * 1024
+    engine_restart: bool = True  # restart a dead engine core (else exit non-zero)
+    engine_restart_retries: int = 3
+    engine_step_timeout: float = 120.0
     core_factory: Optional[str] = None  # module:callable building the core (tests)
 
     def __post_init__(self) -> None:
@@ -65,6 +69,12 @@ class ServerArgs:
             raise ValueError(f"engine_mode: must be process or inproc, got {self.engine_mode!r}")
         if self.max_queue_len is not None and self.max_queue_len < 0:
             raise ValueError("max_queue_len: must be >= 0")
+        if self.max_request_body_bytes < 1:
+            raise ValueError("max_request_body_bytes: must be >= 1")
+        if self.engine_restart_retries < 0:
+            raise ValueError("engine_restart_retries: must be >= 0")
+        if not self.engine_step_timeout > 0:
+            raise ValueError("engine_step_timeout: must be > 0")
 
 
 _SERVER_HELP = {
@@ -78,6 +88,11 @@ _SERVER_HELP = {
     "log_stats_interval": "seconds between engine stats log lines while busy (0: off)",
     "access_log": "log every HTTP request",
     "cpu_threads": "torch threads of an engine core on the CPU (default: CPU cores - 1, min 1)",
+    "max_request_body_bytes": "larger request bodies get 413 (default 8 MiB)",
+    "engine_restart": "restart a dead engine core (default); --no-engine-restart exits non-zero",
+    "engine_restart_retries": "consecutive restart attempts before giving up (default 3)",
+    "engine_step_timeout": "seconds an engine step may take before /health reports 503 "
+                           "(default 120)",
 }
 
 

@@ -2,12 +2,14 @@
 
 Both expose the same small API: fire-and-forget sends (`add_request`, `abort_requests`,
 `stop_seqs`, `request_stats`), one awaitable stream of output messages (`get_output`), and
-liveness (`is_alive`). Sends never block the event loop. `get_output` raises `EngineDeadError`
+liveness (`is_alive`). Sends never block the event loop; the path back is bounded (the core
+blocks once `OUTPUT_HWM` messages wait for the frontend). `get_output` raises `EngineDeadError`
 once the core is gone (crashed, killed, or failed to start).
 """
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import logging
 import multiprocessing
 import queue
@@ -19,7 +21,8 @@ from abc import ABC, abstractmethod
 from typing import Any, Optional
 
 from engine.outputs import EngineCoreRequest
-from server.core_process import CoreLoop, load_core_factory, ready_message, run_core_process
+from server.core_process import (OUTPUT_HWM, CoreLoop, load_core_factory, ready_message,
+                                 run_core_process)
 from server.core_protocol import (AbortRequests, AddRequest, CoreFailed, GetStats, InputMsg,
                                   OutputMsg, Shutdown, StopSeqs, decode_output, encode)
 from server.errors import EngineDeadError
@@ -77,11 +80,20 @@ class ThreadCoreClient(CoreClient):
 
     async def start(self) -> OutputMsg:
         loop = asyncio.get_running_loop()
-        self._outbox = asyncio.Queue()
+        self._outbox = asyncio.Queue(maxsize=OUTPUT_HWM)
         outbox = self._outbox
 
         def send(msg: OutputMsg) -> None:
-            loop.call_soon_threadsafe(outbox.put_nowait, msg)
+            """Blocks the core thread while the frontend is OUTPUT_HWM messages behind."""
+            fut = asyncio.run_coroutine_threadsafe(outbox.put(msg), loop)
+            while True:
+                try:
+                    fut.result(timeout=_WATCHDOG_S)
+                    return
+                except concurrent.futures.TimeoutError:
+                    if loop.is_closed() or not loop.is_running():
+                        fut.cancel()
+                        raise RuntimeError("the frontend event loop is gone")
 
         def recv(timeout: Optional[float]) -> list[InputMsg]:
             msgs: list[InputMsg] = []
@@ -161,7 +173,7 @@ class ProcessCoreClient(CoreClient):
         self._push.setsockopt(zmq.SNDHWM, 0)
         self._push.bind(self.input_addr)
         self._pull = self._ctx.socket(zmq.PULL)
-        self._pull.setsockopt(zmq.RCVHWM, 0)
+        self._pull.setsockopt(zmq.RCVHWM, OUTPUT_HWM)  # with the core's SNDHWM: a bounded path
         self._pull.bind(self.output_addr)
         self.proc: Optional[multiprocessing.process.BaseProcess] = None
         self._dead_reason: Optional[str] = None

@@ -1,8 +1,10 @@
 """The engine core busy loop, run in its own process (or a thread, for tests).
 
 `CoreLoop` owns an `EngineCore`: it drains input messages, steps the core while it has work,
-and sends one `OutputBatch` per iteration that changed anything. It blocks on its inbox only
-while the core is idle, so a busy core never waits on the frontend. It is transport-agnostic:
+and sends one `OutputBatch` per iteration that changed anything. It blocks on its inbox while
+the core is idle or stuck (a step that changed nothing: no request can be scheduled until an
+input arrives), so it never spins; a busy core never waits on the frontend. The output path is
+bounded: sends block once the frontend is `OUTPUT_HWM` messages behind. It is transport-agnostic:
 `run_core_process` wires it to ZeroMQ sockets (msgpack frames), `core_client.ThreadCoreClient`
 to queues.
 
@@ -28,6 +30,8 @@ logger = logging.getLogger("pagedserve.core")
 
 # How long an idle loop blocks on its inbox before checking that its parent is still alive.
 _IDLE_POLL_S = 0.5
+# Output messages in flight between core and frontend before the core's sends block.
+OUTPUT_HWM = 256
 
 
 def ready_message(core: Any) -> Ready:
@@ -64,9 +68,12 @@ class CoreLoop:
 
     def run(self) -> None:
         next_check = time.monotonic() + _IDLE_POLL_S
+        stalled = False  # the last step made no progress: wait for input as if idle
+        last_key: Optional[tuple] = None
+        last_idle: Optional[bool] = None
         while True:
             busy = self.core.has_unfinished_requests()
-            msgs = self.recv(0.0 if busy else _IDLE_POLL_S)
+            msgs = self.recv(_IDLE_POLL_S if stalled or not busy else 0.0)
             if time.monotonic() >= next_check:  # busy or not: never outlive the frontend
                 next_check = time.monotonic() + _IDLE_POLL_S
                 if not self.alive():
@@ -85,12 +92,20 @@ class CoreLoop:
                 stats = self.core.stats()
                 for token in stats_tokens:
                     self.send(StatsReply(token=token, stats=stats))
-            outputs = errors
+            outputs: list[EngineCoreOutput] = []
             if self.core.has_unfinished_requests():
-                outputs = outputs + self.core.step()
-            if msgs or busy or outputs:
-                self.send(OutputBatch(outputs=outputs, stats=self.core.stats(),
-                                      first_scheduled=self._newly_scheduled(outputs)))
+                outputs = self.core.step()
+            stats = self.core.stats()
+            key = _progress_key(stats)
+            progressed = bool(outputs) or key != last_key
+            last_key = key
+            idle = not progressed or not self.core.has_unfinished_requests()
+            stalled = idle and self.core.has_unfinished_requests()
+            if msgs or errors or progressed or idle != last_idle:
+                self.send(OutputBatch(outputs=errors + outputs, stats=stats,
+                                      first_scheduled=self._newly_scheduled(outputs),
+                                      idle=idle))
+            last_idle = idle
 
     def _handle(self, msg: InputMsg, errors: list[EngineCoreOutput]) -> None:
         if isinstance(msg, AddRequest):
@@ -137,6 +152,14 @@ class CoreLoop:
         return found or None
 
 
+def _progress_key(stats: dict) -> tuple:
+    """What changes whenever a step did anything (scheduled, computed, freed or moved)."""
+    return tuple(stats.get(k) for k in ("num_steps", "prompt_tokens_total",
+                                         "generation_tokens_total", "num_running",
+                                         "num_waiting", "num_swapped", "num_free_blocks",
+                                         "num_preemptions"))
+
+
 def set_cpu_threads(config: Any, cpu_threads: Optional[int]) -> None:
     """Torch intra-op threads for a CPU engine: by default one core is left to the HTTP process.
 
@@ -173,10 +196,21 @@ def run_core_process(config: Any, input_addr: str, output_addr: str,
     pull.connect(input_addr)
     push = ctx.socket(zmq.PUSH)
     push.setsockopt(zmq.LINGER, 5000)
+    push.setsockopt(zmq.SNDHWM, OUTPUT_HWM)
     push.connect(output_addr)
+    alive = lambda: os.getppid() == parent  # noqa: E731
 
     def send(msg: OutputMsg) -> None:
-        push.send(encode(msg), copy=False)
+        """Blocks while the frontend is OUTPUT_HWM messages behind (back-pressure), but not
+        past the frontend's death."""
+        data = encode(msg)
+        while True:
+            try:
+                push.send(data, zmq.NOBLOCK, copy=False)
+                return
+            except zmq.Again:
+                if not push.poll(int(_IDLE_POLL_S * 1000), zmq.POLLOUT) and not alive():
+                    raise RuntimeError("the frontend stopped reading and is gone")
 
     def recv(timeout: Optional[float]) -> list[InputMsg]:
         msgs: list[InputMsg] = []
@@ -193,7 +227,7 @@ def run_core_process(config: Any, input_addr: str, output_addr: str,
         set_cpu_threads(config, cpu_threads)
         core = load_core_factory(core_factory)(config)
         send(ready_message(core))
-        CoreLoop(core, recv, send, alive=lambda: os.getppid() == parent).run()
+        CoreLoop(core, recv, send, alive=alive).run()
     except Exception:
         tb = traceback.format_exc()
         logger.error("Engine core failed:\n%s", tb)

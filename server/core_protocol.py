@@ -49,7 +49,8 @@ class Ready(msgspec.Struct, tag="ready"):
 
 
 class OutputBatch(msgspec.Struct, tag="outputs"):
-    """Outputs of one step (possibly none) and the core's stats right after it.
+    """Outputs of one step (possibly none) and the core's stats right after it. Sent only when
+    something changed, so an engine that cannot progress sends nothing (bounded traffic).
 
     `first_scheduled` maps request ids to the wall time their first tokens were scheduled, for
     requests scheduled for the first time since the previous batch (queue-time metric).
@@ -58,6 +59,9 @@ class OutputBatch(msgspec.Struct, tag="outputs"):
     outputs: list[EngineCoreOutput]
     stats: Optional[dict] = None
     first_scheduled: Optional[dict[str, float]] = None
+    # The core will now block on its inbox: it has no work, or its last step could not make
+    # progress (the step-timeout watchdog must not count this silence against it).
+    idle: bool = False
 
 
 class StatsReply(msgspec.Struct, tag="stats"):

@@ -13,12 +13,14 @@ core, so all its sequences (n > 1, beams) stop and their blocks are freed at onc
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import functools
 import itertools
 import logging
 import time
 from abc import ABC, abstractmethod
-from dataclasses import dataclass
-from typing import Any, Optional
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, Callable, Optional
 
 from engine.input_processor import InputProcessor
 from engine.output_processor import OutputProcessor
@@ -26,8 +28,10 @@ from engine.outputs import EngineCoreOutput, RequestOutput
 from engine.sampling_params import SamplingParams
 from server.core_client import CoreClient, ProcessCoreClient, ThreadCoreClient
 from server.core_protocol import OutputBatch, Ready, StatsReply
+from server.engine_health import RestartBudget, RestartPolicy, StepWatchdog
 from server.errors import EngineDeadError, from_value_error
 from server.metrics import ServerMetrics
+from server.request_stream import RequestState, RequestStream
 
 logger = logging.getLogger("pagedserve.server")
 
@@ -45,10 +49,12 @@ class EngineClient(ABC):
     async def shutdown(self) -> None: ...
 
     @abstractmethod
-    def add_request(self, request_id: str, prompt: Optional[str],
-                    prompt_token_ids: Optional[list[int]],
-                    params: SamplingParams, add_special_tokens: bool = True) -> "RequestStream":
-        """Validate and submit one request; iterate the returned stream for its outputs.
+    async def add_request(self, request_id: str, prompt: Optional[str],
+                          prompt_token_ids: Optional[list[int]],
+                          params: SamplingParams,
+                          add_special_tokens: bool = True) -> "RequestStream":
+        """Validate, tokenize (off the event loop) and submit one request; iterate the returned
+        stream for its outputs.
 
         Raises ValueError (invalid or over-long request, before anything is allocated) or
         EngineDeadError. The caller must `close()` the stream when done with it (in a
@@ -59,7 +65,10 @@ class EngineClient(ABC):
     def abort(self, request_id: str) -> None: ...
 
     @abstractmethod
-    def tokenize(self, text: str, add_special_tokens: bool = True) -> list[int]: ...
+    async def tokenize(self, text: str, add_special_tokens: bool = True,
+                       check_length: bool = False) -> list[int]:
+        """Token ids of `text` (in a worker thread); with `check_length`, text that cannot fit
+        the context is a ValueError before tokenizing."""
 
     @abstractmethod
     def default_max_tokens(self, prompt_len: int, num_seqs: int) -> Optional[int]:
@@ -69,26 +78,27 @@ class EngineClient(ABC):
     async def get_stats(self) -> dict: ...
 
     @abstractmethod
-    def is_healthy(self) -> bool: ...
+    def health_problem(self) -> Optional[str]:
+        """Why the engine cannot serve now (dead, restarting, stuck in a step), or None."""
+
+    def is_healthy(self) -> bool:
+        return self.health_problem() is None
 
     @abstractmethod
-    def num_waiting(self) -> int:
-        """Requests waiting for the scheduler, including ones submitted since the last stats."""
+    def num_waiting(self, adding: int = 0) -> int:
+        """Engine requests (one per prompt) that would wait for the scheduler if `adding` more
+        were submitted now: submitted but not yet scheduled, beyond the free batch slots."""
+
+    def reserve(self, num_prompts: int) -> None:
+        """Count prompts admitted past the queue limit that are still being tokenized (they
+        wait too); negative to release."""
+
+    def fail_in_flight(self, error: BaseException) -> None:
+        """End every in-flight request with `error` (shutdown timeout)."""
 
     @property
     def num_in_flight(self) -> int:
         return 0
-
-
-@dataclass
-class _RequestState:
-    """Per-request frontend bookkeeping: its output queue and latency timestamps."""
-
-    queue: asyncio.Queue
-    arrival: float
-    num_tokens: int = 0
-    first_token_time: Optional[float] = None
-    last_token_time: Optional[float] = None
 
 
 class AsyncEngineClient(EngineClient):
@@ -96,7 +106,9 @@ class AsyncEngineClient(EngineClient):
 
     def __init__(self, config: Any, mode: str = "process", core_factory: Optional[str] = None,
                  metrics: Optional[ServerMetrics] = None, log_level: str = "INFO",
-                 tokenizer: Any = None, cpu_threads: Optional[int] = None):
+                 tokenizer: Any = None, cpu_threads: Optional[int] = None,
+                 restart: Optional[RestartPolicy] = None, step_timeout_s: float = 120.0,
+                 on_fatal: Optional[Callable[[str], None]] = None):
         if mode not in ("process", "inproc"):
             raise ValueError(f"engine_mode: must be 'process' or 'inproc', got {mode!r}")
         self.config = config
@@ -105,15 +117,25 @@ class AsyncEngineClient(EngineClient):
         self.input_processor: Any = None  # built by start(): it needs the core's pool size
         self.output_processor: Any = None
         self.metrics = metrics
-        self.core: CoreClient = (
-            ProcessCoreClient(config, core_factory, log_level, cpu_threads)
-            if mode == "process" else ThreadCoreClient(config, core_factory))
-        self._states: dict[str, _RequestState] = {}
+        self._make_core: Callable[[], CoreClient] = (
+            functools.partial(ProcessCoreClient, config, core_factory, log_level, cpu_threads)
+            if mode == "process" else functools.partial(ThreadCoreClient, config, core_factory))
+        self.core: CoreClient = self._make_core()
+        self._restart = RestartBudget(restart or RestartPolicy(enabled=False))
+        self._watchdog = StepWatchdog(step_timeout_s)
+        self._on_fatal = on_fatal  # called once when the engine is gone for good
+        self._restarting = False
+        self._max_num_seqs = int(config.scheduler.max_num_seqs)
+        # Tokenizing a long prompt takes long: never on the event loop.
+        self._tokenize_pool = ThreadPoolExecutor(max_workers=2, thread_name_prefix="tokenize")
+        self._states: dict[str, RequestState] = {}
+        self._unscheduled: set[str] = set()  # submitted, not yet scheduled by the core
+        self._reserved = 0  # admitted by the queue limit, still tokenizing
         self._stats: dict = {}
-        self._adds_since_stats = 0
         self._stats_waiters: dict[int, asyncio.Future] = {}
         self._tokens = itertools.count()
         self._dead: Optional[str] = None
+        self._closing = False
         self._loop_task: Optional[asyncio.Task] = None
 
     # ---- lifecycle -------------------------------------------------------------------------
@@ -128,43 +150,60 @@ class AsyncEngineClient(EngineClient):
                 await self.core.shutdown()
                 raise
         self.output_processor = OutputProcessor(self.tokenizer)
-        ready = await core_ready
+        self._on_ready(await core_ready)
+        self._loop_task = asyncio.create_task(self._supervise(), name="engine-supervisor")
+
+    def _on_ready(self, ready: Any) -> None:
         if not isinstance(ready, Ready):
             raise EngineDeadError(f"engine core sent {type(ready).__name__} before Ready")
         self._stats = dict(ready.stats)
         self.input_processor = InputProcessor(self.model_config, self.tokenizer, ready.vocab_size,
-                                              ready.num_gpu_blocks, ready.block_size)
-        self._loop_task = asyncio.create_task(self._output_loop(), name="engine-output-loop")
+                                              ready.num_gpu_blocks, ready.block_size,
+                                              self._max_num_seqs)
+        self._watchdog.heard(idle=True)
+        self._restart.core_started()
 
     async def shutdown(self) -> None:
+        self._closing = True
         for rid in list(self._states):
             self.abort(rid)
         if self._loop_task is not None:
             self._loop_task.cancel()
         await self.core.shutdown()
+        self._tokenize_pool.shutdown(wait=False, cancel_futures=True)
         self._dead = self._dead or "the server is shutting down"
 
-    def is_healthy(self) -> bool:
-        return self._dead is None and self.core.is_alive()
+    def health_problem(self) -> Optional[str]:
+        if self._dead is not None:
+            return self._dead
+        if self._restarting:
+            return "the engine core is restarting"
+        if not self.core.is_alive():
+            return "the engine core process is not running"
+        return self._watchdog.problem(bool(self._states))
 
     @property
     def num_in_flight(self) -> int:
         return len(self._states)
 
     # ---- requests --------------------------------------------------------------------------
-    def add_request(self, request_id: str, prompt: Optional[str],
-                    prompt_token_ids: Optional[list[int]],
-                    params: SamplingParams, add_special_tokens: bool = True) -> "RequestStream":
-        if self._dead is not None or self.input_processor is None:
-            raise EngineDeadError(self._dead or "the engine has not started")
+    async def add_request(self, request_id: str, prompt: Optional[str],
+                          prompt_token_ids: Optional[list[int]],
+                          params: SamplingParams,
+                          add_special_tokens: bool = True) -> "RequestStream":
+        self._check_serving()
         if request_id in self._states:
             raise ValueError(f"request_id: '{request_id}' is already in flight")
         arrival = time.time()
-        # Raises ValueError before anything is allocated anywhere.
-        req = self.input_processor.process(request_id, prompt, prompt_token_ids, params,
-                                           arrival_time=arrival,
-                                           add_special_tokens=add_special_tokens)
-        state = _RequestState(queue=asyncio.Queue(), arrival=arrival)
+        # Raises ValueError before anything is allocated anywhere; tokenizes in a worker.
+        req = await asyncio.get_running_loop().run_in_executor(
+            self._tokenize_pool, functools.partial(
+                self.input_processor.process, request_id, prompt, prompt_token_ids, params,
+                arrival_time=arrival, add_special_tokens=add_special_tokens))
+        self._check_serving()  # the core may have died while this prompt was tokenized
+        if request_id in self._states:
+            raise ValueError(f"request_id: '{request_id}' is already in flight")
+        state = RequestState(queue=asyncio.Queue(), arrival=arrival)
         self.output_processor.add_request(request_id, prompt, req.prompt_token_ids, params)
         self._states[request_id] = state
         try:
@@ -173,8 +212,15 @@ class AsyncEngineClient(EngineClient):
             self._states.pop(request_id, None)
             self.output_processor.abort(request_id)
             raise
-        self._adds_since_stats += 1
+        self._unscheduled.add(request_id)
+        self._watchdog.work_sent()
         return RequestStream(self, request_id, state.queue, req.prompt_token_ids)
+
+    def _check_serving(self) -> None:
+        if self._dead is not None or self.input_processor is None:
+            raise EngineDeadError(self._dead or "the engine has not started")
+        if self._restarting:
+            raise EngineDeadError("the engine core is restarting; retry shortly")
 
     def default_max_tokens(self, prompt_len: int, num_seqs: int) -> Optional[int]:
         """The largest max_tokens a request may ask for: within the context and within what the
@@ -196,11 +242,19 @@ class AsyncEngineClient(EngineClient):
                 hi = mid
         return lo or None
 
-    def tokenize(self, text: str, add_special_tokens: bool = True) -> list[int]:
+    async def tokenize(self, text: str, add_special_tokens: bool = True,
+                       check_length: bool = False) -> list[int]:
         """Token ids of `text` exactly as requests are tokenized."""
-        return self.input_processor.tokenize(text, add_special_tokens)
+        ip = self.input_processor
+        if ip is None:
+            raise EngineDeadError(self._dead or "the engine has not started")
+        if check_length:
+            ip.check_text_length(text)
+        return await asyncio.get_running_loop().run_in_executor(
+            self._tokenize_pool, ip.tokenize, text, add_special_tokens)
 
     def abort(self, request_id: str) -> None:
+        self._unscheduled.discard(request_id)
         if self._states.pop(request_id, None) is None:
             return
         self.output_processor.abort(request_id)
@@ -227,36 +281,90 @@ class AsyncEngineClient(EngineClient):
         finally:
             self._stats_waiters.pop(token, None)
 
-    def num_waiting(self) -> int:
-        return int(self._stats.get("num_waiting", 0)) + self._adds_since_stats
+    def num_waiting(self, adding: int = 0) -> int:
+        free_slots = max(0, self._max_num_seqs - int(self._stats.get("num_running", 0)))
+        return max(int(self._stats.get("num_waiting", 0)),
+                   len(self._unscheduled) + self._reserved + adding - free_slots)
 
-    # ---- output loop -----------------------------------------------------------------------
-    async def _output_loop(self) -> None:
+    def reserve(self, num_prompts: int) -> None:
+        self._reserved += num_prompts
+
+    def fail_in_flight(self, error: BaseException) -> None:
+        for rid, state in list(self._states.items()):
+            self.abort(rid)
+            state.queue.put_nowait(error)
+
+    # ---- output loop and engine death policy ---------------------------------------------
+    async def _supervise(self) -> None:
+        """Route the core's outputs; when it dies, fail what was in flight, then restart it
+        (bounded retries with backoff) or give up (fail-fast: `on_fatal`)."""
+        while True:
+            try:
+                await self._output_loop()
+                return
+            except asyncio.CancelledError:
+                raise
+            except EngineDeadError as exc:
+                reason = str(exc)
+            except Exception as exc:  # a frontend bug must not leave requests hanging
+                logger.exception("Output loop failed")
+                reason = f"output processing failed: {exc!r}"
+            self._fail_all(reason)
+            if self._closing or not await self._restart_core(reason):
+                self._dead = reason
+                if not self._closing and self._on_fatal is not None:
+                    self._on_fatal(reason)
+                return
+
+    async def _restart_core(self, reason: str) -> bool:
+        """True once a fresh core is ready; False when the policy says to give up."""
+        self._restart.core_died()
+        self._restarting = True
         try:
             while True:
-                msg = await self.core.get_output()
-                if isinstance(msg, OutputBatch):
-                    if msg.stats is not None:
-                        self._stats = msg.stats
-                        self._adds_since_stats = 0
-                        if self.metrics is not None:
-                            self.metrics.update_engine_stats(msg.stats)
-                    if msg.first_scheduled and self.metrics is not None:
-                        self._observe_queue_times(msg.first_scheduled)
-                    if msg.outputs:
-                        self._route(msg.outputs)
-                elif isinstance(msg, StatsReply):
+                delay = self._restart.next_delay()
+                if delay is None:
+                    logger.error("Engine core died (%s); not restarting it", reason)
+                    return False
+                logger.warning("Engine core died (%s); restarting it in %.1f s (attempt %d of %d)",
+                               reason, delay, self._restart.attempts,
+                               self._restart.policy.max_retries)
+                await asyncio.sleep(delay)
+                with contextlib.suppress(Exception):
+                    await self.core.shutdown(timeout=2.0)
+                self.core = self._make_core()
+                try:
+                    self._on_ready(await self.core.start())
+                except asyncio.CancelledError:
+                    raise
+                except Exception as exc:
+                    reason = f"restart failed: {exc}"
+                    continue
+                if self.metrics is not None:
+                    self.metrics.engine_restarted()
+                logger.info("Engine core restarted")
+                return True
+        finally:
+            self._restarting = False
+
+    async def _output_loop(self) -> None:
+        while True:
+            msg = await self.core.get_output()
+            if isinstance(msg, OutputBatch):
+                self._watchdog.heard(msg.idle)
+                if msg.stats is not None:
                     self._stats = msg.stats
-                    fut = self._stats_waiters.get(msg.token)
-                    if fut is not None and not fut.done():
-                        fut.set_result(msg.stats)
-        except asyncio.CancelledError:
-            raise
-        except EngineDeadError as exc:
-            self._fail_all(str(exc))
-        except Exception as exc:  # a frontend bug must not leave requests hanging
-            logger.exception("Output loop failed")
-            self._fail_all(f"output processing failed: {exc!r}")
+                    if self.metrics is not None:
+                        self.metrics.update_engine_stats(msg.stats)
+                if msg.first_scheduled:
+                    self._scheduled(msg.first_scheduled)
+                if msg.outputs:
+                    self._route(msg.outputs)
+            elif isinstance(msg, StatsReply):
+                self._stats = msg.stats
+                fut = self._stats_waiters.get(msg.token)
+                if fut is not None and not fut.done():
+                    fut.set_result(msg.stats)
 
     def _route(self, outputs: list[EngineCoreOutput]) -> None:
         ok: list[EngineCoreOutput] = []
@@ -267,6 +375,7 @@ class AsyncEngineClient(EngineClient):
             if out.error is not None:
                 self.output_processor.abort(out.request_id)
                 del self._states[out.request_id]
+                self._unscheduled.discard(out.request_id)
                 state.queue.put_nowait(from_value_error(ValueError(out.error)))
                 continue
             ok.append(out)
@@ -284,9 +393,10 @@ class AsyncEngineClient(EngineClient):
                 self._observe_latency(state, ro, now)
             if ro.finished:
                 del self._states[ro.request_id]  # finished in the core: nothing to abort
+                self._unscheduled.discard(ro.request_id)
             state.queue.put_nowait(ro)
 
-    def _observe_latency(self, state: _RequestState, ro: RequestOutput, now: float) -> None:
+    def _observe_latency(self, state: RequestState, ro: RequestOutput, now: float) -> None:
         assert self.metrics is not None
         total = sum(len(c.token_ids) for c in ro.outputs)
         if total > state.num_tokens:
@@ -301,55 +411,26 @@ class AsyncEngineClient(EngineClient):
             reason = next((c.finish_reason for c in ro.outputs if c.finish_reason), "stop")
             self.metrics.observe_finished(reason, now - state.arrival)
 
-    def _observe_queue_times(self, first_scheduled: dict[str, float]) -> None:
-        assert self.metrics is not None
+    def _scheduled(self, first_scheduled: dict[str, float]) -> None:
         for rid, t in first_scheduled.items():
+            self._unscheduled.discard(rid)
             state = self._states.get(rid)
-            if state is not None:
+            if state is not None and self.metrics is not None:
                 self.metrics.observe_queue_time(max(0.0, t - state.arrival))
 
     def _fail_all(self, reason: str) -> None:
-        self._dead = reason
-        logger.error("Engine is dead: %s; failing %d in-flight requests", reason,
+        """The core is gone: every in-flight request ends with a 503 / error event."""
+        logger.error("Engine core is gone: %s; failing %d in-flight requests", reason,
                      len(self._states))
+        for rid in self._states:
+            self.output_processor.abort(rid)
         for state in self._states.values():
             state.queue.put_nowait(EngineDeadError(reason))
         self._states.clear()
+        self._unscheduled.clear()
         for fut in self._stats_waiters.values():
             if not fut.done():
                 fut.set_exception(EngineDeadError(reason))
-
-
-class RequestStream:
-    """Async iterator over one request's outputs (`RequestOutput`, cumulative per choice)."""
-
-    def __init__(self, client: EngineClient, request_id: str, queue: asyncio.Queue,
-                 prompt_token_ids: list[int]):
-        self.client = client
-        self.request_id = request_id
-        self.prompt_token_ids = prompt_token_ids
-        self._queue = queue
-        self.finished = False
-
-    def __aiter__(self) -> "RequestStream":
-        return self
-
-    async def __anext__(self) -> RequestOutput:
-        if self.finished:
-            raise StopAsyncIteration
-        item = await self._queue.get()
-        if isinstance(item, BaseException):
-            self.finished = True
-            raise item
-        if item.finished:
-            self.finished = True
-        return item
-
-    def close(self) -> None:
-        """Abort the request unless it already finished (idempotent)."""
-        if not self.finished:
-            self.finished = True
-            self.client.abort(self.request_id)
 
 
 def _load_tokenizer(config: Any) -> Any:

@@ -66,9 +66,9 @@ def bad_request(message: str, param: Optional[str] = None, code: Optional[str] =
 def from_value_error(exc: ValueError, default_param: Optional[str] = None) -> APIError:
     """A 400 from an engine-side `ValueError`, naming the field its message starts with."""
     text = str(exc)
-    if _CONTEXT_MARKER in text:
-        return bad_request(text, default_param, "context_length_exceeded")
     m = _FIELD_PREFIX.match(text)
+    if _CONTEXT_MARKER in text:
+        return bad_request(text, m.group(1) if m else default_param, "context_length_exceeded")
     if m:
         return bad_request(text, m.group(1))
     return bad_request(text, default_param)
@@ -81,7 +81,24 @@ def model_not_found(name: str) -> APIError:
 
 def unauthorized() -> APIError:
     return APIError(401, "Incorrect or missing API key. Pass it as 'Authorization: Bearer KEY'.",
-                    "invalid_request_error", None, "invalid_api_key")
+                    "invalid_request_error", None, "invalid_api_key",
+                    headers={"WWW-Authenticate": 'Bearer realm="pagedserve"'})
+
+
+def shutting_down() -> APIError:
+    """What requests still running at the shutdown timeout end with (an SSE error event)."""
+    return APIError(503, "server shutting down", "service_unavailable", None,
+                    "server_shutting_down")
+
+
+def body_too_large(limit: int) -> APIError:
+    return APIError(413, f"The request body exceeds {limit} bytes (--max-request-body-bytes).",
+                    "invalid_request_error", None, "request_too_large")
+
+
+def unsupported_media_type(content_type: str) -> APIError:
+    return APIError(415, f"Content-Type must be application/json, got {content_type!r}.",
+                    "invalid_request_error", None, "unsupported_media_type")
 
 
 def too_many_requests(queue_len: int, limit: int, retry_after: int = 1) -> APIError:

@@ -50,9 +50,14 @@ class ServerMetrics:
         reg = self.registry
         self._gauges = {key: Gauge(PREFIX + name, doc, labels, registry=reg).labels(model_name)
                         for key, (name, doc) in _GAUGES.items()}
-        self._kv_usage = Gauge(PREFIX + "kv_cache_usage_perc",
-                               "KV-cache usage. 1 means 100 percent usage.", labels,
-                               registry=reg).labels(model_name)
+        kv_usage = Gauge(PREFIX + "kv_cache_usage_perc",
+                         "KV-cache usage per pool (gpu: device blocks, cpu: swap space). "
+                         "1 means 100 percent usage.", labels + ["pool"], registry=reg)
+        self._kv_usage = kv_usage.labels(model_name, "gpu")
+        self._cpu_kv_usage = kv_usage.labels(model_name, "cpu")
+        self._restarts = Counter(PREFIX + "engine_restarts", "Times the engine core was "
+                                 "restarted after it died.", labels,
+                                 registry=reg).labels(model_name)
         self._counters = {key: Counter(PREFIX + name, doc, labels, registry=reg).labels(model_name)
                           for key, (name, doc) in _COUNTERS.items()}
         self._last_totals: dict[str, float] = {}
@@ -77,6 +82,11 @@ class ServerMetrics:
                 gauge.set(stats[key])
         if "kv_cache_usage" in stats:
             self._kv_usage.set(stats["kv_cache_usage"])
+        cpu_total = stats.get("num_total_cpu_blocks")
+        if cpu_total:
+            self._cpu_kv_usage.set(float(stats.get("num_swapped_out_blocks", 0)) / cpu_total)
+        else:
+            self._cpu_kv_usage.set(0.0)
         for key, counter in self._counters.items():
             if key not in stats:
                 continue
@@ -85,6 +95,11 @@ class ServerMetrics:
             if delta > 0:  # totals only grow; a smaller value would mean a restarted core
                 counter.inc(delta)
             self._last_totals[key] = max(total, self._last_totals.get(key, 0.0))
+
+    def engine_restarted(self) -> None:
+        """A fresh core counts its totals from zero: follow it from there."""
+        self._restarts.inc()
+        self._last_totals.clear()
 
     def observe_ttft(self, seconds: float) -> None:
         self._ttft.observe(seconds)

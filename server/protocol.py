@@ -12,7 +12,9 @@ import time
 import uuid
 from typing import Any, Literal, Optional, Union
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from server.validation import check_field
 
 
 def random_id(prefix: str) -> str:
@@ -23,6 +25,12 @@ class _Request(BaseModel):
     """Base of request bodies: unknown fields are dropped, not rejected."""
 
     model_config = ConfigDict(extra="ignore")
+
+    @field_validator("*", mode="after")
+    @classmethod
+    def _engine_safe(cls, value: Any) -> Any:
+        """Finite floats, 64-bit ints, valid Unicode, in every field (server/validation.py)."""
+        return check_field(value)
 
 
 class _Response(BaseModel):

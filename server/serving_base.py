@@ -56,12 +56,15 @@ class OpenAIServing:
         if model is not None and model not in self.served_model_names:
             raise model_not_found(model)
 
-    def check_capacity(self) -> None:
-        if not self.engine.is_healthy():
-            raise engine_unavailable("the engine core process is not running")
+    def check_capacity(self, num_prompts: int = 1) -> None:
+        """503 while the engine cannot serve; 429 when these prompts (each an engine request)
+        would leave more than --max-queue-len requests waiting in the engine."""
+        problem = self.engine.health_problem()
+        if problem is not None:
+            raise engine_unavailable(problem)
         if self.max_queue_len is not None:
-            waiting = self.engine.num_waiting()
-            if waiting >= self.max_queue_len:
+            waiting = self.engine.num_waiting(num_prompts)
+            if waiting > self.max_queue_len:
                 raise too_many_requests(waiting, self.max_queue_len)
 
     def make_sampling_params(self, req: Any, max_tokens: Optional[int], logprobs: Optional[int],
@@ -82,7 +85,7 @@ class OpenAIServing:
                 if not 0 <= tid < vocab:
                     raise bad_request(f"logit_bias: token id {tid} is outside the vocabulary "
                                       f"(size {vocab})", "logit_bias")
-                logit_bias[tid] = max(-100.0, min(100.0, float(value)))
+                logit_bias[tid] = max(-100.0, min(100.0, float(value)))  # finite: validation.py
         top_k = req.top_k if req.top_k not in (None, 0) else -1
         try:
             return SamplingParams(
@@ -107,21 +110,29 @@ class OpenAIServing:
         except ValueError as exc:
             raise from_value_error(exc) from exc
 
-    def submit(self, request_ids: list[str], prompts: list[tuple[Optional[str], Optional[list[int]]]],
-               params: SamplingParams, param_name: str,
-               add_special_tokens: bool = True) -> list[RequestStream]:
+    async def submit(self, request_ids: list[str],
+                     prompts: list[tuple[Optional[str], Optional[list[int]]]],
+                     params: SamplingParams, param_name: str,
+                     add_special_tokens: bool = True) -> list[RequestStream]:
         """Add one engine request per prompt; all or none (earlier ones aborted on failure)."""
-        self.check_capacity()
+        self.check_capacity(len(prompts))
         streams: list[RequestStream] = []
+        reserved = len(prompts)  # they count as waiting while they are tokenized
+        self.engine.reserve(reserved)
         try:
             for rid, (text, ids) in zip(request_ids, prompts):
-                streams.append(self.engine.add_request(rid, text, ids, params, add_special_tokens))
+                streams.append(await self.engine.add_request(rid, text, ids, params,
+                                                             add_special_tokens))
+                self.engine.reserve(-1)
+                reserved -= 1
         except ValueError as exc:
             close_all(streams)
             raise from_value_error(exc, param_name) from exc
         except BaseException:
             close_all(streams)
             raise
+        finally:
+            self.engine.reserve(-reserved)
         return streams
 
     def token_str(self, token_id: int) -> str:

@@ -9,7 +9,7 @@ from fastapi.responses import JSONResponse, StreamingResponse
 from engine.output_processor import DeltaTracker
 from engine.outputs import RequestOutput
 from server.engine_client import EngineClient, RequestStream
-from server.errors import bad_request
+from server.errors import bad_request, from_value_error
 from server.protocol import ChatCompletionRequest, ChatMessage, random_id
 from server.serving_base import (MAX_LOGPROBS, SSE_DONE, OpenAIServing, close_all,
                                  last_output, sse, sse_error, usage_dict)
@@ -54,14 +54,18 @@ class OpenAIServingChat(OpenAIServing):
         except ValueError as exc:
             raise bad_request(str(exc), "messages") from exc
         # The template already holds any BOS token, as in the offline LLM.chat().
-        prompt_ids = self.engine.tokenize(prompt, add_special_tokens=False)
+        try:
+            prompt_ids = await self.engine.tokenize(prompt, add_special_tokens=False,
+                                                    check_length=True)
+        except ValueError as exc:
+            raise from_value_error(exc, "messages") from exc
         if max_tokens is None:
             # OpenAI's default: up to the context length (and what the KV pool can hold).
             default = self.engine.default_max_tokens(len(prompt_ids), params.num_seqs)
             if default is not None:
                 params = params.clone(max_tokens=default)
         rid = random_id("chatcmpl")
-        streams = self.submit([rid], [(prompt, prompt_ids)], params, "messages")
+        streams = await self.submit([rid], [(prompt, prompt_ids)], params, "messages")
         if req.stream:
             return StreamingResponse(self._stream(req, rid, streams[0], n, logprobs),
                                      media_type="text/event-stream")

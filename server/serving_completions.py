@@ -51,7 +51,7 @@ class OpenAIServingCompletion(OpenAIServing):
         params = self.make_sampling_params(req, req.max_tokens, req.logprobs,
                                            req.logprobs if want_prompt_lps else None)
         base = random_id("cmpl")
-        streams = self.submit([f"{base}-{i}" for i in range(len(prompts))], prompts, params,
+        streams = await self.submit([f"{base}-{i}" for i in range(len(prompts))], prompts, params,
                               "prompt")
         if req.stream:
             return StreamingResponse(self._stream(req, base, prompts, streams, n),
