@@ -1,0 +1,233 @@
+"""Reliability of the pieces, in process (fake core, no model): the core loop never spins, the
+path to the frontend is bounded, the queue limit counts waiting prompts, the step watchdog, the
+shutdown error event, body limits, content types and auth headers."""
+from __future__ import annotations
+
+import asyncio
+import json
+import queue
+import threading
+import time
+from types import SimpleNamespace
+
+import pytest
+
+from server.core_process import OUTPUT_HWM, CoreLoop
+from server.core_protocol import OutputBatch, Shutdown
+from server.engine_health import RestartBudget, RestartPolicy, StepWatchdog
+from server.errors import shutting_down
+from tests.server.test_errors import assert_error
+
+
+class _StuckCore:
+    """Has work that can never progress: step() changes nothing."""
+
+    def __init__(self) -> None:
+        self.steps = 0
+
+    def has_unfinished_requests(self) -> bool:
+        return True
+
+    def step(self) -> list:
+        self.steps += 1
+        return []
+
+    def stats(self) -> dict:
+        return {"num_running": 0, "num_waiting": 1, "num_steps": 0}
+
+
+def _run_loop(core, seconds: float, send) -> None:
+    inbox: queue.Queue = queue.Queue()
+
+    def recv(timeout):
+        msgs = []
+        try:
+            msgs.append(inbox.get(timeout=timeout) if timeout else inbox.get_nowait())
+        except queue.Empty:
+            pass
+        return msgs
+
+    t = threading.Thread(target=CoreLoop(core, recv, send).run)
+    t.start()
+    time.sleep(seconds)
+    inbox.put(Shutdown())
+    t.join(5)
+    assert not t.is_alive()
+
+
+def test_stuck_core_blocks_on_its_inbox_instead_of_spinning():
+    core, sent = _StuckCore(), []
+    _run_loop(core, 1.5, sent.append)
+    # A spinning loop would step (and send) hundreds of thousands of times in 1.5 s.
+    assert core.steps <= 6, core.steps
+    assert len(sent) <= 2 and all(isinstance(m, OutputBatch) for m in sent)
+    assert sent[-1].idle  # the watchdog is told that this silence is not a slow step
+
+
+class _ChattyCore(_StuckCore):
+    """Progresses every step (one output each): a batch per step. Built by ThreadCoreClient."""
+
+    instances: list["_ChattyCore"] = []
+    vocab_size = 10
+
+    def __init__(self, config=None) -> None:
+        super().__init__()
+        self.config = SimpleNamespace(cache=SimpleNamespace(block_size=4))
+        _ChattyCore.instances.append(self)
+
+    def step(self) -> list:
+        from engine.outputs import EngineCoreOutput
+        self.steps += 1
+        return [EngineCoreOutput(request_id="r", seqs=[], finished=False)]
+
+    def stats(self) -> dict:
+        return {"num_steps": self.steps, "num_total_blocks": 8, "block_size": 4}
+
+
+async def test_core_blocks_when_the_frontend_stops_reading():
+    """The path core -> frontend is bounded: a frontend that does not read stops the core
+    after OUTPUT_HWM batches instead of growing a queue without limit."""
+    from server.core_client import ThreadCoreClient
+
+    client = ThreadCoreClient(None, "tests.server.test_reliability_units:_ChattyCore")
+    await client.start()
+    await asyncio.sleep(1.0)
+    core = _ChattyCore.instances[-1]
+    assert client._outbox.qsize() == OUTPUT_HWM
+    assert core.steps <= OUTPUT_HWM + 2, core.steps
+    for _ in range(10):  # reading lets it go on
+        await client.get_output()
+    await asyncio.sleep(0.2)
+    assert core.steps > OUTPUT_HWM + 2
+    client.send(Shutdown())
+    while client.is_alive():
+        await asyncio.wait_for(client.get_output(), 5)
+
+
+def test_restart_budget_and_watchdog():
+    budget = RestartBudget(RestartPolicy(max_retries=2, base_backoff_s=0.5, max_backoff_s=0.75))
+    assert [budget.next_delay(), budget.next_delay(), budget.next_delay()] == [0.5, 0.75, None]
+    assert RestartBudget(RestartPolicy(enabled=False)).next_delay() is None
+    dog = StepWatchdog(0.2)
+    dog.work_sent()
+    assert dog.problem(has_work=True) is None
+    time.sleep(0.3)
+    assert "engine-step-timeout" in dog.problem(has_work=True)
+    assert dog.problem(has_work=False) is None
+    dog.heard(idle=True)  # a core that said it waits for input is not stuck
+    time.sleep(0.3)
+    assert dog.problem(has_work=True) is None
+
+
+async def test_queue_limit_counts_waiting_prompts(fake_app_factory, monkeypatch):
+    monkeypatch.setenv("FAKE_CORE_STEP_S", "0.02")
+    client, engine = await fake_app_factory(max_num_seqs=4, max_queue_len=4)
+    body = {"prompt": "a b", "max_tokens": 40}
+    # Idle server, burst of 8: 4 run at once and 4 wait: nobody is over the limit.
+    results = await asyncio.gather(*(client.post("/v1/completions", json=body)
+                                     for _ in range(8)))
+    assert [r.status_code for r in results] == [200] * 8
+    # One request whose 12 prompts would leave 8 waiting: over the limit, as a whole.
+    r = await client.post("/v1/completions", json={**body, "prompt": ["a"] * 12})
+    assert_error(r, 429, code="rate_limit_exceeded")
+    r = await client.post("/v1/completions", json={**body, "prompt": ["a"] * 8})
+    assert r.status_code == 200 and len(r.json()["choices"]) == 8
+    assert engine.num_waiting() == 0
+
+
+async def test_step_watchdog_marks_unhealthy(fake_app_factory, monkeypatch):
+    monkeypatch.setenv("FAKE_CORE_STEP_S", "0.6")
+    client, engine = await fake_app_factory()
+    engine._watchdog.timeout_s = 0.3
+    assert (await client.get("/health")).status_code == 200
+    task = asyncio.create_task(client.post("/v1/completions",
+                                           json={"prompt": "a", "max_tokens": 3}))
+    await asyncio.sleep(1.0)
+    r = await client.get("/health")
+    assert_error(r, 503, code="engine_dead", contains="engine-step-timeout")
+    assert (await task).status_code == 200
+    await asyncio.sleep(0.1)
+    assert (await client.get("/health")).status_code == 200
+
+
+async def test_shutdown_timeout_ends_streams_with_error_event(fake_app_factory, monkeypatch):
+    monkeypatch.setenv("FAKE_CORE_STEP_S", "0.02")
+    client, engine = await fake_app_factory()
+    body = {"prompt": "a b", "max_tokens": 5000 // 20, "stream": True}
+
+    async def stream() -> list:
+        events = []
+        async with client.stream("POST", "/v1/completions", json=body) as r:
+            async for line in r.aiter_lines():
+                if line.startswith("data: "):
+                    events.append(line[6:])
+        return events
+
+    streams = asyncio.gather(stream(), stream())
+    plain = asyncio.create_task(client.post("/v1/completions",
+                                            json={"prompt": "a", "max_tokens": 200}))
+    await asyncio.sleep(0.3)
+    engine.fail_in_flight(shutting_down())
+    for events in await streams:
+        assert events[-1] == "[DONE]"
+        err = json.loads(events[-2])["error"]
+        assert err["message"] == "server shutting down" and err["code"] == "server_shutting_down"
+    assert_error(await plain, 503, code="server_shutting_down")
+    assert engine.num_in_flight == 0
+
+
+async def test_body_limit_content_type_and_auth(fake_app_factory):
+    client, _ = await fake_app_factory(max_request_body_bytes=1000, api_key="k")
+    auth = {"Authorization": "Bearer k"}
+    r = await client.post("/v1/completions", headers=auth,
+                          json={"prompt": "x" * 2000, "max_tokens": 1})
+    assert_error(r, 413, code="request_too_large")
+
+    async def chunks():  # no Content-Length: the limit holds while reading
+        for _ in range(10):
+            yield b"x" * 500
+
+    r = await client.post("/v1/completions", headers={**auth, "content-type": "application/json"},
+                          content=chunks())
+    assert_error(r, 413, code="request_too_large")
+    r = await client.post("/v1/completions", headers={**auth, "content-type": "text/plain"},
+                          content=b'{"prompt": "x"}')
+    assert_error(r, 415, code="unsupported_media_type")
+    r = await client.post("/v1/completions", json={"prompt": "x", "max_tokens": 1})
+    assert_error(r, 401, code="invalid_api_key")
+    assert r.headers["www-authenticate"].startswith("Bearer")
+    r = await client.post("/v1/completions", headers=auth, json={"prompt": "x", "max_tokens": 1})
+    assert r.status_code == 200
+
+
+@pytest.mark.parametrize("body,param", [
+    ({"prompt": "x", "temperature": float("nan")}, "temperature"),
+    ({"prompt": "x", "top_p": float("inf")}, "top_p"),
+    ({"prompt": "x", "logit_bias": {"5": float("nan")}}, "logit_bias"),
+    ({"prompt": "x", "seed": 2 ** 64}, "seed"),
+    ({"prompt": "x", "seed": 2 ** 64 - 1, "n": 2, "temperature": 1}, "seed"),
+    ({"prompt": "x", "top_k": 2 ** 70}, "top_k"),
+    ({"prompt": "x", "stop_token_ids": [1, 2 ** 64]}, "stop_token_ids"),
+    ({"prompt": [1, 2 ** 65]}, "prompt"),
+    ({"prompt": "a\ud800b"}, "prompt"),
+    ({"prompt": "x", "max_tokens": 10 ** 9}, "max_tokens"),
+    ({"prompt": "x", "n": 65, "temperature": 1}, "n"),
+    ({"prompt": "x", "best_of": 10 ** 6, "temperature": 1}, "best_of"),
+    ({"prompt": "x", "n": 2, "best_of": 80, "temperature": 1}, "best_of"),
+    ({"prompt": "x", "use_beam_search": True, "n": 65, "temperature": 0}, "n"),
+])
+async def test_values_the_engine_cannot_take(fake_client, body, param):
+    raw = json.dumps(body, allow_nan=True)  # NaN/Infinity as Python's json writes them
+    r = await fake_client.post("/v1/completions", content=raw,
+                               headers={"content-type": "application/json"})
+    assert_error(r, 400, param=param)
+
+
+async def test_surrogates_in_chat_and_tokenize(fake_client):
+    r = await fake_client.post("/v1/chat/completions", content=json.dumps(
+        {"messages": [{"role": "user", "content": "a\ud800"}]}),
+        headers={"content-type": "application/json"})
+    assert_error(r, 400, param="messages[0].content")
+    r = await fake_client.post("/tokenize", content=json.dumps({"prompt": "\udfffx"}),
+                               headers={"content-type": "application/json"})
+    assert_error(r, 400, param="prompt")
