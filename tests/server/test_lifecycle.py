@@ -46,8 +46,10 @@ def read_stream(url: str, body: dict, events: list, first_event: threading.Event
         first_event.set()
 
 
-def test_engine_death(tiny_gpt2, tmp_path):
-    server = start_fake_server(tiny_gpt2, tmp_path)
+def test_engine_death_fail_fast(tiny_gpt2, tmp_path):
+    """--no-engine-restart: in-flight requests end cleanly (503 / error event), then the
+    server exits non-zero for its orchestrator to restart."""
+    server = start_fake_server(tiny_gpt2, tmp_path, "--no-engine-restart")
     try:
         url = server.base_url + "/v1/completions"
         events: list = []
@@ -74,11 +76,8 @@ def test_engine_death(tiny_gpt2, tmp_path):
         assert events[-2]["error"]["code"] == "engine_dead"
         r = result["r"]
         assert r.status_code == 503 and r.json()["error"]["type"] == "service_unavailable"
-        assert httpx.get(server.base_url + "/health").status_code == 503
-        r = httpx.post(url, json={"prompt": "x"})
-        assert r.status_code == 503 and set(r.json()["error"]) == {"message", "type", "param",
-                                                                   "code"}
-        assert httpx.get(server.base_url + "/metrics").status_code == 200
+        assert set(r.json()["error"]) == {"message", "type", "param", "code"}
+        assert server.proc.wait(30) == 1
     finally:
         server.stop()
 
@@ -138,8 +137,10 @@ def test_sigterm_timeout_aborts_and_exits(tiny_gpt2, tmp_path):
         assert time.time() - t0 < 15
         t.join(10)
         assert not t.is_alive()
-        # The request did not run to its 450 tokens.
+        # The request did not run to its 450 tokens: it ended with an error event and [DONE].
         assert not any(isinstance(e, dict) and e.get("choices") and
                        e["choices"][0]["finish_reason"] == "length" for e in events)
+        assert events[-1] == "[DONE]", events[-3:]
+        assert events[-2]["error"]["message"] == "server shutting down"
     finally:
         server.stop()
