@@ -89,8 +89,9 @@ class InputProcessor:
         max_len = self.model_config.max_model_len
         if params.max_tokens is not None and params.max_tokens >= max_len:
             raise ValueError(
-                f"max_tokens: {params.max_tokens} new tokens leave no room for a prompt in this "
-                f"model's maximum context length of {max_len} tokens")
+                f"max_tokens: This model's maximum context length is {max_len} tokens. However, "
+                f"you requested {params.max_tokens} tokens in the completion alone, which leaves "
+                "no room for the prompt.")
         if prompt_token_ids is None:
             if prompt is None:
                 raise ValueError("prompt: a prompt or prompt_token_ids is required")
