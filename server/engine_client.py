@@ -203,7 +203,7 @@ class AsyncEngineClient(EngineClient):
         self._check_serving()  # the core may have died while this prompt was tokenized
         if request_id in self._states:
             raise ValueError(f"request_id: '{request_id}' is already in flight")
-        state = RequestState(queue=asyncio.Queue(), arrival=arrival)
+        state = RequestState(arrival=arrival)
         self.output_processor.add_request(request_id, prompt, req.prompt_token_ids, params)
         self._states[request_id] = state
         try:

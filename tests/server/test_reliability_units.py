@@ -231,3 +231,18 @@ async def test_surrogates_in_chat_and_tokenize(fake_client):
     r = await fake_client.post("/tokenize", content=json.dumps({"prompt": "\udfffx"}),
                                headers={"content-type": "application/json"})
     assert_error(r, 400, param="prompt")
+
+
+async def test_unread_stream_holds_one_output(fake_app_factory, monkeypatch):
+    """A client that does not read its stream costs one pending output, not one per step."""
+    monkeypatch.setenv("FAKE_CORE_STEP_S", "0.002")
+    from engine.sampling_params import SamplingParams
+
+    _, engine = await fake_app_factory()
+    stream = await engine.add_request("slow", "a b c d", None, SamplingParams(max_tokens=200))
+    await asyncio.sleep(0.3)
+    assert engine._states["slow"].queue.qsize() <= 1
+    final = None
+    async for out in stream:  # reading now: the latest (cumulative) output, then the end
+        final = out
+    assert final.finished and len(final.outputs[0].token_ids) == 200
