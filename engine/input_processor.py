@@ -19,6 +19,25 @@ def worst_case_blocks(prompt_len: int, max_tokens: int, num_seqs: int, block_siz
     return shared + num_seqs * -(-tail // block_size)
 
 
+def max_tokens_that_fit(prompt_len: int, num_seqs: int, max_model_len: int, block_size: int,
+                        num_blocks: int) -> Optional[int]:
+    """The largest max_tokens within the context and within what a pool of `num_blocks` can
+    ever hold for the request (None when even one token does not fit)."""
+    hi = max_model_len - prompt_len
+    if hi < 1:
+        return None
+    if worst_case_blocks(prompt_len, hi, num_seqs, block_size) <= num_blocks:
+        return hi
+    lo = 0  # invariant: lo fits (or is 0), hi does not
+    while hi - lo > 1:
+        mid = (lo + hi) // 2
+        if worst_case_blocks(prompt_len, mid, num_seqs, block_size) <= num_blocks:
+            lo = mid
+        else:
+            hi = mid
+    return lo or None
+
+
 class InputProcessor:
     """Admission: a request that passes `process` can be scheduled (alone, on an empty engine);
     anything else is a ValueError naming the field, before any tokenizing that cannot help."""

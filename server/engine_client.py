@@ -13,7 +13,6 @@ core, so all its sequences (n > 1, beams) stop and their blocks are freed at onc
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import functools
 import itertools
 import logging
@@ -22,13 +21,13 @@ from abc import ABC, abstractmethod
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Callable, Optional
 
-from engine.input_processor import InputProcessor
+from engine.input_processor import InputProcessor, max_tokens_that_fit
 from engine.output_processor import OutputProcessor
 from engine.outputs import EngineCoreOutput, RequestOutput
 from engine.sampling_params import SamplingParams
 from server.core_client import CoreClient, ProcessCoreClient, ThreadCoreClient
 from server.core_protocol import OutputBatch, Ready, StatsReply
-from server.engine_health import RestartBudget, RestartPolicy, StepWatchdog
+from server.engine_health import RestartBudget, RestartPolicy, StepWatchdog, restart_core
 from server.errors import EngineDeadError, from_value_error
 from server.metrics import ServerMetrics
 from server.request_stream import RequestState, RequestStream
@@ -225,22 +224,11 @@ class AsyncEngineClient(EngineClient):
     def default_max_tokens(self, prompt_len: int, num_seqs: int) -> Optional[int]:
         """The largest max_tokens a request may ask for: within the context and within what the
         KV pool can ever hold for it (None when even one token does not fit)."""
-        from engine.input_processor import worst_case_blocks
-
         ip = self.input_processor
-        hi = self.model_config.max_model_len - prompt_len
-        if ip is None or hi < 1:
+        if ip is None:
             return None
-        if worst_case_blocks(prompt_len, hi, num_seqs, ip.block_size) <= ip.num_gpu_blocks:
-            return hi
-        lo = 0  # invariant: lo fits (or is 0), hi does not
-        while hi - lo > 1:
-            mid = (lo + hi) // 2
-            if worst_case_blocks(prompt_len, mid, num_seqs, ip.block_size) <= ip.num_gpu_blocks:
-                lo = mid
-            else:
-                hi = mid
-        return lo or None
+        return max_tokens_that_fit(prompt_len, num_seqs, self.model_config.max_model_len,
+                                   ip.block_size, ip.num_gpu_blocks)
 
     async def tokenize(self, text: str, add_special_tokens: bool = True,
                        check_length: bool = False) -> list[int]:
@@ -318,34 +306,18 @@ class AsyncEngineClient(EngineClient):
 
     async def _restart_core(self, reason: str) -> bool:
         """True once a fresh core is ready; False when the policy says to give up."""
-        self._restart.core_died()
         self._restarting = True
         try:
-            while True:
-                delay = self._restart.next_delay()
-                if delay is None:
-                    logger.error("Engine core died (%s); not restarting it", reason)
-                    return False
-                logger.warning("Engine core died (%s); restarting it in %.1f s (attempt %d of %d)",
-                               reason, delay, self._restart.attempts,
-                               self._restart.policy.max_retries)
-                await asyncio.sleep(delay)
-                with contextlib.suppress(Exception):
-                    await self.core.shutdown(timeout=2.0)
-                self.core = self._make_core()
-                try:
-                    self._on_ready(await self.core.start())
-                except asyncio.CancelledError:
-                    raise
-                except Exception as exc:
-                    reason = f"restart failed: {exc}"
-                    continue
-                if self.metrics is not None:
-                    self.metrics.engine_restarted()
-                logger.info("Engine core restarted")
-                return True
+            core = await restart_core(self._restart, reason, self.core, self._make_core,
+                                      self._on_ready)
         finally:
             self._restarting = False
+        if core is None:
+            return False
+        self.core = core
+        if self.metrics is not None:
+            self.metrics.engine_restarted()
+        return True
 
     async def _output_loop(self) -> None:
         while True:

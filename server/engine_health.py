@@ -12,9 +12,14 @@ has been running for that long: the engine is unhealthy.
 """
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import logging
 import time
 from dataclasses import dataclass
-from typing import Optional
+from typing import Any, Callable, Optional
+
+logger = logging.getLogger("pagedserve.server")
 
 
 @dataclass(frozen=True)
@@ -86,3 +91,34 @@ class StepWatchdog:
             return (f"an engine step has not finished for {silent:.0f} s "
                     f"(--engine-step-timeout {self.timeout_s:g} s)")
         return None
+
+
+async def restart_core(budget: RestartBudget, reason: str, old_core: Any,
+                       make_core: Callable[[], Any], on_ready: Callable[[Any], None]) -> Any:
+    """Replace a dead core client under the budget's policy: back off, start a fresh one, hand
+    its Ready message to `on_ready`. Returns the new client, or None when giving up."""
+    budget.core_died()
+    with contextlib.suppress(Exception):  # sockets and temp files of the dead one
+        await old_core.shutdown(timeout=2.0)
+    while True:
+        delay = budget.next_delay()
+        if delay is None:
+            logger.error("Engine core died (%s); not restarting it", reason)
+            return None
+        logger.warning("Engine core died (%s); restarting it in %.1f s (attempt %d of %d)",
+                       reason, delay, budget.attempts, budget.policy.max_retries)
+        await asyncio.sleep(delay)
+        core = make_core()
+        try:
+            on_ready(await core.start())
+        except asyncio.CancelledError:
+            with contextlib.suppress(Exception):
+                await core.shutdown(timeout=2.0)
+            raise
+        except Exception as exc:
+            reason = f"restart failed: {exc}"
+            with contextlib.suppress(Exception):
+                await core.shutdown(timeout=2.0)
+            continue
+        logger.info("Engine core restarted")
+        return core

@@ -246,3 +246,21 @@ async def test_unread_stream_holds_one_output(fake_app_factory, monkeypatch):
     async for out in stream:  # reading now: the latest (cumulative) output, then the end
         final = out
     assert final.finished and len(final.outputs[0].token_ids) == 200
+
+
+def test_swap_pool_usage_and_restart_counter_are_exported():
+    from server.metrics import ServerMetrics
+    from tests.server.conftest import metric_value
+
+    m = ServerMetrics("m")
+    m.update_engine_stats({"kv_cache_usage": 0.5, "num_total_cpu_blocks": 8,
+                           "num_swapped_out_blocks": 2, "prompt_tokens_total": 10})
+    text = m.render().decode()
+    assert metric_value(text, "pagedserve:kv_cache_usage_perc", 'pool="gpu"') == 0.5
+    assert metric_value(text, "pagedserve:kv_cache_usage_perc", 'pool="cpu"') == 0.25
+    assert metric_value(text, "pagedserve:engine_restarts_total") == 0
+    m.engine_restarted()  # the fresh core counts from zero: its tokens still add up
+    m.update_engine_stats({"prompt_tokens_total": 4})
+    text = m.render().decode()
+    assert metric_value(text, "pagedserve:engine_restarts_total") == 1
+    assert metric_value(text, "pagedserve:prompt_tokens_total") == 14
