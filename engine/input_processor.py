@@ -19,6 +19,11 @@ def worst_case_blocks(prompt_len: int, max_tokens: int, num_seqs: int, block_siz
     return shared + num_seqs * -(-tail // block_size)
 
 
+# A long prompt is first tokenized this many characters per context token (see
+# InputProcessor.tokenize_for_context): text is rarely denser than ~4 characters per token.
+HEAD_CHARS_PER_TOKEN = 8
+
+
 def max_tokens_that_fit(prompt_len: int, num_seqs: int, max_model_len: int, block_size: int,
                         num_blocks: int) -> Optional[int]:
     """The largest max_tokens within the context and within what a pool of `num_blocks` can
@@ -76,15 +81,29 @@ class InputProcessor:
             self._max_token_chars = 2 * longest
         return self._max_token_chars
 
-    def check_text_length(self, text: str, field: str = "prompt") -> None:
-        """Reject text too long to fit the context whatever it tokenizes to, without
-        tokenizing it (tokenizing megabytes costs seconds and gigabytes)."""
+    def tokenize_for_context(self, text: str, add_special_tokens: bool = True,
+                             field: str = "prompt") -> list[int]:
+        """Token ids of a prompt, refusing early what cannot fit the context.
+
+        Tokenizing megabytes costs seconds and gigabytes, so: text longer than the context times
+        the longest vocabulary entry is refused by its length alone; a long text whose first
+        HEAD_CHARS_PER_TOKEN * max_model_len characters already tokenize to well over the context
+        (a margin covers the word cut at the end of that head) is refused from that head.
+        """
+        max_len = self.model_config.max_model_len
         per_token = self.max_token_chars()
-        limit = per_token * self.model_config.max_model_len
-        if per_token and len(text) > limit:
+        if per_token and len(text) > per_token * max_len:
             raise ValueError(
                 f"{field}: {len(text)} characters cannot fit this model's maximum context length "
-                f"of {self.model_config.max_model_len} tokens")
+                f"of {max_len} tokens")
+        head_chars = HEAD_CHARS_PER_TOKEN * max_len
+        if len(text) > head_chars:
+            n_head = len(self.tokenize(text[:head_chars], add_special_tokens))
+            if n_head > max_len + max_len // 8 + 64:
+                raise ValueError(
+                    f"{field}: This model's maximum context length is {max_len} tokens, and the "
+                    f"first {head_chars} of the {len(text)} characters alone are {n_head} tokens")
+        return self.tokenize(text, add_special_tokens)
 
     def _eos_token_id(self) -> Optional[int]:
         if self.tokenizer is not None and self.tokenizer.eos_token_id is not None:
@@ -116,8 +135,7 @@ class InputProcessor:
                 raise ValueError("prompt: a prompt or prompt_token_ids is required")
             if not isinstance(prompt, str):
                 raise ValueError("prompt: must be a string")
-            self.check_text_length(prompt)
-            prompt_token_ids = self.tokenize(prompt, add_special_tokens)
+            prompt_token_ids = self.tokenize_for_context(prompt, add_special_tokens)
         ids = list(prompt_token_ids)
         if not ids:
             raise ValueError("prompt: the prompt is empty")

@@ -65,9 +65,9 @@ class EngineClient(ABC):
 
     @abstractmethod
     async def tokenize(self, text: str, add_special_tokens: bool = True,
-                       check_length: bool = False) -> list[int]:
+                       check_length: bool = False, field: str = "prompt") -> list[int]:
         """Token ids of `text` (in a worker thread); with `check_length`, text that cannot fit
-        the context is a ValueError before tokenizing."""
+        the context is a ValueError naming `field`, refused as early as possible."""
 
     @abstractmethod
     def default_max_tokens(self, prompt_len: int, num_seqs: int) -> Optional[int]:
@@ -231,15 +231,15 @@ class AsyncEngineClient(EngineClient):
                                    ip.block_size, ip.num_gpu_blocks)
 
     async def tokenize(self, text: str, add_special_tokens: bool = True,
-                       check_length: bool = False) -> list[int]:
+                       check_length: bool = False, field: str = "prompt") -> list[int]:
         """Token ids of `text` exactly as requests are tokenized."""
         ip = self.input_processor
         if ip is None:
             raise EngineDeadError(self._dead or "the engine has not started")
-        if check_length:
-            ip.check_text_length(text)
+        fn = (functools.partial(ip.tokenize_for_context, field=field) if check_length
+              else ip.tokenize)
         return await asyncio.get_running_loop().run_in_executor(
-            self._tokenize_pool, ip.tokenize, text, add_special_tokens)
+            self._tokenize_pool, fn, text, add_special_tokens)
 
     def abort(self, request_id: str) -> None:
         self._unscheduled.discard(request_id)

@@ -56,7 +56,7 @@ class OpenAIServingChat(OpenAIServing):
         # The template already holds any BOS token, as in the offline LLM.chat().
         try:
             prompt_ids = await self.engine.tokenize(prompt, add_special_tokens=False,
-                                                    check_length=True)
+                                                    check_length=True, field="messages")
         except ValueError as exc:
             raise from_value_error(exc, "messages") from exc
         if max_tokens is None:

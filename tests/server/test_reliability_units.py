@@ -264,3 +264,33 @@ def test_swap_pool_usage_and_restart_counter_are_exported():
     text = m.render().decode()
     assert metric_value(text, "pagedserve:engine_restarts_total") == 1
     assert metric_value(text, "pagedserve:prompt_tokens_total") == 14
+
+
+def test_long_prompt_is_refused_from_its_head(tiny_gpt2):
+    """A prompt far over the context is refused after tokenizing a head of it, or from its
+    length alone; one that may fit is tokenized whole."""
+    from engine.config import EngineArgs
+    from engine.input_processor import HEAD_CHARS_PER_TOKEN, InputProcessor
+    from tests.fixtures_models import gpt2_tokenizer
+
+    cfg = EngineArgs(model=tiny_gpt2, device="cpu", max_model_len=256).create_engine_config()
+    tok = gpt2_tokenizer()
+    seen: list[int] = []
+
+    class Counting:
+        def __getattr__(self, name):
+            return getattr(tok, name)
+
+        def __call__(self, text, **kw):
+            seen.append(len(text))
+            return tok(text, **kw)
+
+    ip = InputProcessor(cfg.model, Counting(), 50257, 64, 16)
+    text = "x " * 20_000  # ~20k tokens, well under the length-only bound
+    with pytest.raises(ValueError, match="^prompt: .*maximum context length"):
+        ip.tokenize_for_context(text)
+    assert seen == [HEAD_CHARS_PER_TOKEN * 256]
+    with pytest.raises(ValueError, match="^messages: .* characters cannot fit"):
+        ip.tokenize_for_context("y" * (ip.max_token_chars() * 256 + 1), field="messages")
+    assert len(seen) == 1  # refused by its length alone
+    assert len(ip.tokenize_for_context("hello world " * 10)) > 0
