@@ -74,7 +74,7 @@ class SamplingParams:
         if not 0.0 < self.repetition_penalty <= 2.0:
             bad("repetition_penalty", f"must be in (0, 2], got {self.repetition_penalty}")
         if not math.isfinite(self.temperature) or self.temperature < 0.0:
-            bad("temperature", f"must be non-negative, got {self.temperature}")
+            bad("temperature", f"must be a finite non-negative number, got {self.temperature}")
         if not 0.0 < self.top_p <= 1.0:
             bad("top_p", f"must be in (0, 1], got {self.top_p}")
         if not isinstance(self.top_k, int) or self.top_k == 0 or self.top_k < -1:
@@ -102,6 +102,8 @@ class SamplingParams:
             bad("logit_bias", "values must be finite numbers")
         if any(not isinstance(t, int) or t < 0 for t in self.stop_token_ids):
             bad("stop_token_ids", "must be non-negative integers")
+        if not math.isfinite(self.length_penalty):
+            bad("length_penalty", f"must be a finite number, got {self.length_penalty}")
         if self.use_beam_search:
             if self.temperature > _SAMPLING_EPS:
                 bad("temperature", "must be 0 with beam search")

@@ -294,3 +294,34 @@ def test_long_prompt_is_refused_from_its_head(tiny_gpt2):
         ip.tokenize_for_context("y" * (ip.max_token_chars() * 256 + 1), field="messages")
     assert len(seen) == 1  # refused by its length alone
     assert len(ip.tokenize_for_context("hello world " * 10)) > 0
+
+
+@pytest.mark.parametrize("kw,field", [
+    ({"temperature": float("nan")}, "temperature"),
+    ({"temperature": float("inf")}, "temperature"),
+    ({"logit_bias": {1: float("nan")}}, "logit_bias"),
+    ({"use_beam_search": True, "n": 2, "temperature": 0, "length_penalty": float("nan")},
+     "length_penalty"),
+    ({"seed": 2 ** 63}, "seed"),
+])
+def test_offline_params_refuse_what_the_engine_cannot_take(kw, field):
+    from engine.sampling_params import SamplingParams
+
+    with pytest.raises(ValueError, match=f"^{field}: "):
+        SamplingParams(**kw)
+
+
+def test_offline_engine_refuses_unschedulable_n(tiny_gpt2):
+    """The admission check is the engine's: the offline API refuses it too (it would hang)."""
+    from engine.config import EngineArgs
+    from engine.input_processor import InputProcessor
+    from engine.sampling_params import SamplingParams
+
+    cfg = EngineArgs(model=tiny_gpt2, device="cpu", max_model_len=64).create_engine_config()
+    ip = InputProcessor(cfg.model, None, 100, 64, 16, max_num_seqs=4)
+    with pytest.raises(ValueError, match="^n: .*max_num_seqs"):
+        ip.process("r", None, [1, 2], SamplingParams(n=5, temperature=1, max_tokens=2))
+    with pytest.raises(ValueError, match="^best_of: .*max_num_seqs"):
+        ip.process("r", None, [1, 2], SamplingParams(n=2, best_of=5, temperature=1,
+                                                     max_tokens=2))
+    assert ip.process("r", None, [1, 2], SamplingParams(n=4, temperature=1, max_tokens=2))
