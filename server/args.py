@@ -30,6 +30,8 @@ _HELP = {
     "model": "HF hub id, local HF folder or .gguf file (default: SmolLM2-135M-Instruct)",
     "num_kv_blocks": "KV blocks in the device pool (default: sized from memory)",
     "max_num_batched_tokens": "token budget per engine step",
+    "max_cuda_graph_tokens": "steps mixing prompts and decodes up to this many tokens replay "
+                             "a CUDA graph (0: eager)",
     "preemption_mode": "how a running request is preempted when blocks run out",
     "swap_space": "GiB of CPU memory for swapped-out KV blocks",
     "served_model_name": "the model name clients use (default: MODEL as given)",
