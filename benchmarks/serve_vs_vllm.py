@@ -73,6 +73,22 @@ def start(args) -> None:
                 raise SystemExit(f"{name} did not start")
             time.sleep(1)
         print(f"{name} ready in {time.time() - t0:.0f} s (pid {proc.pid})", flush=True)
+        with open("/tmp/serve_vs_vllm.pids", "a") as f:  # `stop` ends exactly these
+            f.write(f"{proc.pid}\n")
+
+
+def stop(args) -> None:
+    """End the servers `start` started (their process groups), by pid."""
+    import signal
+    if not os.path.exists("/tmp/serve_vs_vllm.pids"):
+        return
+    for pid in open("/tmp/serve_vs_vllm.pids").read().split():
+        try:
+            os.killpg(int(pid), signal.SIGTERM)
+        except ProcessLookupError:
+            pass
+    os.remove("/tmp/serve_vs_vllm.pids")
+    time.sleep(args.wait)
 
 
 def _ready(port: int) -> bool:
@@ -197,6 +213,8 @@ def main() -> None:
     b.add_argument("--max-requests", type=int, default=None, help="cap per case (smoke runs)")
     b.add_argument("--round-offset", type=int, default=0)
     b.add_argument("--results", default="/tmp/vs_vllm_runs.json")
+    st = sub.add_parser("stop")
+    st.add_argument("--wait", type=float, default=10.0)
     r = sub.add_parser("record")
     r.add_argument("results")
     r.add_argument("--note", default=None)
@@ -204,7 +222,7 @@ def main() -> None:
         p.add_argument("--workload", default="sharegpt_like")
     b.add_argument("--workload-dir", default=os.path.join(ROOT, "..", "shared", "workloads"))
     args = ap.parse_args()
-    {"start": start, "bench": bench, "record": record}[args.cmd](args)
+    {"start": start, "bench": bench, "stop": stop, "record": record}[args.cmd](args)
 
 
 if __name__ == "__main__":
