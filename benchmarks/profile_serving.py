@@ -15,6 +15,7 @@ CUDA-graph coverage. A report, never a pass/fail test; `--output` writes it as J
 from __future__ import annotations
 
 import argparse
+import gc
 import json
 import os
 import random
@@ -110,6 +111,8 @@ def main() -> None:
         eng.add_request(f"warm{i}", None, params(8), prompt_token_ids=prompts[i][:100 + 40 * i])
     while eng.has_unfinished_requests():
         eng.step()
+    gc.collect()
+    gc.freeze()  # as the server's engine core process does after loading
     timer = StepTimer(eng.core.runner)
     rng = random.Random(args.seed + 1)
     arrivals, t = [], 0.0

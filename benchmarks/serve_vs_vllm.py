@@ -164,6 +164,9 @@ def bench(args) -> None:
 def record(args) -> None:
     from benchmarks.record import RESULTS_DIR, make_record
     runs = json.load(open(args.results))
+    offline = json.load(open(args.offline_bs1)) if args.offline_bs1 else None
+    if offline and args.vllm_ttft_bs1_ms:
+        _record_ttft_bs1(args, offline, runs[-1])
     for case, judged in JUDGED.items():
         mine = [r for r in runs if r["case"] == case and r["server"] == "pagedserve"]
         theirs = [r for r in runs if r["case"] == case and r["server"] == "vllm"]
@@ -175,7 +178,14 @@ def record(args) -> None:
                              if all(r["metrics"].get(k) is not None for r in rs) else None)
         ratios = {k: (med(mine, k) / med(theirs, k) if hi else med(theirs, k) / med(mine, k))
                   for k, hi in judged}
-        metrics = {"speedup": min(ratios.values()), "ratios": ratios,
+        if case == "serving_single" and offline:
+            # The issue's single-stream TPOT target is pagedserve's own offline batch-1 decode
+            # (x1.02), not vLLM's; vLLM's ratio stays in the record for reference.
+            ratios["tpot_p50_vs_vllm"] = ratios.pop("tpot_p50_ms")
+            ratios["tpot_p50_vs_1.02x_own_offline_bs1"] = (1.02 * offline["decode_bs1_ms"]
+                                                          / med(mine, "tpot_p50_ms"))
+        judged_keys = [k for k in ratios if k != "tpot_p50_vs_vllm"]
+        metrics = {"speedup": min(ratios[k] for k in judged_keys), "ratios": ratios,
                    "pagedserve": {k: med(mine, k) for k in keys},
                    "vllm": {k: med(theirs, k) for k in keys},
                    "pagedserve_runs": [r["metrics"] for r in mine],
@@ -193,6 +203,26 @@ def record(args) -> None:
         with open(os.path.join(RESULTS_DIR, "vs_vllm.jsonl"), "a") as f:
             f.write(json.dumps(rec) + "\n")
         print(case, f"speedup {metrics['speedup']:.3f}", ratios)
+
+
+def _record_ttft_bs1(args, offline: dict, run: dict) -> None:
+    """Offline batch 1: prefill of 128 tokens + the first token (benchmarks/offline_bs1.py)."""
+    from benchmarks.record import RESULTS_DIR, make_record
+    mine, theirs = offline["ttft_bs1_ms"], args.vllm_ttft_bs1_ms
+    rec = make_record("vs_vllm", {"case": "ttft_bs1", "input_len": 128, "batch": 1,
+                                  "model": "llama3-8b shape, dummy weights", "vllm": "0.26.0",
+                                  "method": offline["method"],
+                                  "vllm_source": args.vllm_ttft_bs1_source, "note": args.note},
+                      {"speedup": theirs / mine, "pagedserve": {"ttft_bs1_ms": mine,
+                                                                "runs_ms": offline["ttft_bs1_all_ms"],
+                                                                "decode_bs1_ms": offline["decode_bs1_ms"]},
+                       "vllm": {"ttft_bs1_ms": theirs}})
+    for k in ("device", "versions"):  # the date stays the recording's: bs1 ran separately
+        rec[k] = run[k]
+    rec["git_sha"] = args.offline_bs1_sha or run["git_sha"]
+    with open(os.path.join(RESULTS_DIR, "vs_vllm.jsonl"), "a") as f:
+        f.write(json.dumps(rec) + "\n")
+    print("ttft_bs1", f"speedup {theirs / mine:.3f}")
 
 
 def main() -> None:
@@ -218,6 +248,10 @@ def main() -> None:
     r = sub.add_parser("record")
     r.add_argument("results")
     r.add_argument("--note", default=None)
+    r.add_argument("--offline-bs1", default=None, help="offline_bs1.py's JSON (pagedserve)")
+    r.add_argument("--offline-bs1-sha", default=None, help="code it measured (default: the runs')")
+    r.add_argument("--vllm-ttft-bs1-ms", type=float, default=None)
+    r.add_argument("--vllm-ttft-bs1-source", default=None)
     for p in (b, r):
         p.add_argument("--workload", default="sharegpt_like")
     b.add_argument("--workload-dir", default=os.path.join(ROOT, "..", "shared", "workloads"))
