@@ -131,6 +131,7 @@ def build_app(engine: EngineClient, args: ServerArgs, served_model_names: list[s
     @app.post("/tokenize")
     async def tokenize(body: TokenizeRequest):
         completions.check_model(body.model)
+        completions.require_tokenizer("prompt" if body.messages is None else "messages")
         if (body.prompt is None) == (body.messages is None):
             raise bad_request("Give exactly one of 'prompt' or 'messages'.", "prompt")
         if body.messages is not None:
@@ -147,6 +148,7 @@ def build_app(engine: EngineClient, args: ServerArgs, served_model_names: list[s
     @app.post("/detokenize")
     async def detokenize(body: DetokenizeRequest):
         completions.check_model(body.model)
+        completions.require_tokenizer("tokens")
         vocab = len(engine.tokenizer)
         bad = [t for t in body.tokens if not 0 <= t < vocab]
         if bad:
@@ -178,7 +180,8 @@ def run_server(engine_args: Any, args: ServerArgs) -> int:
     metrics = ServerMetrics(names[0])
     engine = AsyncEngineClient(config, mode=args.engine_mode, core_factory=args.core_factory,
                                metrics=metrics, log_level=args.log_level,
-                               cpu_threads=args.cpu_threads)
+                               cpu_threads=args.cpu_threads,
+                               skip_tokenizer_init=engine_args.skip_tokenizer_init)
     app = build_app(engine, args, names, metrics)
     uv_config = uvicorn.Config(app, host=args.host, port=args.port,
                                log_level=args.log_level.lower(),
