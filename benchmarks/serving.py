@@ -22,7 +22,7 @@ import random
 import sys
 import time
 from dataclasses import dataclass, field
-from typing import Any, Optional, Sequence
+from typing import Any, AsyncIterator, Optional, Sequence
 
 if __package__ in (None, ""):
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -125,6 +125,24 @@ def build_payload(args: argparse.Namespace, model: str, prompt: Any, req: Worklo
     return body
 
 
+async def sse_lines(chunks: AsyncIterator[bytes]) -> AsyncIterator[str]:
+    """The lines of a server-sent-event byte stream, split on b"\\n" only.
+
+    httpx's `aiter_lines` follows `str.splitlines` and also breaks on U+0085, U+2028 and U+2029,
+    which a token's text can decode to inside a JSON string: that cut one event in two and
+    failed a request. A trailing "\\r" (CRLF streams) is dropped; UTF-8 is decoded per line, so a
+    character split across network chunks is never broken.
+    """
+    buf = b""
+    async for chunk in chunks:
+        buf += chunk
+        *lines, buf = buf.split(b"\n")
+        for line in lines:
+            yield line.rstrip(b"\r").decode("utf-8", errors="replace")
+    if buf:
+        yield buf.rstrip(b"\r").decode("utf-8", errors="replace")
+
+
 async def send_request(client: httpx.AsyncClient, url: str, body: dict, input_len: int,
                        count_empty: bool = False) -> RequestResult:
     """Send one streaming request and time its chunks.
@@ -144,7 +162,7 @@ async def send_request(client: httpx.AsyncClient, url: str, body: dict, input_le
                 res.error = f"HTTP {resp.status_code}: {text[:200]}"
                 res.e2e = time.perf_counter() - t0
                 return res
-            async for line in resp.aiter_lines():
+            async for line in sse_lines(resp.aiter_bytes()):
                 if not line.startswith("data:"):
                     continue
                 data = line[5:].strip()

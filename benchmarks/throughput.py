@@ -38,6 +38,7 @@ from benchmarks.workloads import (WorkloadRequest, add_workload_args, clip_to_co
 
 # CLI options recorded in a result's params when set.
 RECORDED_ARGS = ("dtype", "block_size", "num_kv_blocks", "max_num_seqs", "max_num_batched_tokens",
+                 "max_cuda_graph_tokens",
                  "preemption_mode", "enable_prefix_caching", "num_threads", "baseline",
                  "hf_time_budget", "hf_num_requests", "hf_max_batch_size")
 
@@ -66,8 +67,8 @@ def build_llm(spec: ModelSpec, args: argparse.Namespace) -> Any:
 
     kwargs: dict[str, Any] = dict(spec.engine_kwargs)
     for name in ("dtype", "device", "block_size", "num_kv_blocks", "max_model_len", "max_num_seqs",
-                 "max_num_batched_tokens", "preemption_mode", "enforce_eager",
-                 "enable_prefix_caching", "swap_space", "gpu_memory_utilization"):
+                 "max_num_batched_tokens", "max_cuda_graph_tokens", "preemption_mode",
+                 "enforce_eager", "enable_prefix_caching", "swap_space", "gpu_memory_utilization"):
         val = getattr(args, name, None)
         if val is not None and val is not False:
             kwargs[name] = val
@@ -126,6 +127,8 @@ def add_engine_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--preemption-mode", default=None, choices=["recompute", "swap", "auto"])
     parser.add_argument("--gpu-memory-utilization", type=float, default=None)
     parser.add_argument("--enforce-eager", action="store_true")
+    parser.add_argument("--max-cuda-graph-tokens", type=int, default=None,
+                        help="mixed prefill+decode steps up to this many tokens replay graphs")
     parser.add_argument("--enable-prefix-caching", action="store_true")
     parser.add_argument("--no-warmup", action="store_true")
     parser.add_argument("--no-step-probe", action="store_true",

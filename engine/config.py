@@ -129,12 +129,15 @@ class RunnerConfig:
     enforce_eager: bool = False
     attention_backend: str = "auto"  # auto | torch | triton
     max_cuda_graph_batch: int = 256
+    # Steps mixing prompts and decodes replay a CUDA graph up to this many tokens (0: eager).
+    max_cuda_graph_tokens: int = 512
     # Schedule and launch step N+1 while step N runs (see EngineCore.step).
     async_scheduling: bool = False
 
     def __post_init__(self) -> None:
         _require(self.attention_backend in ("auto", "torch", "triton"), "attention_backend",
                  "must be auto, torch or triton")
+        _require(self.max_cuda_graph_tokens >= 0, "max_cuda_graph_tokens", "must be >= 0")
 
 
 @dataclass(frozen=True)
@@ -168,6 +171,7 @@ class EngineArgs:
     load_format: str = "auto"
     trust_remote_code: bool = False
     enforce_eager: bool = False
+    max_cuda_graph_tokens: int = 512
     attention_backend: str = "auto"
     served_model_name: Optional[str] = None
     chat_template: Optional[str] = None
@@ -219,6 +223,8 @@ class EngineArgs:
         runner_cfg = RunnerConfig(device=device, enforce_eager=self.enforce_eager,
                                   attention_backend=self.attention_backend,
                                   max_cuda_graph_batch=min(max_num_seqs, 512),
+                                  max_cuda_graph_tokens=min(self.max_cuda_graph_tokens,
+                                                            max_batched),
                                   async_scheduling=(on_gpu if self.async_scheduling is None
                                                     else self.async_scheduling))
         return EngineConfig(model=model_cfg, cache=cache_cfg, scheduler=sched_cfg, runner=runner_cfg)

@@ -38,13 +38,26 @@ class IncrementalDetokenizer:
         if not spaces_between_special_tokens:
             # Only slow (python) tokenizers look at this; fast ones join pieces directly.
             self._kwargs["spaces_between_special_tokens"] = False
+        # A fast tokenizer's Rust backend decodes the same text without the Python wrapper's
+        # per-call argument handling (about half of a streamed token's detokenization cost);
+        # cleanup is off either way, and the backend handles added/special tokens itself.
+        backend = getattr(tokenizer, "_tokenizer", None)
+        self._fast = None
+        if (getattr(tokenizer, "is_fast", False) and hasattr(backend, "decode")
+                and spaces_between_special_tokens):
+            self._fast = backend.decode
+        self._skip_special = skip_special_tokens
         self._ids: list[int] = list(prompt_token_ids[-_PROMPT_CONTEXT:])
         self._prefix = 0
         self._read = len(self._ids)
         self._prefix_text = self._decode(self._ids)
 
     def _decode(self, ids: list[int]) -> str:
-        return self.tokenizer.decode(ids, **self._kwargs) if ids else ""
+        if not ids:
+            return ""
+        if self._fast is not None:
+            return self._fast(ids, skip_special_tokens=self._skip_special)
+        return self.tokenizer.decode(ids, **self._kwargs)
 
     @property
     def has_pending(self) -> bool:

@@ -110,11 +110,12 @@ class EngineCore:
 
     @staticmethod
     def _overlappable(req: Request) -> bool:
-        """Requests whose next sampling does not read their latest tokens on the host."""
-        if not req.single_seq or req.beam_state is not None or req.has_penalties:
-            return False
-        min_tokens = req.params.min_tokens
-        return min_tokens == 0 or req.leader.num_real_output_tokens >= min_tokens
+        """Requests whose next sampling does not read their latest tokens on the host.
+
+        `min_tokens` needs only the count of output tokens (placeholders included), never
+        their values, so it does not stop the overlap (clients such as benchmarks send
+        min_tokens = max_tokens on every request)."""
+        return req.single_seq and req.beam_state is None and not req.has_penalties
 
     def _add_placeholders(self, out: SchedulerOutput) -> bool:
         overlappable = self._overlappable

@@ -139,6 +139,7 @@ def build_app(engine: EngineClient, args: ServerArgs, served_model_names: list[s
     @app.post("/tokenize")
     async def tokenize(body: TokenizeRequest):
         completions.check_model(body.model)
+        completions.require_tokenizer("prompt" if body.messages is None else "messages")
         if (body.prompt is None) == (body.messages is None):
             raise bad_request("Give exactly one of 'prompt' or 'messages'.", "prompt")
         if body.messages is not None:
@@ -155,6 +156,7 @@ def build_app(engine: EngineClient, args: ServerArgs, served_model_names: list[s
     @app.post("/detokenize")
     async def detokenize(body: DetokenizeRequest):
         completions.check_model(body.model)
+        completions.require_tokenizer("tokens")
         vocab = len(engine.tokenizer)
         bad = [t for t in body.tokens if not 0 <= t < vocab]
         if bad:
@@ -234,6 +236,7 @@ def run_server(engine_args: Any, args: ServerArgs) -> int:
         restart=RestartPolicy(enabled=args.engine_restart,
                               max_retries=args.engine_restart_retries),
         step_timeout_s=args.engine_step_timeout,
+        skip_tokenizer_init=engine_args.skip_tokenizer_init,
         on_fatal=lambda reason: holder["server"].on_fatal(reason))
     app = build_app(engine, args, names, metrics)
     # Uvicorn's own graceful timeout is the backstop; ours ends streams cleanly first.

@@ -14,6 +14,7 @@ Invariant: every request added to the core ends with exactly one `finished=True`
 """
 from __future__ import annotations
 
+import gc
 import importlib
 import logging
 import os
@@ -226,6 +227,11 @@ def run_core_process(config: Any, input_addr: str, output_addr: str,
     try:
         set_cpu_threads(config, cpu_threads)
         core = load_core_factory(core_factory)(config)
+        # The loaded heap (model, block pool, imports: 10^5+ objects) leaves the cyclic GC's
+        # passes: a full pass over it stalls whichever step it lands in by milliseconds (the
+        # offline LLM does the same per generate call, engine.llm.frozen_gc_heap).
+        gc.collect()
+        gc.freeze()
         send(ready_message(core))
         CoreLoop(core, recv, send, alive=alive).run()
     except Exception:

@@ -107,12 +107,15 @@ class AsyncEngineClient(EngineClient):
                  metrics: Optional[ServerMetrics] = None, log_level: str = "INFO",
                  tokenizer: Any = None, cpu_threads: Optional[int] = None,
                  restart: Optional[RestartPolicy] = None, step_timeout_s: float = 120.0,
-                 on_fatal: Optional[Callable[[str], None]] = None):
+                 on_fatal: Optional[Callable[[str], None]] = None,
+                 skip_tokenizer_init: bool = False):
         if mode not in ("process", "inproc"):
             raise ValueError(f"engine_mode: must be 'process' or 'inproc', got {mode!r}")
         self.config = config
         self.model_config = config.model
-        self.tokenizer = tokenizer  # loaded by start() unless given
+        self.tokenizer = tokenizer  # loaded by start() unless given or skipped
+        # --skip-tokenizer-init: token-id prompts only; outputs carry token ids, no text.
+        self.skip_tokenizer_init = skip_tokenizer_init
         self.input_processor: Any = None  # built by start(): it needs the core's pool size
         self.output_processor: Any = None
         self.metrics = metrics
@@ -141,7 +144,7 @@ class AsyncEngineClient(EngineClient):
     async def start(self) -> None:
         # The core loads the model in its process while this one loads the tokenizer.
         core_ready = asyncio.ensure_future(self.core.start())
-        if self.tokenizer is None:
+        if self.tokenizer is None and not self.skip_tokenizer_init:
             try:
                 self.tokenizer = await asyncio.to_thread(_load_tokenizer, self.config)
             except BaseException:

@@ -51,6 +51,12 @@ class OpenAIServing:
     def tokenizer(self) -> Any:
         return self.engine.tokenizer
 
+    def require_tokenizer(self, field: str) -> None:
+        """400 naming `field` when the server runs without a tokenizer (--skip-tokenizer-init)."""
+        if self.tokenizer is None:
+            raise bad_request(f"{field}: needs a tokenizer, and this server was started with "
+                              "--skip-tokenizer-init (send prompts as token ids)", field)
+
     def check_model(self, model: Optional[str]) -> None:
         """A missing model means the served one (as vLLM); an unknown name is a 404."""
         if model is not None and model not in self.served_model_names:
@@ -76,7 +82,8 @@ class OpenAIServing:
         logit_bias = None
         if req.logit_bias:
             logit_bias = {}
-            vocab = len(self.tokenizer)
+            vocab = (len(self.tokenizer) if self.tokenizer is not None
+                     else self.engine.input_processor.vocab_size)
             for key, value in req.logit_bias.items():
                 try:
                     tid = int(key)
@@ -86,6 +93,8 @@ class OpenAIServing:
                     raise bad_request(f"logit_bias: token id {tid} is outside the vocabulary "
                                       f"(size {vocab})", "logit_bias")
                 logit_bias[tid] = max(-100.0, min(100.0, float(value)))  # finite: validation.py
+        if req.stop:  # stop strings are matched on detokenized text
+            self.require_tokenizer("stop")
         top_k = req.top_k if req.top_k not in (None, 0) else -1
         try:
             return SamplingParams(
@@ -138,6 +147,8 @@ class OpenAIServing:
     def token_str(self, token_id: int) -> str:
         """The text of one token as logprobs show it (cached; vocabularies are fixed)."""
         s = self._token_strs.get(token_id)
+        if s is None and self.tokenizer is None:
+            return f"token_id:{token_id}"  # no tokenizer: vLLM's form for tokens as ids
         if s is None:
             s = self.tokenizer.decode([token_id], skip_special_tokens=False,
                                       clean_up_tokenization_spaces=False)

@@ -47,6 +47,7 @@ class OpenAIServingChat(OpenAIServing):
         param = "max_completion_tokens" if req.max_completion_tokens is not None else "max_tokens"
         if max_tokens is not None and max_tokens < 1:
             raise bad_request(f"{param}: must be at least 1, got {max_tokens}", param)
+        self.require_tokenizer("messages")
         params = self.make_sampling_params(req, max_tokens, logprobs)
         try:
             prompt = render_chat(self.tokenizer, req.messages, self.chat_template,

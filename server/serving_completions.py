@@ -47,6 +47,8 @@ class OpenAIServingCompletion(OpenAIServing):
             raise bad_request("best_of: cannot be larger than n when streaming", "best_of")
         if req.suffix:
             raise bad_request("suffix: is not supported", "suffix")
+        if req.echo:
+            self.require_tokenizer("echo")
         want_prompt_lps = req.echo and req.logprobs is not None
         params = self.make_sampling_params(req, req.max_tokens, req.logprobs,
                                            req.logprobs if want_prompt_lps else None)
@@ -69,7 +71,7 @@ class OpenAIServingCompletion(OpenAIServing):
         prompt_tokens = completion_tokens = 0
         for p_idx, out in enumerate(finals):
             prompt_tokens += len(out.prompt_token_ids)
-            prompt_text = self._prompt_text(prompts[p_idx], out)
+            prompt_text = self._prompt_text(prompts[p_idx], out) if req.echo else ""
             for c in sorted(out.outputs, key=lambda c: c.index):
                 completion_tokens += len(c.token_ids)
                 text = (prompt_text + c.text) if req.echo else c.text

@@ -35,6 +35,8 @@ class TritonAttentionBackend:
     def attend(self, query: torch.Tensor, key_cache: torch.Tensor, value_cache: torch.Tensor,
                meta: AttentionMetadata, scale: float,
                sliding_window: Optional[int] = None) -> torch.Tensor:
+        if meta.mixed is not None:
+            return self._mixed(query, key_cache, value_cache, meta, scale, sliding_window)
         if meta.is_decode_only and query.shape[0] >= meta.num_seqs:
             return paged_attention_decode(query, key_cache, value_cache, meta.block_tables,
                                           meta.seq_lens, scale, meta.max_seq_len,
@@ -78,6 +80,22 @@ class TritonAttentionBackend:
             qsl = torch.tensor([0, q_len], dtype=torch.int32, device=dev)
             prefill_attention(q, key_cache, value_cache, table, seq_lens, qsl, layer.scale, q_len,
                               sliding_window=window, num_query_tokens=q_len)
+
+    @staticmethod
+    def _mixed(query, key_cache, value_cache, meta: AttentionMetadata, scale: float,
+               sliding_window: Optional[int]) -> torch.Tensor:
+        """A graph-captured mixed step (MixedLayout): the decode kernel over every row (zeros
+        where `seq_lens` is 0), then the prefill kernel over its slots, overwriting their rows.
+        Grids are sized from the row count and `max_seq_len` (the model's limit), host
+        constants at capture."""
+        m = meta.mixed
+        t = query.shape[0]
+        out = paged_attention_decode(query, key_cache, value_cache, meta.block_tables[:t],
+                                     meta.seq_lens[:t], scale, meta.max_seq_len,
+                                     sliding_window=sliding_window)
+        return prefill_attention(query, key_cache, value_cache, m.prefill_block_tables,
+                                 m.prefill_seq_lens, m.prefill_query_start_loc, scale, t,
+                                 sliding_window=sliding_window, out=out, num_query_tokens=t)
 
     @staticmethod
     def _split(query, key_cache, value_cache, meta: AttentionMetadata, scale: float,

@@ -185,3 +185,24 @@ def test_report_renders_tables_and_plots(tmp_path):
     for png in ("throughput_per_workload.png", "serving_latency.png"):
         data = (out / png).read_bytes()
         assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 5000
+
+
+def test_sse_lines_split_on_newline_only():
+    """U+2028/U+0085 inside an event's JSON and a character cut between network chunks."""
+    import asyncio
+    import json
+
+    from benchmarks.serving import sse_lines
+
+    events = [json.dumps({"text": "a\u2028b\x85c"}, ensure_ascii=False), json.dumps({"text": "é"})]
+    raw = "".join(f"data: {e}\r\n\n" for e in events).encode() + b"data: [DONE]"
+    chunks = [raw[i:i + 5] for i in range(0, len(raw), 5)]
+
+    async def collect():
+        async def gen():
+            for c in chunks:
+                yield c
+        return [line async for line in sse_lines(gen())]
+
+    lines = asyncio.run(collect())
+    assert lines == [f"data: {events[0]}", "", f"data: {events[1]}", "", "data: [DONE]"]

@@ -33,6 +33,25 @@ def mixed_params():
     ]
 
 
+def test_min_tokens_overlaps_and_keeps_outputs(engines):
+    """min_tokens masks stop tokens by count, placeholders included: the steps still overlap
+    and the tokens and finish reasons are the synchronous ones."""
+    sync, asy = engines
+    params = [SamplingParams(temperature=0, max_tokens=20, min_tokens=20, ignore_eos=True),
+              SamplingParams(temperature=0, max_tokens=16, min_tokens=6, stop_token_ids=[11, 12]),
+              SamplingParams(temperature=0.9, seed=4, max_tokens=14, min_tokens=9,
+                             stop_token_ids=list(range(40)))] * 2
+    assert run(asy, params) == run(sync, params)
+    engine = asy.llm_engine
+    engine.add_request("m", PROMPTS[0], params[0])
+    overlapped = 0
+    while engine.has_unfinished_requests():
+        engine.step()
+        step = engine.core._inflight
+        overlapped += bool(step is not None and step.overlappable)
+    assert overlapped >= 15
+
+
 def test_async_equals_sync(engines):
     sync, asy = engines
     assert asy.llm_engine.core.async_scheduling and not sync.llm_engine.core.async_scheduling

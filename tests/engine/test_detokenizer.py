@@ -116,3 +116,20 @@ def test_stop_checker_truncation_and_hold_back():
     assert keep.check("the END is near", 12) == ("END", 7)
     assert keep.hold_back("the EN") == 0
     assert StopChecker([]).check("anything", 8) is None
+
+
+@pytest.mark.parametrize("skip", [True, False])
+def test_fast_backend_decode_equals_the_wrapper(tok, skip):
+    """The Rust-backend shortcut gives the text the transformers wrapper gives (specials too)."""
+    rng = random.Random(11)
+    special = list(tok.all_special_ids)
+    for _ in range(20):
+        ids = [rng.choice(special) if rng.random() < 0.1 else rng.randrange(len(tok))
+               for _ in range(40)]
+        fast = IncrementalDetokenizer(tok, ids[:3], skip)
+        slow = IncrementalDetokenizer(tok, ids[:3], skip)
+        slow._fast = None
+        assert fast._fast is not None
+        a = "".join(fast.append([t]) for t in ids[3:]) + fast.flush()
+        b = "".join(slow.append([t]) for t in ids[3:]) + slow.flush()
+        assert a == b

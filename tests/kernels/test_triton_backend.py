@@ -64,3 +64,39 @@ def test_warm_up_runs_every_variant_and_leaves_the_cache_alone(window, device):
     layer.kv_cache = (kc.clone(), vc.clone())
     TritonAttentionBackend.warm_up(layer, max_model_len=80)
     assert torch.equal(layer.kv_cache[0], kc) and torch.equal(layer.kv_cache[1], vc)
+
+
+@pytest.mark.parametrize("window", [None, 10])
+def test_mixed_layout_matches_torch(window, device):
+    """The static layout a mixed-step CUDA graph replays (MixedLayout): padded rows, decode
+    rows offered to the decode kernel, prefills in fixed slots (two of three used)."""
+    from engine.attention.metadata import MixedLayout
+    query_lens, seq_lens = [1, 1, 9, 4], [12, 30, 20, 6]
+    heads, kvh, d, bs, pad_rows, slots = 4, 2, 32, 8, 3, 3
+    case = make_paged_case(seq_lens, query_lens, heads, kvh, d, bs, torch.float32, device,
+                           share_prefix=False)
+    meta = _meta(case, query_lens, seq_lens, bs, device)
+    kc, vc = case.key_cache, case.value_cache
+    ref = TorchAttentionBackend().attend(case.query, kc, vc, meta, d ** -0.5, window)
+
+    n, nd, t = meta.num_tokens, 2, meta.num_tokens + pad_rows
+    query = torch.cat([case.query, torch.randn(pad_rows, heads, d, device=device)])
+    width = case.block_tables.shape[1]
+    dec_tables = torch.zeros(t, width, dtype=torch.int32, device=device)
+    dec_tables[:nd] = case.block_tables[:nd]
+    dec_lens = torch.zeros(t, dtype=torch.int32, device=device)
+    dec_lens[:nd] = case.seq_lens[:nd]
+    pf_tables = torch.zeros(slots, width, dtype=torch.int32, device=device)
+    pf_tables[:2] = case.block_tables[nd:]
+    pf_lens = torch.ones(slots, dtype=torch.int32, device=device)
+    pf_lens[:2] = case.seq_lens[nd:]
+    pf_qsl = torch.full((slots + 1,), n, dtype=torch.int32, device=device)
+    pf_qsl[:3] = case.query_start_loc[nd:]
+    mixed = AttentionMetadata(
+        num_seqs=t, num_tokens=t, slot_mapping=meta.slot_mapping, query_start_loc=meta.query_start_loc,
+        seq_lens=dec_lens, block_tables=dec_tables, max_query_len=t, max_seq_len=64,
+        mixed=MixedLayout(pf_tables, pf_lens, pf_qsl))
+    out = TritonAttentionBackend().attend(query, kc, vc, mixed, d ** -0.5, window)
+    assert out.shape == (t, heads, d)
+    assert rel_err(out[:n], ref) < 1e-4
+    assert torch.count_nonzero(out[n:]) == 0
