@@ -67,6 +67,8 @@ class ModelConfig:
     seed: int = 0
     served_model_name: Optional[str] = None
     chat_template: Optional[str] = None
+    # The resolved scheme (engine.quantization.QuantizationConfig) or None for dense weights.
+    quant_config: Any = None
 
     def __post_init__(self) -> None:
         _require(self.max_model_len >= 1, "max_model_len", "must be >= 1")
@@ -173,6 +175,7 @@ class EngineArgs:
     chat_template: Optional[str] = None
     max_queue_len: Optional[int] = None
     skip_tokenizer_init: bool = False
+    quantization: Optional[str] = None  # None: whatever the checkpoint's quantization_config says
     async_scheduling: Optional[bool] = None  # None: on for CUDA, off on the CPU
     hf_overrides: dict = field(default_factory=dict)
 
@@ -189,7 +192,13 @@ class EngineArgs:
         resolved = resolve_model(self.model, self.tokenizer, self.load_format,
                                  self.trust_remote_code, self.hf_overrides)
         from engine.models.registry import get_model_class
-        get_model_class(resolved.hf_config)  # unsupported architectures fail before any loading
+        from engine.quantization import get_quantization_config
+        # Unsupported architectures and quantization methods fail before any loading.
+        model_cls = get_model_class(resolved.hf_config)
+        quant_config = get_quantization_config(resolved.hf_config, self.quantization)
+        if quant_config is not None and not getattr(model_cls, "supports_quantization", False):
+            raise ValueError(f"quantization: architecture {model_cls.__name__} does not support "
+                             f"quantized weights yet ({quant_config.describe()})")
         derived_len = max_len_from_hf_config(resolved.hf_config)
         if self.max_model_len is None:
             max_model_len = derived_len
@@ -201,6 +210,7 @@ class EngineArgs:
             dtype=dtype, max_model_len=max_model_len, load_format=resolved.load_format,
             gguf_file=resolved.gguf_file, trust_remote_code=self.trust_remote_code, seed=self.seed,
             served_model_name=self.served_model_name, chat_template=self.chat_template,
+            quant_config=quant_config,
         )
         cache_cfg = CacheConfig(
             block_size=self.block_size, num_kv_blocks=self.num_kv_blocks, swap_space=self.swap_space,
