@@ -57,6 +57,12 @@ class ModelRunner:
         self.dtype = config.model.dtype
         self.block_size = config.cache.block_size
         self.model = load_model(config.model, self.device)
+        from engine.loader.model_loader import weight_bytes
+        self.weight_bytes = weight_bytes(self.model)
+        qc = config.model.quant_config
+        self.quantization = qc.describe() if qc is not None else None
+        logger.info("weights: %s, %.1f MiB", self.quantization or f"dense {self.dtype}",
+                    self.weight_bytes / (1 << 20))
         self.vocab_size = _vocab_size(config.model.hf_config)
         self.backend = get_attention_backend(config.runner.attention_backend, self.device,
                                              self.dtype)

@@ -1,0 +1,99 @@
+"""Quantize tiny checkpoints with the real library (AutoRound, RTN mode) and build the
+reference: transformers' own fp32 model with each quantized linear replaced by the weight the
+quantizing libraries' own unpack code dequantizes (AutoRound's GPTQ QuantLinear, its AWQ
+`dequantize_gemm`, compressed-tensors' `unpack_from_int32` + `dequantize`)."""
+from __future__ import annotations
+
+import glob
+import json
+import os
+from pathlib import Path
+
+import torch
+
+
+def quantize(src: str, dst: Path, fmt: str, bits: int, group_size: int, sym: bool) -> str:
+    """AutoRound (iters=0: round-to-nearest, no calibration data) export in `fmt`; the folder."""
+    from auto_round import AutoRound
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    model = AutoModelForCausalLM.from_pretrained(src, dtype=torch.float32)
+    tok = AutoTokenizer.from_pretrained(src)
+    ar = AutoRound(model, tok, bits=bits, group_size=group_size, sym=sym, iters=0,
+                   disable_opt_rtn=True, nsamples=1, seqlen=8, device_map="cpu")
+    ar.quantize_and_save(str(dst), format=fmt)
+    folders = [d for d in glob.glob(os.path.join(dst, "*", "")) if os.path.isfile(d + "config.json")]
+    return folders[0] if folders else str(dst)
+
+
+def _tensors(path: str) -> dict[str, torch.Tensor]:
+    from safetensors.torch import load_file
+    out: dict[str, torch.Tensor] = {}
+    for f in sorted(glob.glob(os.path.join(path, "*.safetensors"))):
+        out.update(load_file(f))
+    return out
+
+
+def _dequant_gptq(t, prefix, bits, group_size, k, n, zero_offset):
+    from auto_round_extension.torch.qlinear_torch_zp import QuantLinear
+    assert zero_offset == 1  # the only GPTQ flavour AutoRound's exports write here
+    # AutoRound writes no act-order: g_idx is k // group (its g_idx branch assumes N == K).
+    g = group_size if group_size != -1 else k
+    if prefix + ".g_idx" in t:  # the native AutoRound format omits it
+        assert torch.equal(t[prefix + ".g_idx"].long(), torch.arange(k) // g)
+    ql = QuantLinear(bits, group_size, k, n, bias=False, g_idx=False)
+    ql.qweight = t[prefix + ".qweight"]
+    ql.qzeros = t[prefix + ".qzeros"]
+    ql.scales = t[prefix + ".scales"].float()
+    return ql(torch.eye(k)).t()  # [N, K]
+
+
+def _dequant_awq(t, prefix, bits, group_size):
+    from auto_round.export.export_to_awq.utils import dequantize_gemm
+    w = dequantize_gemm(t[prefix + ".qweight"], t[prefix + ".qzeros"],
+                        t[prefix + ".scales"].float(), bits, group_size)
+    return w.t()
+
+
+def _dequant_ct(t, prefix, wargs):
+    from compressed_tensors.compressors.pack_quantized.helpers import unpack_from_int32
+    from compressed_tensors.quantization import QuantizationArgs
+    from compressed_tensors.quantization.lifecycle.forward import dequantize
+    args = QuantizationArgs(**wargs)
+    shape = torch.Size(t[prefix + ".weight_shape"].tolist())
+    scale = t[prefix + ".weight_scale"].float()
+    zp = t.get(prefix + ".weight_zero_point")
+    if zp is not None:
+        zp = unpack_from_int32(zp, args.num_bits, torch.Size((shape[0], scale.shape[1])),
+                               packed_dim=0)
+    q = unpack_from_int32(t[prefix + ".weight_packed"], args.num_bits, shape)
+    return dequantize(q, scale, zp, args=args, dtype=torch.float32)
+
+
+def reference_model(path: str):
+    """transformers fp32 model of the checkpoint with every quantized linear dequantized."""
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    qc = json.load(open(os.path.join(path, "config.json")))["quantization_config"]
+    config = AutoConfig.from_pretrained(path)
+    del config.quantization_config
+    model = AutoModelForCausalLM.from_config(config, dtype=torch.float32).eval()
+    t = _tensors(path)
+    state = {k: v.float() for k, v in t.items() if k.endswith((".weight", ".bias"))}
+    mods = dict(model.named_modules())
+    method = qc["quant_method"]
+    for prefix in {k.rsplit(".", 1)[0] for k in t if k.endswith((".qweight", ".weight_packed"))}:
+        lin = mods[prefix]
+        n, k = lin.weight.shape
+        if method == "compressed-tensors":
+            w = _dequant_ct(t, prefix, next(iter(qc["config_groups"].values()))["weights"])
+        elif method == "awq" or qc.get("packing_format", "").endswith("awq"):
+            w = _dequant_awq(t, prefix, qc["bits"], qc["group_size"])
+        else:
+            w = _dequant_gptq(t, prefix, qc["bits"], qc["group_size"], k, n, 1)
+        state[prefix + ".weight"] = w
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    assert not unexpected and all("lm_head" in m or "embed" in m for m in missing), missing
+    if getattr(config, "tie_word_embeddings", False):
+        model.tie_weights()
+    return model
