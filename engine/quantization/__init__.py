@@ -17,6 +17,7 @@ _METHODS: dict[str, tuple[str, str]] = {
     "awq": ("awq", "AWQConfig"),
     "auto-round": ("auto_round", "AutoRoundConfig"),
     "compressed-tensors": ("compressed_tensors", "CompressedTensorsConfig"),
+    "fp8": ("fp8", "Fp8Config"),
 }
 _ALIASES = {"auto_round": "auto-round", "autoround": "auto-round",
             "compressed_tensors": "compressed-tensors"}

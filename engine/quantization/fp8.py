@@ -1,0 +1,83 @@
+"""FP8 W8A8 quantized at load (`quantization="fp8"` on a dense checkpoint): each linear's weight
+becomes float8_e4m3fn with one fp32 scale per output channel (absmax / 448); activations are
+quantized per token at run time (dynamic absmax scale). CUDA runs `torch._scaled_mm` with
+row-wise scales (Hopper / Ada, compute capability >= 8.9; older GPUs fail at load); the CPU path
+emulates the same arithmetic in fp32 (quantize, dequantize, matmul) and is the reference.
+
+Pre-quantized FP8 checkpoints (HF `fp8` quant_method, compressed-tensors float formats) are
+rejected at load, naming what was found.
+"""
+from __future__ import annotations
+
+from typing import Any, Optional
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from engine.quantization.base import LinearMethod, QuantizationConfig
+from engine.quantization.unquantized import UnquantizedLinearMethod
+
+FP8 = torch.float8_e4m3fn
+FP8_MAX = float(torch.finfo(FP8).max)  # 448
+MIN_SCALE = 1e-12
+
+
+def quantize_fp8_rows(t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-row absmax scaling: (t / scale) as e4m3 [R, C], fp32 scale [R]."""
+    scale = (t.abs().amax(dim=-1).float() / FP8_MAX).clamp(min=MIN_SCALE)
+    q = (t.float() / scale[:, None]).clamp(-FP8_MAX, FP8_MAX).to(FP8)
+    return q, scale
+
+
+class Fp8Config(QuantizationConfig):
+    name = "fp8"
+
+    @classmethod
+    def from_config(cls, config: dict[str, Any]) -> "Fp8Config":
+        if config:
+            raise ValueError("fp8: pre-quantized FP8 checkpoints are not supported yet; pass "
+                             "quantization='fp8' with a bf16/fp16/fp32 checkpoint to quantize "
+                             f"at load (checkpoint config: {config})")
+        return cls()
+
+    def get_linear_method(self, prefixes: list[str]) -> Optional[LinearMethod]:
+        return Fp8DynamicLinearMethod()
+
+    def describe(self) -> str:
+        return "fp8 (w8a8 e4m3, per-channel weight / per-token dynamic activation scales)"
+
+
+class Fp8DynamicLinearMethod(UnquantizedLinearMethod):
+    """Loads the dense weight like the unquantized method, then quantizes it once."""
+
+    def process_weights_after_loading(self, layer: nn.Module) -> None:
+        w = layer.weight.data
+        if w.is_cuda and torch.cuda.get_device_capability(w.device) < (8, 9):
+            raise ValueError(f"fp8: GPU {torch.cuda.get_device_name(w.device)} has no FP8 "
+                             "support (needs compute capability 8.9+: Ada, Hopper or newer)")
+        q, scale = quantize_fp8_rows(w)
+        del layer._parameters["weight"]
+        layer.register_buffer("w_fp8", q, persistent=False)  # [N, K] row-major
+        layer.register_buffer("w_scale", scale, persistent=False)
+
+    def apply(self, layer: nn.Module, x: torch.Tensor,
+              bias: Optional[torch.Tensor]) -> torch.Tensor:
+        shape = x.shape
+        x2 = x.reshape(-1, shape[-1])
+        xq, xs = quantize_fp8_rows(x2)
+        if x.is_cuda:
+            out = torch._scaled_mm(xq, layer.w_fp8.t(), scale_a=xs[:, None],
+                                   scale_b=layer.w_scale[None, :], out_dtype=x.dtype,
+                                   bias=bias if bias is None or x.dtype != torch.float32
+                                   else None)
+            if bias is not None and x.dtype == torch.float32:
+                out = out + bias
+        else:
+            xd = xq.float() * xs[:, None]
+            wd = layer.w_fp8.float() * layer.w_scale[:, None]
+            out = F.linear(xd, wd, None if bias is None else bias.float()).to(x.dtype)
+        return out.reshape(*shape[:-1], out.shape[-1])
+
+    def weight_bytes(self, layer: nn.Module) -> int:
+        return layer.w_fp8.numel() + layer.w_scale.numel() * 4
