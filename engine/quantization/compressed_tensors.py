@@ -11,7 +11,7 @@ rejected at load, naming what was found.
 from __future__ import annotations
 
 import re
-from typing import Any, Optional
+from typing import Any, Callable, Optional
 
 import torch
 from torch import nn
@@ -28,8 +28,9 @@ CHECKPOINT_PARAMS = ["weight_packed", "weight_scale", "weight_zero_point", "weig
 class CompressedTensorsConfig(QuantizationConfig):
     name = "compressed-tensors"
 
-    def __init__(self, params: WeightOnlyParams, symmetric: bool, ignore: list[str]):
-        self.params, self.symmetric, self.ignore = params, symmetric, ignore
+    def __init__(self, method_factory: Callable[[], LinearMethod], summary: str,
+                 ignore: list[str]):
+        self.method_factory, self.summary, self.ignore = method_factory, summary, ignore
 
     @classmethod
     def from_config(cls, config: dict[str, Any]) -> "CompressedTensorsConfig":
@@ -39,27 +40,24 @@ class CompressedTensorsConfig(QuantizationConfig):
                              f"{len(groups)}")
         group = next(iter(groups.values()))
         fmt = group.get("format") or config.get("format")
-        if fmt != "pack-quantized":
-            raise ValueError(f"compressed-tensors: format {fmt!r} is not supported "
-                             f"(pack-quantized)")
-        if group.get("input_activations") or group.get("output_activations"):
-            raise ValueError("compressed-tensors: activation quantization is not supported")
         targets = group.get("targets") or []
         if targets != ["Linear"]:
             raise ValueError(f"compressed-tensors: targets {targets} are not supported (Linear)")
+        if group.get("output_activations"):
+            raise ValueError("compressed-tensors: output activation quantization is not supported")
+        if config.get("kv_cache_scheme"):
+            raise ValueError("compressed-tensors: kv_cache_scheme is not supported")
         w = group.get("weights") or {}
-        if w.get("type", "int") != "int" or w.get("dynamic"):
-            raise ValueError(f"compressed-tensors: weights {w} are not static int weights")
-        strategy = w.get("strategy")
-        if strategy == "group":
-            group_size = int(w["group_size"])
-        elif strategy == "channel":
-            group_size = -1
-        else:
-            raise ValueError(f"compressed-tensors: weight strategy {strategy!r} is not supported "
-                             f"(group, channel)")
-        return cls(WeightOnlyParams(int(w.get("num_bits", 4)), group_size),
-                   bool(w.get("symmetric", True)), list(config.get("ignore") or []))
+        act = group.get("input_activations")
+        ignore = list(config.get("ignore") or [])
+        if fmt == "pack-quantized":
+            return cls(*_weight_only(w, act), ignore)
+        if fmt == "int-quantized":
+            return cls(*_int8_w8a8(w, act), ignore)
+        if fmt in ("float-quantized", "naive-quantized") and w.get("type") == "float":
+            return cls(*_fp8_w8a8(w, act), ignore)
+        raise ValueError(f"compressed-tensors: format {fmt!r} with weights {w} is not supported "
+                         f"(pack-quantized, int-quantized, float-quantized)")
 
     def _ignored(self, prefix: str) -> bool:
         for pattern in self.ignore:
@@ -77,11 +75,62 @@ class CompressedTensorsConfig(QuantizationConfig):
                              f"ignored")
         if all(hits):
             return None
-        return PackQuantizedLinearMethod(self.params, self.symmetric)
+        return self.method_factory()
 
     def describe(self) -> str:
-        p = self.params
-        return f"compressed-tensors (pack-quantized w{p.bits}a16, group {p.group_size})"
+        return f"compressed-tensors ({self.summary})"
+
+
+def _weight_only(w: dict, act: Optional[dict]) -> tuple[Callable[[], LinearMethod], str]:
+    if act:
+        raise ValueError("compressed-tensors: pack-quantized with activation quantization is "
+                         "not supported")
+    if w.get("type", "int") != "int" or w.get("dynamic"):
+        raise ValueError(f"compressed-tensors: weights {w} are not static int weights")
+    strategy = w.get("strategy")
+    if strategy == "group":
+        group_size = int(w["group_size"])
+    elif strategy == "channel":
+        group_size = -1
+    else:
+        raise ValueError(f"compressed-tensors: weight strategy {strategy!r} is not supported "
+                         f"(group, channel)")
+    params = WeightOnlyParams(int(w.get("num_bits", 4)), group_size)
+    sym = bool(w.get("symmetric", True))
+    return (lambda: PackQuantizedLinearMethod(params, sym),
+            f"pack-quantized w{params.bits}a16, group {group_size}")
+
+
+def _int8_w8a8(w: dict, act: Optional[dict]) -> tuple[Callable[[], LinearMethod], str]:
+    from engine.quantization.w8a8 import Int8W8A8LinearMethod
+    ok_w = (w.get("type") == "int" and int(w.get("num_bits", 0)) == 8 and w.get("symmetric")
+            and w.get("strategy") == "channel")
+    ok_a = (act and act.get("type") == "int" and int(act.get("num_bits", 0)) == 8
+            and act.get("dynamic") and act.get("symmetric") and act.get("strategy") == "token")
+    if not (ok_w and ok_a):
+        raise ValueError("compressed-tensors: int-quantized supports int8 symmetric per-channel "
+                         f"weights with dynamic per-token int8 activations; got weights {w}, "
+                         f"activations {act}")
+    return Int8W8A8LinearMethod, "int8 w8a8, per-channel / dynamic per-token"
+
+
+def _fp8_w8a8(w: dict, act: Optional[dict]) -> tuple[Callable[[], LinearMethod], str]:
+    from engine.quantization.w8a8 import Fp8W8A8LinearMethod
+    strategy = w.get("strategy")
+    if int(w.get("num_bits", 0)) != 8 or strategy not in ("channel", "tensor"):
+        raise ValueError(f"compressed-tensors: fp8 weights must be 8-bit channel or tensor "
+                         f"scaled, got {w}")
+    if not act or act.get("type") != "float" or int(act.get("num_bits", 0)) != 8:
+        raise ValueError(f"compressed-tensors: fp8 weights need fp8 input activations, got {act}")
+    static = not act.get("dynamic")
+    if (static and act.get("strategy") != "tensor") or (not static
+                                                        and act.get("strategy") != "token"):
+        raise ValueError(f"compressed-tensors: fp8 activations must be static per-tensor or "
+                         f"dynamic per-token, got {act}")
+    per_tensor = strategy == "tensor"
+    return (lambda: Fp8W8A8LinearMethod(per_tensor, static),
+            f"fp8 w8a8, {strategy} weight / {'static tensor' if static else 'dynamic token'} "
+            "activation scales")
 
 
 class PackQuantizedLinearMethod(LinearMethod):

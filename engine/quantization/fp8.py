@@ -30,6 +30,36 @@ def quantize_fp8_rows(t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return q, scale
 
 
+def check_fp8_gpu(device: torch.device) -> None:
+    if device.type == "cuda" and torch.cuda.get_device_capability(device) < (8, 9):
+        raise ValueError(f"fp8: GPU {torch.cuda.get_device_name(device)} has no FP8 support "
+                         "(needs compute capability 8.9+: Ada, Hopper or newer)")
+
+
+def fp8_linear(x: torch.Tensor, w_fp8: torch.Tensor, w_scale: torch.Tensor,
+               bias: Optional[torch.Tensor],
+               x_scale: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """x [..., K] @ (w_fp8 [N, K] * w_scale [N])^T with x quantized to e4m3 per token (or with
+    the static per-tensor `x_scale`)."""
+    shape = x.shape
+    x2 = x.reshape(-1, shape[-1])
+    if x_scale is None:
+        xq, xs = quantize_fp8_rows(x2)
+    else:
+        xq = (x2.float() / x_scale).clamp(-FP8_MAX, FP8_MAX).to(FP8)
+        xs = x_scale.expand(x2.shape[0])
+    if x.is_cuda:
+        out = torch._scaled_mm(xq, w_fp8.t(), scale_a=xs.reshape(-1, 1).contiguous(),
+                               scale_b=w_scale.reshape(1, -1),
+                               out_dtype=torch.float16 if x.dtype == torch.float16
+                               else torch.bfloat16)  # row-wise scaling: 16-bit output
+    else:
+        out = F.linear(xq.float() * xs[:, None], w_fp8.float() * w_scale[:, None])
+    if bias is not None:
+        out = out + bias.float()
+    return out.to(x.dtype).reshape(*shape[:-1], out.shape[-1])
+
+
 class Fp8Config(QuantizationConfig):
     name = "fp8"
 
@@ -53,9 +83,7 @@ class Fp8DynamicLinearMethod(UnquantizedLinearMethod):
 
     def process_weights_after_loading(self, layer: nn.Module) -> None:
         w = layer.weight.data
-        if w.is_cuda and torch.cuda.get_device_capability(w.device) < (8, 9):
-            raise ValueError(f"fp8: GPU {torch.cuda.get_device_name(w.device)} has no FP8 "
-                             "support (needs compute capability 8.9+: Ada, Hopper or newer)")
+        check_fp8_gpu(w.device)
         q, scale = quantize_fp8_rows(w)
         del layer._parameters["weight"]
         layer.register_buffer("w_fp8", q, persistent=False)  # [N, K] row-major
@@ -63,21 +91,7 @@ class Fp8DynamicLinearMethod(UnquantizedLinearMethod):
 
     def apply(self, layer: nn.Module, x: torch.Tensor,
               bias: Optional[torch.Tensor]) -> torch.Tensor:
-        shape = x.shape
-        x2 = x.reshape(-1, shape[-1])
-        xq, xs = quantize_fp8_rows(x2)
-        if x.is_cuda:
-            out = torch._scaled_mm(xq, layer.w_fp8.t(), scale_a=xs[:, None],
-                                   scale_b=layer.w_scale[None, :], out_dtype=x.dtype,
-                                   bias=bias if bias is None or x.dtype != torch.float32
-                                   else None)
-            if bias is not None and x.dtype == torch.float32:
-                out = out + bias
-        else:
-            xd = xq.float() * xs[:, None]
-            wd = layer.w_fp8.float() * layer.w_scale[:, None]
-            out = F.linear(xd, wd, None if bias is None else bias.float()).to(x.dtype)
-        return out.reshape(*shape[:-1], out.shape[-1])
+        return fp8_linear(x, layer.w_fp8, layer.w_scale, bias)
 
     def weight_bytes(self, layer: nn.Module) -> int:
         return layer.w_fp8.numel() + layer.w_scale.numel() * 4

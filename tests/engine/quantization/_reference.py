@@ -12,15 +12,23 @@ from pathlib import Path
 import torch
 
 
-def quantize(src: str, dst: Path, fmt: str, bits: int, group_size: int, sym: bool) -> str:
-    """AutoRound (iters=0: round-to-nearest, no calibration data) export in `fmt`; the folder."""
+CALIBRATION = ["Paged attention stores the KV cache in fixed-size blocks of tokens",
+               "The quick brown fox jumps over the lazy dog and runs into the forest"]
+
+
+def quantize(src: str, dst: Path, fmt: str, bits: int = 4, group_size: int = 128,
+             sym: bool = True, scheme: str = "") -> str:
+    """AutoRound (iters=0: round-to-nearest) export in `fmt`; the folder. A named `scheme`
+    (INT8_W8A8, FP8_STATIC) replaces bits/group/sym; static activation scales are calibrated on
+    two short texts."""
     from auto_round import AutoRound
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     model = AutoModelForCausalLM.from_pretrained(src, dtype=torch.float32)
     tok = AutoTokenizer.from_pretrained(src)
-    ar = AutoRound(model, tok, bits=bits, group_size=group_size, sym=sym, iters=0,
-                   disable_opt_rtn=True, nsamples=1, seqlen=8, device_map="cpu")
+    kw = dict(scheme=scheme) if scheme else dict(bits=bits, group_size=group_size, sym=sym)
+    ar = AutoRound(model, tok, iters=0, disable_opt_rtn=True, nsamples=2, seqlen=8,
+                   device_map="cpu", dataset=CALIBRATION, **kw)
     ar.quantize_and_save(str(dst), format=fmt)
     folders = [d for d in glob.glob(os.path.join(dst, "*", "")) if os.path.isfile(d + "config.json")]
     return folders[0] if folders else str(dst)
@@ -92,6 +100,54 @@ def reference_model(path: str):
         else:
             w = _dequant_gptq(t, prefix, qc["bits"], qc["group_size"], k, n, 1)
         state[prefix + ".weight"] = w
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    assert not unexpected and all("lm_head" in m or "embed" in m for m in missing), missing
+    if getattr(config, "tie_word_embeddings", False):
+        model.tie_weights()
+    return model
+
+
+def _fake_quant_input(kind: str, input_scale=None):
+    """Forward pre-hook rounding a linear's input as the W8A8 scheme does (per token int8 / fp8,
+    or fp8 with the static per-tensor scale), in fp32."""
+    def hook(mod, args):
+        x = args[0].reshape(-1, args[0].shape[-1]).float()
+        if kind == "int8":
+            s = (x.abs().amax(-1, keepdim=True) / 127).clamp(min=1e-12)
+            x = torch.round(x / s).clamp(-128, 127) * s
+        else:
+            fmax = torch.finfo(torch.float8_e4m3fn).max
+            s = (input_scale if input_scale is not None
+                 else (x.abs().amax(-1, keepdim=True) / fmax).clamp(min=1e-12))
+            x = (x / s).clamp(-fmax, fmax).to(torch.float8_e4m3fn).float() * s
+        return (x.reshape(args[0].shape),)
+    return hook
+
+
+def w8a8_reference_model(path: str):
+    """transformers fp32 model of a compressed-tensors W8A8 checkpoint: weights dequantized with
+    compressed-tensors' `dequantize`, inputs rounded per the scheme by a pre-hook."""
+    from compressed_tensors.quantization import QuantizationArgs
+    from compressed_tensors.quantization.lifecycle.forward import dequantize
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    qc = json.load(open(os.path.join(path, "config.json")))["quantization_config"]
+    group = next(iter(qc["config_groups"].values()))
+    wargs, aargs = QuantizationArgs(**group["weights"]), group["input_activations"]
+    config = AutoConfig.from_pretrained(path)
+    del config.quantization_config
+    model = AutoModelForCausalLM.from_config(config, dtype=torch.float32).eval()
+    t = _tensors(path)
+    state = {k: v.float() for k, v in t.items()
+             if k.endswith((".weight", ".bias")) and v.dtype.is_floating_point
+             and v.element_size() > 1}
+    mods = dict(model.named_modules())
+    for prefix in {k.rsplit(".", 1)[0] for k in t if k.endswith(".weight_scale")}:
+        state[prefix + ".weight"] = dequantize(t[prefix + ".weight"], t[prefix + ".weight_scale"]
+                                               .float(), args=wargs, dtype=torch.float32)
+        kind = "int8" if aargs["type"] == "int" else "fp8"
+        static = t[prefix + ".input_scale"].float() if not aargs.get("dynamic") else None
+        mods[prefix].register_forward_pre_hook(_fake_quant_input(kind, static))
     missing, unexpected = model.load_state_dict(state, strict=False)
     assert not unexpected and all("lm_head" in m or "embed" in m for m in missing), missing
     if getattr(config, "tie_word_embeddings", False):
