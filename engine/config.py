@@ -13,6 +13,8 @@ from typing import Any, Optional
 import torch
 
 PREEMPTION_MODES = ("recompute", "swap", "auto")
+# "auto": the model dtype; "fp8" (= "fp8_e4m3"): float8_e4m3fn with per-tensor scale 1.0.
+KV_CACHE_DTYPES = ("auto", "fp8", "fp8_e4m3")
 LOAD_FORMATS = ("auto", "safetensors", "pt", "gguf", "dummy")
 DTYPES = {
     "float32": torch.float32,
@@ -95,8 +97,11 @@ class CacheConfig:
     cpu_kv_cache_space: float = 4.0  # GiB for the KV pool when running on the CPU
     enable_prefix_caching: bool = False
     num_cpu_blocks: Optional[int] = None
+    kv_cache_dtype: str = "auto"
 
     def __post_init__(self) -> None:
+        _require(self.kv_cache_dtype in KV_CACHE_DTYPES, "kv_cache_dtype",
+                 f"must be one of {KV_CACHE_DTYPES}, got '{self.kv_cache_dtype}'")
         _require(self.block_size in (1, 2, 4, 8, 16, 32, 64, 128), "block_size",
                  "must be a power of two between 1 and 128")
         _require(self.num_kv_blocks is None or self.num_kv_blocks >= 1, "num_kv_blocks", "must be >= 1")
@@ -176,6 +181,7 @@ class EngineArgs:
     max_queue_len: Optional[int] = None
     skip_tokenizer_init: bool = False
     quantization: Optional[str] = None  # None: whatever the checkpoint's quantization_config says
+    kv_cache_dtype: str = "auto"
     async_scheduling: Optional[bool] = None  # None: on for CUDA, off on the CPU
     hf_overrides: dict = field(default_factory=dict)
 
@@ -217,6 +223,7 @@ class EngineArgs:
             gpu_memory_utilization=self.gpu_memory_utilization,
             cpu_kv_cache_space=self.cpu_kv_cache_space,
             enable_prefix_caching=self.enable_prefix_caching, num_cpu_blocks=self.num_cpu_blocks,
+            kv_cache_dtype=self.kv_cache_dtype,
         )
         on_gpu = device.type == "cuda"
         max_num_seqs = self.max_num_seqs or (512 if on_gpu else 64)

@@ -320,7 +320,7 @@ class EngineCore:
             "block_size": bm.block_size,
             "quantization": self.runner.quantization,
             "weight_bytes": self.runner.weight_bytes,
-            "kv_cache_dtype": str(self.runner.dtype).removeprefix("torch."),
+            "kv_cache_dtype": str(self.runner.kv_dtype).removeprefix("torch."),
             "bytes_per_block": self.runner.bytes_per_block,
         }
 
