@@ -117,6 +117,16 @@ def _int8_w8a8(w: dict, act: Optional[dict]) -> tuple[Callable[[], LinearMethod]
 def _fp8_w8a8(w: dict, act: Optional[dict]) -> tuple[Callable[[], LinearMethod], str]:
     from engine.quantization.w8a8 import Fp8W8A8LinearMethod
     strategy = w.get("strategy")
+    if strategy == "block":
+        from engine.quantization.fp8_block import Fp8BlockLinearMethod
+        block = w.get("block_structure") or []
+        if (len(block) != 2 or not act or not act.get("dynamic")
+                or act.get("strategy") != "group" or act.get("group_size") != block[1]):
+            raise ValueError(f"compressed-tensors: block fp8 needs [bn, bk] blocks and dynamic "
+                             f"per-token groups of bk activations, got {w}, {act}")
+        bn, bk = int(block[0]), int(block[1])
+        return (lambda: Fp8BlockLinearMethod((bn, bk), "weight_scale"),
+                f"fp8 w8a8, {bn}x{bk} weight blocks / per-token-group activation scales")
     if int(w.get("num_bits", 0)) != 8 or strategy not in ("channel", "tensor"):
         raise ValueError(f"compressed-tensors: fp8 weights must be 8-bit channel or tensor "
                          f"scaled, got {w}")

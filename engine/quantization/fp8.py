@@ -4,8 +4,8 @@ quantized per token at run time (dynamic absmax scale). CUDA runs `torch._scaled
 row-wise scales (Hopper / Ada, compute capability >= 8.9; older GPUs fail at load); the CPU path
 emulates the same arithmetic in fp32 (quantize, dequantize, matmul) and is the reference.
 
-Pre-quantized FP8 checkpoints (HF `fp8` quant_method, compressed-tensors float formats) are
-rejected at load, naming what was found.
+HF `fp8` checkpoints (block-wise or per-tensor scales) load through `fp8_block.py` / `w8a8.py`;
+compressed-tensors FP8 checkpoints through `compressed_tensors.py`.
 """
 from __future__ import annotations
 
@@ -63,19 +63,41 @@ def fp8_linear(x: torch.Tensor, w_fp8: torch.Tensor, w_scale: torch.Tensor,
 class Fp8Config(QuantizationConfig):
     name = "fp8"
 
+    def __init__(self, method_factory=None, summary: str = ""):
+        self.method_factory = method_factory or Fp8DynamicLinearMethod
+        self.summary = summary or ("w8a8 e4m3 quantized at load, per-channel weight / per-token "
+                                   "dynamic activation scales")
+
     @classmethod
     def from_config(cls, config: dict[str, Any]) -> "Fp8Config":
-        if config:
-            raise ValueError("fp8: pre-quantized FP8 checkpoints are not supported yet; pass "
-                             "quantization='fp8' with a bf16/fp16/fp32 checkpoint to quantize "
-                             f"at load (checkpoint config: {config})")
-        return cls()
+        """{} (requested with quantization='fp8'): quantize a dense checkpoint at load. HF `fp8`
+        checkpoints: block-wise (`weight_block_size`, dynamic activations) or per-tensor
+        (`weight_scale`, plus `input_scale` when activation_scheme is static)."""
+        if not config:
+            return cls()
+        scheme = config.get("activation_scheme", "dynamic")
+        if scheme not in ("dynamic", "static"):
+            raise ValueError(f"fp8: activation_scheme {scheme!r} is not supported")
+        block = config.get("weight_block_size")
+        if block:
+            from engine.quantization.fp8_block import Fp8BlockLinearMethod
+            if scheme != "dynamic" or len(block) != 2:
+                raise ValueError(f"fp8: block-wise checkpoints need dynamic activations and a "
+                                 f"[block_n, block_k] weight_block_size, got {config}")
+            bn, bk = int(block[0]), int(block[1])
+            return cls(lambda: Fp8BlockLinearMethod((bn, bk), "weight_scale_inv"),
+                       f"w8a8 e4m3 checkpoint, {bn}x{bk} weight blocks / per-token-group "
+                       "activation scales")
+        from engine.quantization.w8a8 import Fp8W8A8LinearMethod
+        static = scheme == "static"
+        return cls(lambda: Fp8W8A8LinearMethod(per_tensor=True, static_input=static),
+                   f"w8a8 e4m3 checkpoint, per-tensor weight / {scheme} activation scales")
 
     def get_linear_method(self, prefixes: list[str]) -> Optional[LinearMethod]:
-        return Fp8DynamicLinearMethod()
+        return self.method_factory()
 
     def describe(self) -> str:
-        return "fp8 (w8a8 e4m3, per-channel weight / per-token dynamic activation scales)"
+        return f"fp8 ({self.summary})"
 
 
 class Fp8DynamicLinearMethod(UnquantizedLinearMethod):

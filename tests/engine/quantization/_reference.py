@@ -153,3 +153,36 @@ def w8a8_reference_model(path: str):
     if getattr(config, "tie_word_embeddings", False):
         model.tie_weights()
     return model
+
+
+def block_fp8_reference_model(path: str, block: int = 128):
+    """transformers fp32 model of a block-wise FP8 checkpoint (HF `fp8` or compressed-tensors):
+    each weight times its tile's scale, each input rounded per token and group of `block`."""
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    config = AutoConfig.from_pretrained(path)
+    del config.quantization_config
+    model = AutoModelForCausalLM.from_config(config, dtype=torch.float32).eval()
+    t = _tensors(path)
+    state = {k: v.float() for k, v in t.items()
+             if k.endswith((".weight", ".bias")) and v.element_size() > 1}
+    mods = dict(model.named_modules())
+    fmax = torch.finfo(torch.float8_e4m3fn).max
+
+    def hook(mod, args):
+        x = args[0]
+        flat = x.reshape(-1, x.shape[-1]).float()
+        g = flat.view(flat.shape[0], -1, block)
+        s = (g.abs().amax(-1, keepdim=True) / fmax).clamp(min=1e-12)
+        q = (g / s).clamp(-fmax, fmax).to(torch.float8_e4m3fn).float() * s
+        return (q.view(x.shape),)
+
+    for name in [k for k in t if k.endswith((".weight_scale_inv", ".weight_scale"))]:
+        prefix = name.rsplit(".", 1)[0]
+        w = t[prefix + ".weight"].float()
+        s = t[name].float().repeat_interleave(block, 0)[:w.shape[0]]
+        state[prefix + ".weight"] = w * s.repeat_interleave(block, 1)[:, :w.shape[1]]
+        mods[prefix].register_forward_pre_hook(hook)
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    assert not unexpected and all("lm_head" in m or "embed" in m for m in missing), missing
+    return model
