@@ -109,8 +109,8 @@ class LinearBase(nn.Module):
     def _rank_slice(self, loaded: torch.Tensor, dst: torch.Tensor, dim: int) -> torch.Tensor:
         size = dst.shape[dim]
         if loaded.dim() != dst.dim() or loaded.shape[dim] != size * self.tp_size:
-            raise ValueError(f"shape {tuple(loaded.shape)} does not fit {tuple(dst.shape)} "
-                             f"x tp_size {self.tp_size} along dim {dim}")
+            raise ValueError(f"has shape {tuple(loaded.shape)}, expected {tuple(dst.shape)} "
+                             f"with dim {dim} times tp_size {self.tp_size}")
         return loaded.narrow(dim, self.tp_rank * size, size)
 
     def _load_shared(self, param: nn.Parameter, dst: torch.Tensor, loaded: torch.Tensor) -> int:

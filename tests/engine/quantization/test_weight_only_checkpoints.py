@@ -97,7 +97,7 @@ def test_unknown_method_fails_before_loading(tiny_model_dir, tmp_path):
         LLM(model=tiny_model_dir("llama"), device="cpu", quantization="nf4")
 
 
-@pytest.mark.parametrize("method", ["gptq", "awq", "compressed-tensors"])
+@pytest.mark.parametrize("method", ["gptq", "awq", "compressed-tensors", "fp8"])
 def test_dummy_quantized_weights(method, tiny_model_dir, quantized):
     """--load-format dummy --quantization <method>: random packed weights of the real shapes."""
     if method == "compressed-tensors":  # its config has no defaults: take a real one's
