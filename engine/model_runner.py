@@ -50,19 +50,16 @@ class InFlight:
 
 class ModelRunner:
     def __init__(self, config: EngineConfig):
-        from engine.loader.model_loader import load_model
+        from engine.loader.model_loader import load_model, weight_bytes
 
         self.config = config
         self.device = config.runner.device
         self.dtype = config.model.dtype
         self.block_size = config.cache.block_size
         self.model = load_model(config.model, self.device)
-        from engine.loader.model_loader import weight_bytes
         self.weight_bytes = weight_bytes(self.model)
         qc = config.model.quant_config
         self.quantization = qc.describe() if qc is not None else None
-        logger.info("weights: %s, %.1f MiB", self.quantization or f"dense {self.dtype}",
-                    self.weight_bytes / (1 << 20))
         self.vocab_size = _vocab_size(config.model.hf_config)
         self.backend = get_attention_backend(config.runner.attention_backend, self.device,
                                              self.dtype)
@@ -75,6 +72,9 @@ class ModelRunner:
         self.head_dim = layers[0].head_dim
         self.kv_dtype = (torch.float8_e4m3fn if config.cache.kv_cache_dtype.startswith("fp8")
                          else self.dtype)
+        logger.info("weights: %s, %.1f MiB; KV cache dtype %s",
+                    self.quantization or f"dense {self.dtype}", self.weight_bytes / (1 << 20),
+                    self.kv_dtype)
         self.bytes_per_block = (2 * self.num_layers * self.block_size * self.num_kv_heads
                                 * self.head_dim * torch.finfo(self.kv_dtype).bits // 8)
         self.num_gpu_blocks = self._decide_num_gpu_blocks()
