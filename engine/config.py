@@ -13,6 +13,8 @@ from typing import Any, Optional
 import torch
 
 PREEMPTION_MODES = ("recompute", "swap", "auto")
+# "auto": the model dtype; "fp8" (= "fp8_e4m3"): float8_e4m3fn with per-tensor scale 1.0.
+KV_CACHE_DTYPES = ("auto", "fp8", "fp8_e4m3")
 LOAD_FORMATS = ("auto", "safetensors", "pt", "gguf", "dummy")
 DTYPES = {
     "float32": torch.float32,
@@ -67,6 +69,8 @@ class ModelConfig:
     seed: int = 0
     served_model_name: Optional[str] = None
     chat_template: Optional[str] = None
+    # The resolved scheme (engine.quantization.QuantizationConfig) or None for dense weights.
+    quant_config: Any = None
 
     def __post_init__(self) -> None:
         _require(self.max_model_len >= 1, "max_model_len", "must be >= 1")
@@ -93,8 +97,11 @@ class CacheConfig:
     cpu_kv_cache_space: float = 4.0  # GiB for the KV pool when running on the CPU
     enable_prefix_caching: bool = False
     num_cpu_blocks: Optional[int] = None
+    kv_cache_dtype: str = "auto"
 
     def __post_init__(self) -> None:
+        _require(self.kv_cache_dtype in KV_CACHE_DTYPES, "kv_cache_dtype",
+                 f"must be one of {KV_CACHE_DTYPES}, got '{self.kv_cache_dtype}'")
         _require(self.block_size in (1, 2, 4, 8, 16, 32, 64, 128), "block_size",
                  "must be a power of two between 1 and 128")
         _require(self.num_kv_blocks is None or self.num_kv_blocks >= 1, "num_kv_blocks", "must be >= 1")
@@ -177,6 +184,8 @@ class EngineArgs:
     chat_template: Optional[str] = None
     max_queue_len: Optional[int] = None
     skip_tokenizer_init: bool = False
+    quantization: Optional[str] = None  # None: whatever the checkpoint's quantization_config says
+    kv_cache_dtype: str = "auto"
     async_scheduling: Optional[bool] = None  # None: on for CUDA, off on the CPU
     hf_overrides: dict = field(default_factory=dict)
 
@@ -193,7 +202,13 @@ class EngineArgs:
         resolved = resolve_model(self.model, self.tokenizer, self.load_format,
                                  self.trust_remote_code, self.hf_overrides)
         from engine.models.registry import get_model_class
-        get_model_class(resolved.hf_config)  # unsupported architectures fail before any loading
+        from engine.quantization import get_quantization_config
+        # Unsupported architectures and quantization methods fail before any loading.
+        model_cls = get_model_class(resolved.hf_config)
+        quant_config = get_quantization_config(resolved.hf_config, self.quantization)
+        if quant_config is not None and not getattr(model_cls, "supports_quantization", False):
+            raise ValueError(f"quantization: architecture {model_cls.__name__} does not support "
+                             f"quantized weights yet ({quant_config.describe()})")
         derived_len = max_len_from_hf_config(resolved.hf_config)
         if self.max_model_len is None:
             max_model_len = derived_len
@@ -205,12 +220,14 @@ class EngineArgs:
             dtype=dtype, max_model_len=max_model_len, load_format=resolved.load_format,
             gguf_file=resolved.gguf_file, trust_remote_code=self.trust_remote_code, seed=self.seed,
             served_model_name=self.served_model_name, chat_template=self.chat_template,
+            quant_config=quant_config,
         )
         cache_cfg = CacheConfig(
             block_size=self.block_size, num_kv_blocks=self.num_kv_blocks, swap_space=self.swap_space,
             gpu_memory_utilization=self.gpu_memory_utilization,
             cpu_kv_cache_space=self.cpu_kv_cache_space,
             enable_prefix_caching=self.enable_prefix_caching, num_cpu_blocks=self.num_cpu_blocks,
+            kv_cache_dtype=self.kv_cache_dtype,
         )
         on_gpu = device.type == "cuda"
         max_num_seqs = self.max_num_seqs or (512 if on_gpu else 64)

@@ -319,6 +319,9 @@ class EngineCore:
             "sharing_saved_frac": (1.0 - self.physical_blocks_sum / self.logical_blocks_sum
                                    if self.logical_blocks_sum else 0.0),
             "block_size": bm.block_size,
+            "quantization": self.runner.quantization,
+            "weight_bytes": self.runner.weight_bytes,
+            "kv_cache_dtype": str(self.runner.kv_dtype).removeprefix("torch."),
             "bytes_per_block": self.runner.bytes_per_block,
         }
 

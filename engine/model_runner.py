@@ -50,13 +50,16 @@ class InFlight:
 
 class ModelRunner:
     def __init__(self, config: EngineConfig):
-        from engine.loader.model_loader import load_model
+        from engine.loader.model_loader import load_model, weight_bytes
 
         self.config = config
         self.device = config.runner.device
         self.dtype = config.model.dtype
         self.block_size = config.cache.block_size
         self.model = load_model(config.model, self.device)
+        self.weight_bytes = weight_bytes(self.model)
+        qc = config.model.quant_config
+        self.quantization = qc.describe() if qc is not None else None
         self.vocab_size = _vocab_size(config.model.hf_config)
         self.backend = get_attention_backend(config.runner.attention_backend, self.device,
                                              self.dtype)
@@ -67,8 +70,13 @@ class ModelRunner:
         self.num_layers = len(layers)
         self.num_kv_heads = layers[0].num_kv_heads
         self.head_dim = layers[0].head_dim
+        self.kv_dtype = (torch.float8_e4m3fn if config.cache.kv_cache_dtype.startswith("fp8")
+                         else self.dtype)
+        logger.info("weights: %s, %.1f MiB; KV cache dtype %s",
+                    self.quantization or f"dense {self.dtype}", self.weight_bytes / (1 << 20),
+                    self.kv_dtype)
         self.bytes_per_block = (2 * self.num_layers * self.block_size * self.num_kv_heads
-                                * self.head_dim * torch.finfo(self.dtype).bits // 8)
+                                * self.head_dim * torch.finfo(self.kv_dtype).bits // 8)
         self.num_gpu_blocks = self._decide_num_gpu_blocks()
         self.num_cpu_blocks = self._decide_num_cpu_blocks()
         self.gpu_cache = self._alloc_cache(self.num_gpu_blocks, self.device)
@@ -115,8 +123,8 @@ class ModelRunner:
         shape = (num_blocks, self.block_size, self.num_kv_heads, self.head_dim)
         caches = []
         for _ in range(self.num_layers):
-            k = torch.empty(shape, dtype=self.dtype, device=device, pin_memory=pin)
-            v = torch.empty(shape, dtype=self.dtype, device=device, pin_memory=pin)
+            k = torch.empty(shape, dtype=self.kv_dtype, device=device, pin_memory=pin)
+            v = torch.empty(shape, dtype=self.kv_dtype, device=device, pin_memory=pin)
             caches.append((k, v))
         return caches
 
@@ -161,6 +169,7 @@ class ModelRunner:
             src = to_device([s for s, _ in out.blocks_to_copy], torch.int64, self.device)
             dst = to_device([d for _, d in out.blocks_to_copy], torch.int64, self.device)
             for k, v in self.gpu_cache:
+                k, v = _raw(k), _raw(v)
                 k.index_copy_(0, dst, k.index_select(0, src))
                 v.index_copy_(0, dst, v.index_select(0, src))
 
@@ -171,6 +180,7 @@ class ModelRunner:
         src = torch.tensor([s for s, _ in pairs], device=src_dev)
         dst = torch.tensor([d for _, d in pairs], device=dst_dev)
         for (sk, sv), (dk, dv) in zip(src_cache, dst_cache):
+            sk, sv, dk, dv = _raw(sk), _raw(sv), _raw(dk), _raw(dv)
             dk.index_copy_(0, dst, sk.index_select(0, src).to(dst_dev))
             dv.index_copy_(0, dst, sv.index_select(0, src).to(dst_dev))
 
@@ -250,6 +260,11 @@ class ModelRunner:
                 targets = req.prompt_token_ids[start + 1:start + 1 + num]
                 entries += compute_prompt_logprobs(logits, targets, req.params.prompt_logprobs)
             result.prompt_logprobs[req.request_id] = entries
+
+
+def _raw(cache: torch.Tensor) -> torch.Tensor:
+    """Block copies move bytes: fp8 caches as uint8 (index_copy_ has no fp8 kernels)."""
+    return cache.view(torch.uint8) if cache.element_size() == 1 else cache
 
 
 def _vocab_size(hf_config) -> int:

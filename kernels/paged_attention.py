@@ -99,9 +99,12 @@ if triton is not None:
             if D_PAD != HEAD_DIM:
                 kv_mask = kv_mask & (offs_d[None, :] < HEAD_DIM)
             k_off = blk * stride_kb + in_blk * stride_ks + kvh * stride_kh
-            k = tl.load(k_cache + k_off[:, None] + offs_d[None, :], mask=kv_mask, other=0.0)
+            # .to(q.dtype): an fp8 cache (per-tensor scale 1.0) widens in registers.
+            k = tl.load(k_cache + k_off[:, None] + offs_d[None, :], mask=kv_mask,
+                        other=0.0).to(q.dtype)
             v_off = blk * stride_vb + in_blk * stride_vs + kvh * stride_vh
-            v = tl.load(v_cache + v_off[:, None] + offs_d[None, :], mask=kv_mask, other=0.0)
+            v = tl.load(v_cache + v_off[:, None] + offs_d[None, :], mask=kv_mask,
+                        other=0.0).to(q.dtype)
             s = tl.dot(q, tl.trans(k)) * scale_log2
             s = tl.where(n_mask[None, :], s, float("-inf"))
             m_new = tl.maximum(m_i, tl.max(s, 1))
@@ -189,9 +192,10 @@ def _check_cache(query: torch.Tensor, key_cache: torch.Tensor, value_cache: torc
     if block_size not in SUPPORTED_BLOCK_SIZES and not interpreting():
         raise ValueError(f"block_size {block_size} not in {SUPPORTED_BLOCK_SIZES}")
     check_dtype("query", query, (torch.float16, torch.bfloat16, torch.float32))
-    if key_cache.dtype != query.dtype or value_cache.dtype != query.dtype:
+    if key_cache.dtype != value_cache.dtype or key_cache.dtype not in (
+            query.dtype, torch.float8_e4m3fn):
         raise TypeError(f"query {query.dtype} and caches {key_cache.dtype}/{value_cache.dtype} "
-                        "must share a dtype")
+                        "must share a dtype (or the caches be float8_e4m3fn)")
     for name, t in (("query", query), ("key_cache", key_cache), ("value_cache", value_cache)):
         check_last_dim_contiguous(name, t)
 

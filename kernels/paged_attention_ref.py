@@ -83,6 +83,8 @@ def _decode_batched(query, key_cache, value_cache, block_tables, seq_lens_cpu, s
     b = bt.shape[0]
     k = key_cache[bt].reshape(b, nblk * bs, *key_cache.shape[2:])
     v = value_cache[bt].reshape(b, nblk * bs, *value_cache.shape[2:])
+    if v.dtype != query.dtype:  # an fp8 cache: widen (per-tensor scale 1.0) before masking
+        k, v = k.to(query.dtype), v.to(query.dtype)
     lens = torch.tensor(seq_lens_cpu, device=query.device)
     k_pos = torch.arange(nblk * bs, device=query.device)
     mask = k_pos[None, :] < lens[:, None]

@@ -58,12 +58,14 @@ if triton is not None:
             row_v = blk * stride_vb + in_blk * stride_vs + kvh * stride_vh
             if CAUSAL:
                 kv_mask = n_mask[:, None] & (offs_d[None, :] < HEAD_DIM)
-                k = tl.load(k_cache + row_k[:, None] + offs_d[None, :], mask=kv_mask, other=0.0)
+                k = tl.load(k_cache + row_k[:, None] + offs_d[None, :], mask=kv_mask,
+                            other=0.0).to(q.dtype)  # widens an fp8 cache (scale 1.0)
             elif D_PAD != HEAD_DIM:
                 kv_mask = offs_d[None, :] < HEAD_DIM
-                k = tl.load(k_cache + row_k[:, None] + offs_d[None, :], mask=kv_mask, other=0.0)
+                k = tl.load(k_cache + row_k[:, None] + offs_d[None, :], mask=kv_mask,
+                            other=0.0).to(q.dtype)  # widens an fp8 cache (scale 1.0)
             else:
-                k = tl.load(k_cache + row_k[:, None] + offs_d[None, :])
+                k = tl.load(k_cache + row_k[:, None] + offs_d[None, :]).to(q.dtype)
             # Scores stay unscaled; the scale rides in the exponent's multiply-add.
             qk = tl.dot(q, tl.trans(k))
             if CAUSAL:
@@ -78,9 +80,10 @@ if triton is not None:
             alpha = tl.math.exp2(m_i - m_new)
             l_i = l_i * alpha + tl.sum(p, 1)
             if CAUSAL or D_PAD != HEAD_DIM:
-                v = tl.load(v_cache + row_v[:, None] + offs_d[None, :], mask=kv_mask, other=0.0)
+                v = tl.load(v_cache + row_v[:, None] + offs_d[None, :], mask=kv_mask,
+                            other=0.0).to(q.dtype)
             else:
-                v = tl.load(v_cache + row_v[:, None] + offs_d[None, :])
+                v = tl.load(v_cache + row_v[:, None] + offs_d[None, :]).to(q.dtype)
             acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v)
             m_i = m_new
         return acc, l_i, m_i

@@ -27,7 +27,7 @@ if triton is not None:
         stride_kt, stride_kh, stride_vt, stride_vh,
         stride_kcb, stride_kcs, stride_kch, stride_vcb, stride_vcs, stride_vch,
         KV_HEADS: tl.constexpr, HEAD_DIM: tl.constexpr, H_PAD: tl.constexpr,
-        D_PAD: tl.constexpr, BLOCK_SIZE: tl.constexpr,
+        D_PAD: tl.constexpr, BLOCK_SIZE: tl.constexpr, FP8: tl.constexpr,
     ):
         tok = tl.program_id(0)
         slot = tl.load(slot_mapping + tok)
@@ -43,6 +43,9 @@ if triton is not None:
                     mask=mask)
         v = tl.load(value + t * stride_vt + offs_h[:, None] * stride_vh + offs_d[None, :],
                     mask=mask)
+        if FP8:  # e4m3 cache, per-tensor scale 1.0: saturate rather than overflow to NaN
+            k = tl.minimum(tl.maximum(k.to(tl.float32), -448.0), 448.0)
+            v = tl.minimum(tl.maximum(v.to(tl.float32), -448.0), 448.0)
         kc = key_cache + blk * stride_kcb + row * stride_kcs
         vc = value_cache + blk * stride_vcb + row * stride_vcs
         tl.store(kc + offs_h[:, None] * stride_kch + offs_d[None, :],
@@ -77,5 +80,6 @@ def reshape_and_cache(key: torch.Tensor, value: torch.Tensor, key_cache: torch.T
         key_cache.stride(0), key_cache.stride(1), key_cache.stride(2),
         value_cache.stride(0), value_cache.stride(1), value_cache.stride(2),
         KV_HEADS=kv_heads, HEAD_DIM=head_dim, H_PAD=next_pow2(kv_heads),
-        D_PAD=next_pow2(head_dim), BLOCK_SIZE=key_cache.shape[1], num_warps=4,
+        D_PAD=next_pow2(head_dim), BLOCK_SIZE=key_cache.shape[1],
+        FP8=key_cache.dtype == torch.float8_e4m3fn, num_warps=4,
     )

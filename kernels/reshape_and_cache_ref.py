@@ -17,5 +17,10 @@ def reshape_and_cache_ref(key: torch.Tensor, value: torch.Tensor, key_cache: tor
     valid = slots >= 0
     if not bool(valid.all()):
         slots, key, value = slots[valid], key[valid], value[valid]
-    flat_k.index_copy_(0, slots, key.to(key_cache.dtype))
-    flat_v.index_copy_(0, slots, value.to(value_cache.dtype))
+    if key_cache.dtype == torch.float8_e4m3fn:  # per-tensor scale 1.0, saturating
+        fmax = torch.finfo(key_cache.dtype).max
+        key = key.clamp(-fmax, fmax).to(key_cache.dtype).view(torch.uint8)
+        value = value.clamp(-fmax, fmax).to(value_cache.dtype).view(torch.uint8)
+        flat_k, flat_v = flat_k.view(torch.uint8), flat_v.view(torch.uint8)
+    flat_k.index_copy_(0, slots, key.to(flat_k.dtype))
+    flat_v.index_copy_(0, slots, value.to(flat_v.dtype))

@@ -62,5 +62,5 @@ def get_attention_backend(choice: str, device: torch.device,
         return TorchAttentionBackend()
     if choice == "triton":
         from engine.attention.triton_backend import TritonAttentionBackend
-        return TritonAttentionBackend()
+        return TritonAttentionBackend(dtype)
     raise ValueError(f"attention_backend: unknown backend '{choice}'")

@@ -27,6 +27,10 @@ class TritonAttentionBackend:
 
     name = "triton"
 
+    def __init__(self, query_dtype: torch.dtype = torch.bfloat16):
+        # The model's activation dtype: an fp8 KV cache does not say what queries look like.
+        self.query_dtype = query_dtype
+
     def write_kv(self, key: torch.Tensor, value: torch.Tensor, key_cache: torch.Tensor,
                  value_cache: torch.Tensor, meta: AttentionMetadata) -> None:
         n = meta.slot_mapping.shape[0]
@@ -56,14 +60,14 @@ class TritonAttentionBackend:
                                  meta.max_query_len, sliding_window=sliding_window,
                                  num_query_tokens=num_real)
 
-    @staticmethod
-    def warm_up(layer, max_model_len: int) -> None:
+    def warm_up(self, layer, max_model_len: int) -> None:
         """Compile every kernel variant a serving step can launch for `layer`'s shapes, so no
         request pays Triton's JIT: decode without and with splits, and each prefill tile
         configuration (query lengths 16, 64, and longer). Reads the layer's bound cache only;
         nothing is written."""
         key_cache, value_cache = layer.kv_cache
-        dev, dtype = key_cache.device, key_cache.dtype
+        dev = key_cache.device
+        dtype = key_cache.dtype if key_cache.element_size() > 1 else self.query_dtype
         block_size = key_cache.shape[1]
         ctx = min(max_model_len, 2048)
         nblocks = min(-(-ctx // block_size), key_cache.shape[0])

@@ -11,6 +11,7 @@ import torch
 from torch import nn
 
 from engine.layers.layernorm import RMSNorm
+from engine.layers.linear import LinearBase, linear_layers
 from engine.models.registry import get_model_class
 
 DUMMY_STD = 0.02
@@ -21,14 +22,30 @@ def load_model(model_config: Any, device: torch.device) -> nn.Module:
     `device`, load its weights (or random ones for load_format "dummy") and return it in eval mode."""
     cls = get_model_class(model_config.hf_config)
     device = torch.device(device)
+    quant_config = model_config.quant_config
     with _default_dtype(model_config.dtype), device, _skip_random_init():
-        model = cls(model_config.hf_config)
+        model = (cls(model_config.hf_config) if quant_config is None
+                 else cls(model_config.hf_config, quant_config=quant_config))
     fmt = model_config.load_format
     if fmt == "dummy":
         init_dummy_weights(model, model_config.seed)
     else:
         model.load_weights(iter_weights(model_config))
+    for layer in linear_layers(model):
+        layer.quant_method.process_weights_after_loading(layer)
     return model.eval()
+
+
+def weight_bytes(model: nn.Module) -> int:
+    """Bytes of the weights the forward pass reads (quantized layers count their packed form)."""
+    total, seen = 0, set()
+    for layer in linear_layers(model):
+        total += layer.quant_method.weight_bytes(layer)
+        seen.update(id(p) for p in layer.parameters(recurse=False))
+    for p in model.parameters():
+        if id(p) not in seen:
+            total += p.numel() * p.element_size()
+    return total
 
 
 @contextlib.contextmanager
@@ -102,7 +119,13 @@ def _bin_weights(files: list[str]) -> Iterator[tuple[str, torch.Tensor]]:
 @torch.no_grad()
 def init_dummy_weights(model: nn.Module, seed: int = 0) -> None:
     """Random weights, deterministic in `seed`: N(0, 0.02) everywhere except norms (weight 1,
-    bias 0), so a real-shaped model gives finite logits."""
+    bias 0), so a real-shaped model gives finite logits. Linear layers' weights come from their
+    quantization method (random packed values of the real layout for quantized schemes)."""
+    gens: dict = {}
+
+    def gen_for(p: torch.Tensor) -> torch.Generator:
+        return gens.setdefault(p.device, torch.Generator(device=p.device).manual_seed(seed))
+
     norm_params: set[int] = set()
     for module in model.modules():
         if isinstance(module, (RMSNorm, nn.LayerNorm)):
@@ -111,8 +134,11 @@ def init_dummy_weights(model: nn.Module, seed: int = 0) -> None:
                 norm_params.add(id(p))
     # Drawn on the parameters' device: an 8B-parameter model initialises in seconds on a GPU
     # (values are deterministic per seed and device type).
-    gens: dict = {}
+    for module in model.modules():
+        if isinstance(module, LinearBase):
+            module.quant_method.init_dummy(module, gen_for(next(module.parameters())))
+            norm_params.update(id(p) for n, p in module.named_parameters(recurse=False)
+                               if n != "bias")
     for _, p in model.named_parameters():
         if id(p) not in norm_params:
-            gen = gens.setdefault(p.device, torch.Generator(device=p.device).manual_seed(seed))
-            p.normal_(0.0, DUMMY_STD, generator=gen)
+            p.normal_(0.0, DUMMY_STD, generator=gen_for(p))

@@ -1,12 +1,13 @@
 """GPT-2 (GPT2LMHeadModel) over flat token rows, HF module names.
 
-HF stores GPT-2's projections as `Conv1D` with weight `[in, out]`; we use `nn.Linear` (`[out, in]`)
-and transpose those 2-D weights on load. Checkpoints saved without the `transformer.` prefix (the
+HF stores GPT-2's projections as `Conv1D` with weight `[in, out]`; our linear layers hold
+`[out, in]`, so those dense weights are transposed on load. `c_attn`'s fused tensors are split
+into q/k/v shards along the output dim so the qkv layer places (and could shard) each. Checkpoints saved without the `transformer.` prefix (the
 original hub files) are accepted too.
 """
 from __future__ import annotations
 
-from typing import Any, Iterable
+from typing import Any, Iterable, Optional
 
 import torch
 from torch import nn
@@ -14,13 +15,17 @@ from torch import nn
 from engine.attention.metadata import AttentionMetadata
 from engine.layers.activation import Activation
 from engine.layers.attention import Attention
+from engine.layers.linear import (ColumnParallelLinear, QKVParallelLinear, ReplicatedLinear,
+                                  RowParallelLinear)
 from engine.models.utils import WeightLoader, is_ignored
+from engine.quantization.base import QuantizationConfig
 
 _CONV1D = (".c_attn.weight", ".c_proj.weight", ".c_fc.weight")
 
 
 class GPT2Attention(nn.Module):
-    def __init__(self, config: Any, layer_idx: int):
+    def __init__(self, config: Any, layer_idx: int, quant_config: Optional[QuantizationConfig],
+                 prefix: str):
         super().__init__()
         hidden = config.hidden_size
         self.num_heads = config.num_attention_heads
@@ -28,8 +33,11 @@ class GPT2Attention(nn.Module):
         scale = self.head_dim ** -0.5 if getattr(config, "scale_attn_weights", True) else 1.0
         if getattr(config, "scale_attn_by_inverse_layer_idx", False):
             scale /= float(layer_idx + 1)
-        self.c_attn = nn.Linear(hidden, 3 * hidden)  # rows: [q | k | v]
-        self.c_proj = nn.Linear(hidden, hidden)
+        self.c_attn = QKVParallelLinear(hidden, self.head_dim, self.num_heads, self.num_heads,
+                                        quant_config=quant_config,
+                                        prefixes=[f"{prefix}.c_attn"] * 3)  # rows: [q | k | v]
+        self.c_proj = RowParallelLinear(hidden, hidden, quant_config=quant_config,
+                                        prefix=f"{prefix}.c_proj")
         self.attn = Attention(self.num_heads, self.head_dim, scale)
 
     def forward(self, x: torch.Tensor, meta: AttentionMetadata) -> torch.Tensor:
@@ -38,11 +46,13 @@ class GPT2Attention(nn.Module):
 
 
 class GPT2MLP(nn.Module):
-    def __init__(self, config: Any):
+    def __init__(self, config: Any, quant_config: Optional[QuantizationConfig], prefix: str):
         super().__init__()
         inner = getattr(config, "n_inner", None) or 4 * config.hidden_size
-        self.c_fc = nn.Linear(config.hidden_size, inner)
-        self.c_proj = nn.Linear(inner, config.hidden_size)
+        self.c_fc = ColumnParallelLinear(config.hidden_size, inner, quant_config=quant_config,
+                                         prefix=f"{prefix}.c_fc")
+        self.c_proj = RowParallelLinear(inner, config.hidden_size, quant_config=quant_config,
+                                        prefix=f"{prefix}.c_proj")
         self.act = Activation(config.activation_function)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -50,13 +60,14 @@ class GPT2MLP(nn.Module):
 
 
 class GPT2Block(nn.Module):
-    def __init__(self, config: Any, layer_idx: int):
+    def __init__(self, config: Any, layer_idx: int, quant_config: Optional[QuantizationConfig],
+                 prefix: str):
         super().__init__()
         eps = config.layer_norm_epsilon
         self.ln_1 = nn.LayerNorm(config.hidden_size, eps=eps)
-        self.attn = GPT2Attention(config, layer_idx)
+        self.attn = GPT2Attention(config, layer_idx, quant_config, f"{prefix}.attn")
         self.ln_2 = nn.LayerNorm(config.hidden_size, eps=eps)
-        self.mlp = GPT2MLP(config)
+        self.mlp = GPT2MLP(config, quant_config, f"{prefix}.mlp")
 
     def forward(self, x: torch.Tensor, meta: AttentionMetadata) -> torch.Tensor:
         x = x + self.attn(self.ln_1(x), meta)
@@ -64,11 +75,12 @@ class GPT2Block(nn.Module):
 
 
 class GPT2Model(nn.Module):
-    def __init__(self, config: Any):
+    def __init__(self, config: Any, quant_config: Optional[QuantizationConfig]):
         super().__init__()
         self.wte = nn.Embedding(config.vocab_size, config.hidden_size)
         self.wpe = nn.Embedding(config.max_position_embeddings, config.hidden_size)
-        self.h = nn.ModuleList(GPT2Block(config, i) for i in range(config.num_hidden_layers))
+        self.h = nn.ModuleList(GPT2Block(config, i, quant_config, f"transformer.h.{i}")
+                               for i in range(config.num_hidden_layers))
         self.ln_f = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_epsilon)
 
     def forward(self, input_ids: torch.Tensor, positions: torch.Tensor,
@@ -82,11 +94,14 @@ class GPT2Model(nn.Module):
 class GPT2LMHeadModel(nn.Module):
     """GPT-2 causal LM; the LM head is tied to `wte` unless the config says otherwise."""
 
-    def __init__(self, hf_config: Any):
+    supports_quantization = True
+
+    def __init__(self, hf_config: Any, quant_config: Optional[QuantizationConfig] = None):
         super().__init__()
         self.config = hf_config
-        self.transformer = GPT2Model(hf_config)
-        self.lm_head = nn.Linear(hf_config.hidden_size, hf_config.vocab_size, bias=False)
+        self.transformer = GPT2Model(hf_config, quant_config)
+        self.lm_head = ReplicatedLinear(hf_config.hidden_size, hf_config.vocab_size, bias=False,
+                                        prefix="lm_head")
         self.tie_word_embeddings = bool(getattr(hf_config, "tie_word_embeddings", True))
         if self.tie_word_embeddings:
             self.lm_head.weight = self.transformer.wte.weight
@@ -112,5 +127,18 @@ class GPT2LMHeadModel(nn.Module):
                 continue
             if name.endswith(_CONV1D):
                 tensor = tensor.t()
-            loader.copy(name, tensor)
+            if ".c_attn." in name:
+                self._load_qkv(loader, name, tensor)
+            else:
+                loader.copy(name, tensor)
         loader.finish()
+
+    @staticmethod
+    def _load_qkv(loader: WeightLoader, name: str, tensor: torch.Tensor) -> None:
+        """c_attn's [q | k | v] tensor as three shards (whole to each when it has no output dim)."""
+        if name not in loader:
+            raise ValueError(f"checkpoint weight '{name}' does not match any model parameter")
+        out_dim = getattr(loader.params[name], "output_dim", None)
+        parts = tensor.chunk(3, dim=out_dim) if out_dim is not None else [tensor] * 3
+        for shard, part in zip("qkv", parts):
+            loader.copy(name, part, shard_id=shard)

@@ -1,14 +1,15 @@
 """GPT-NeoX / Pythia (GPTNeoXForCausalLM) over flat token rows, HF module names.
 
-HF's fused `query_key_value` rows are laid out per head as `[heads, 3 (q,k,v), head_dim]`; on load we
-reorder them to `[3, heads, head_dim]` so the forward pass is a plain split. Rotary covers the first
+HF's fused `query_key_value` rows are laid out per head as `[heads, 3 (q,k,v), head_dim]`; the
+layer keeps that layout (so quantized and packed tensors load unchanged, and heads stay contiguous
+for tensor parallelism) and the forward pass views its output per head before splitting. Rotary covers the first
 `rotary_pct` of each head (neox style). Both residual layouts are supported: parallel
 (`x + attn(ln1(x)) + mlp(ln2(x))`) and sequential. The LM head is `lm_head` (transformers 5.x) and
 loads from 4.x/hub checkpoints' `embed_out` too.
 """
 from __future__ import annotations
 
-from typing import Any, Iterable
+from typing import Any, Iterable, Optional
 
 import torch
 from torch import nn
@@ -16,35 +17,43 @@ from torch import nn
 from engine.attention.metadata import AttentionMetadata
 from engine.layers.activation import Activation
 from engine.layers.attention import Attention
+from engine.layers.linear import ColumnParallelLinear, ReplicatedLinear, RowParallelLinear
 from engine.layers.rotary import get_rope
 from engine.models.utils import WeightLoader, is_ignored
+from engine.quantization.base import QuantizationConfig
 
 
 class GPTNeoXAttention(nn.Module):
-    def __init__(self, config: Any, rotary_emb: nn.Module):
+    def __init__(self, config: Any, rotary_emb: nn.Module,
+                 quant_config: Optional[QuantizationConfig], prefix: str):
         super().__init__()
         hidden = config.hidden_size
         self.num_heads = config.num_attention_heads
         self.head_size = hidden // self.num_heads
         bias = getattr(config, "attention_bias", True)
-        # Our row order (after load_weights' reorder): [q (hidden) | k (hidden) | v (hidden)].
-        self.query_key_value = nn.Linear(hidden, 3 * hidden, bias=bias)
-        self.dense = nn.Linear(hidden, hidden, bias=bias)
+        # Row order (HF's): [heads, 3 (q, k, v), head_size].
+        self.query_key_value = ColumnParallelLinear(hidden, 3 * hidden, bias, quant_config,
+                                                    f"{prefix}.query_key_value")
+        self.dense = RowParallelLinear(hidden, hidden, bias, quant_config, f"{prefix}.dense")
         self.rotary_emb = rotary_emb  # shared by every layer
         self.attn = Attention(self.num_heads, self.head_size, self.head_size ** -0.5)
 
     def forward(self, positions: torch.Tensor, x: torch.Tensor,
                 meta: AttentionMetadata) -> torch.Tensor:
-        q, k, v = self.query_key_value(x).chunk(3, dim=-1)
+        n = x.shape[0]
+        qkv = self.query_key_value(x).view(n, -1, 3, self.head_size)
+        q, k, v = (qkv[:, :, i].reshape(n, -1) for i in range(3))
         q, k = self.rotary_emb(positions, q, k)
         return self.dense(self.attn(q, k, v, meta))
 
 
 class GPTNeoXMLP(nn.Module):
-    def __init__(self, config: Any):
+    def __init__(self, config: Any, quant_config: Optional[QuantizationConfig], prefix: str):
         super().__init__()
-        self.dense_h_to_4h = nn.Linear(config.hidden_size, config.intermediate_size)
-        self.dense_4h_to_h = nn.Linear(config.intermediate_size, config.hidden_size)
+        self.dense_h_to_4h = ColumnParallelLinear(config.hidden_size, config.intermediate_size,
+                                                  True, quant_config, f"{prefix}.dense_h_to_4h")
+        self.dense_4h_to_h = RowParallelLinear(config.intermediate_size, config.hidden_size, True,
+                                               quant_config, f"{prefix}.dense_4h_to_h")
         self.act = Activation(config.hidden_act)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -52,13 +61,14 @@ class GPTNeoXMLP(nn.Module):
 
 
 class GPTNeoXLayer(nn.Module):
-    def __init__(self, config: Any, rotary_emb: nn.Module):
+    def __init__(self, config: Any, rotary_emb: nn.Module,
+                 quant_config: Optional[QuantizationConfig], prefix: str):
         super().__init__()
         self.use_parallel_residual = config.use_parallel_residual
         self.input_layernorm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
         self.post_attention_layernorm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
-        self.attention = GPTNeoXAttention(config, rotary_emb)
-        self.mlp = GPTNeoXMLP(config)
+        self.attention = GPTNeoXAttention(config, rotary_emb, quant_config, f"{prefix}.attention")
+        self.mlp = GPTNeoXMLP(config, quant_config, f"{prefix}.mlp")
 
     def forward(self, positions: torch.Tensor, x: torch.Tensor,
                 meta: AttentionMetadata) -> torch.Tensor:
@@ -70,12 +80,13 @@ class GPTNeoXLayer(nn.Module):
 
 
 class GPTNeoXModel(nn.Module):
-    def __init__(self, config: Any):
+    def __init__(self, config: Any, quant_config: Optional[QuantizationConfig]):
         super().__init__()
         self.embed_in = nn.Embedding(config.vocab_size, config.hidden_size)
         rotary_emb = get_rope(config, config.hidden_size // config.num_attention_heads)
-        self.layers = nn.ModuleList(GPTNeoXLayer(config, rotary_emb)
-                                    for _ in range(config.num_hidden_layers))
+        self.layers = nn.ModuleList(GPTNeoXLayer(config, rotary_emb, quant_config,
+                                                 f"gpt_neox.layers.{i}")
+                                    for i in range(config.num_hidden_layers))
         self.final_layer_norm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
 
     def forward(self, input_ids: torch.Tensor, positions: torch.Tensor,
@@ -89,11 +100,14 @@ class GPTNeoXModel(nn.Module):
 class GPTNeoXForCausalLM(nn.Module):
     """GPT-NeoX causal LM (Pythia and friends)."""
 
-    def __init__(self, hf_config: Any):
+    supports_quantization = True
+
+    def __init__(self, hf_config: Any, quant_config: Optional[QuantizationConfig] = None):
         super().__init__()
         self.config = hf_config
-        self.gpt_neox = GPTNeoXModel(hf_config)
-        self.lm_head = nn.Linear(hf_config.hidden_size, hf_config.vocab_size, bias=False)
+        self.gpt_neox = GPTNeoXModel(hf_config, quant_config)
+        self.lm_head = ReplicatedLinear(hf_config.hidden_size, hf_config.vocab_size, bias=False,
+                                        prefix="lm_head")
         self.tie_word_embeddings = bool(getattr(hf_config, "tie_word_embeddings", False))
         if self.tie_word_embeddings:
             self.lm_head.weight = self.gpt_neox.embed_in.weight
@@ -107,12 +121,6 @@ class GPTNeoXForCausalLM(nn.Module):
         """hidden [N, hidden] -> float32 logits [N, vocab]."""
         return self.lm_head(hidden).float()
 
-    def _per_head_to_split(self, t: torch.Tensor) -> torch.Tensor:
-        """[heads * 3 * head_dim, ...] (HF) -> [3 * heads * head_dim, ...] (ours)."""
-        heads = self.config.num_attention_heads
-        rest = t.shape[1:]
-        return t.reshape(heads, 3, -1, *rest).transpose(0, 1).reshape(-1, *rest)
-
     def load_weights(self, weights: Iterable[tuple[str, torch.Tensor]]) -> None:
         """Load HF-named tensors; raises ValueError on unknown names or missing parameters."""
         loader = WeightLoader(self)
@@ -123,7 +131,5 @@ class GPTNeoXForCausalLM(nn.Module):
                 name = "lm_head.weight"
             if name == "lm_head.weight" and self.tie_word_embeddings:
                 continue
-            if ".query_key_value." in name:
-                tensor = self._per_head_to_split(tensor)
             loader.copy(name, tensor)
         loader.finish()

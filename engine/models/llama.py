@@ -1,7 +1,8 @@
 """Llama-family decoder (Llama 2/3, Mistral, Qwen2): one implementation, HF module names.
 
 q/k/v are fused into `qkv_proj` and gate/up into `gate_up_proj` (one matmul each); `load_weights`
-routes HF's separate `q_proj`/`k_proj`/`v_proj`/`gate_proj`/`up_proj` tensors into their row shards.
+routes HF's separate `q_proj`/`k_proj`/`v_proj`/`gate_proj`/`up_proj` tensors (dense or quantized:
+qweight, scales, ...) to the fused layers' shard loaders.
 Differences between the families are config-driven: Qwen2 has q/k/v biases, Mistral (and Qwen2
 layers marked sliding) pass `sliding_window` to attention, `head_dim` is read when present.
 """
@@ -16,8 +17,11 @@ from engine.attention.metadata import AttentionMetadata
 from engine.layers.activation import SiluAndMul
 from engine.layers.attention import Attention
 from engine.layers.layernorm import RMSNorm
+from engine.layers.linear import (MergedColumnParallelLinear, QKVParallelLinear, ReplicatedLinear,
+                                  RowParallelLinear)
 from engine.layers.rotary import get_rope
 from engine.models.utils import WeightLoader, is_ignored
+from engine.quantization.base import QuantizationConfig
 
 
 def _sliding_window(config: Any, layer_idx: int) -> Optional[int]:
@@ -36,7 +40,7 @@ def _sliding_window(config: Any, layer_idx: int) -> Optional[int]:
 
 class LlamaAttention(nn.Module):
     def __init__(self, config: Any, layer_idx: int, qkv_bias: bool, o_bias: bool,
-                 rotary_emb: nn.Module):
+                 rotary_emb: nn.Module, quant_config: Optional[QuantizationConfig], prefix: str):
         super().__init__()
         self.num_heads = config.num_attention_heads
         self.num_kv_heads = getattr(config, "num_key_value_heads", None) or self.num_heads
@@ -44,8 +48,11 @@ class LlamaAttention(nn.Module):
         self.q_size = self.num_heads * self.head_dim
         self.kv_size = self.num_kv_heads * self.head_dim
         # Rows of qkv_proj: [q (q_size) | k (kv_size) | v (kv_size)].
-        self.qkv_proj = nn.Linear(config.hidden_size, self.q_size + 2 * self.kv_size, bias=qkv_bias)
-        self.o_proj = nn.Linear(self.q_size, config.hidden_size, bias=o_bias)
+        self.qkv_proj = QKVParallelLinear(
+            config.hidden_size, self.head_dim, self.num_heads, self.num_kv_heads, bias=qkv_bias,
+            quant_config=quant_config, prefixes=[f"{prefix}.{p}_proj" for p in "qkv"])
+        self.o_proj = RowParallelLinear(self.q_size, config.hidden_size, bias=o_bias,
+                                        quant_config=quant_config, prefix=f"{prefix}.o_proj")
         self.rotary_emb = rotary_emb  # shared by every layer
         self.attn = Attention(self.num_heads, self.head_dim, self.head_dim ** -0.5,
                               self.num_kv_heads, _sliding_window(config, layer_idx))
@@ -58,13 +65,17 @@ class LlamaAttention(nn.Module):
 
 
 class LlamaMLP(nn.Module):
-    def __init__(self, config: Any, bias: bool):
+    def __init__(self, config: Any, bias: bool, quant_config: Optional[QuantizationConfig],
+                 prefix: str):
         super().__init__()
         if getattr(config, "hidden_act", "silu") != "silu":
             raise ValueError(f"Llama-family MLP supports hidden_act 'silu', got '{config.hidden_act}'")
         # Rows of gate_up_proj: [gate (intermediate) | up (intermediate)].
-        self.gate_up_proj = nn.Linear(config.hidden_size, 2 * config.intermediate_size, bias=bias)
-        self.down_proj = nn.Linear(config.intermediate_size, config.hidden_size, bias=bias)
+        self.gate_up_proj = MergedColumnParallelLinear(
+            config.hidden_size, [config.intermediate_size] * 2, bias=bias,
+            quant_config=quant_config, prefixes=[f"{prefix}.gate_proj", f"{prefix}.up_proj"])
+        self.down_proj = RowParallelLinear(config.intermediate_size, config.hidden_size, bias=bias,
+                                           quant_config=quant_config, prefix=f"{prefix}.down_proj")
         self.act_fn = SiluAndMul()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -73,10 +84,12 @@ class LlamaMLP(nn.Module):
 
 class LlamaDecoderLayer(nn.Module):
     def __init__(self, config: Any, layer_idx: int, qkv_bias: bool, o_bias: bool,
-                 rotary_emb: nn.Module):
+                 rotary_emb: nn.Module, quant_config: Optional[QuantizationConfig], prefix: str):
         super().__init__()
-        self.self_attn = LlamaAttention(config, layer_idx, qkv_bias, o_bias, rotary_emb)
-        self.mlp = LlamaMLP(config, bool(getattr(config, "mlp_bias", False)))
+        self.self_attn = LlamaAttention(config, layer_idx, qkv_bias, o_bias, rotary_emb,
+                                        quant_config, f"{prefix}.self_attn")
+        self.mlp = LlamaMLP(config, bool(getattr(config, "mlp_bias", False)), quant_config,
+                            f"{prefix}.mlp")
         self.input_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps)
         self.post_attention_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps)
 
@@ -94,14 +107,17 @@ class LlamaDecoderLayer(nn.Module):
 
 
 class LlamaModel(nn.Module):
-    def __init__(self, config: Any, qkv_bias: bool, o_bias: bool):
+    def __init__(self, config: Any, qkv_bias: bool, o_bias: bool,
+                 quant_config: Optional[QuantizationConfig]):
         super().__init__()
         self.embed_tokens = nn.Embedding(config.vocab_size, config.hidden_size)
         head_dim = (getattr(config, "head_dim", None)
                     or config.hidden_size // config.num_attention_heads)
         rotary_emb = get_rope(config, head_dim)
-        self.layers = nn.ModuleList(LlamaDecoderLayer(config, i, qkv_bias, o_bias, rotary_emb)
-                                    for i in range(config.num_hidden_layers))
+        self.layers = nn.ModuleList(
+            LlamaDecoderLayer(config, i, qkv_bias, o_bias, rotary_emb, quant_config,
+                              f"model.layers.{i}")
+            for i in range(config.num_hidden_layers))
         self.norm = RMSNorm(config.hidden_size, config.rms_norm_eps)
 
     def forward(self, input_ids: torch.Tensor, positions: torch.Tensor,
@@ -116,14 +132,15 @@ class LlamaModel(nn.Module):
 class LlamaForCausalLM(nn.Module):
     """Llama / Mistral / Qwen2 causal LM over flat token rows (see module docstring)."""
 
-    # HF name fragment -> (our fused parameter fragment, shard index).
+    # HF name fragment -> (our fused layer fragment, shard id).
     stacked_params = {
-        ".q_proj.": (".qkv_proj.", 0), ".k_proj.": (".qkv_proj.", 1),
-        ".v_proj.": (".qkv_proj.", 2),
+        ".q_proj.": (".qkv_proj.", "q"), ".k_proj.": (".qkv_proj.", "k"),
+        ".v_proj.": (".qkv_proj.", "v"),
         ".gate_proj.": (".gate_up_proj.", 0), ".up_proj.": (".gate_up_proj.", 1),
     }
+    supports_quantization = True
 
-    def __init__(self, hf_config: Any):
+    def __init__(self, hf_config: Any, quant_config: Optional[QuantizationConfig] = None):
         super().__init__()
         self.config = hf_config
         arch = (getattr(hf_config, "architectures", None) or [""])[0]
@@ -131,8 +148,9 @@ class LlamaForCausalLM(nn.Module):
             qkv_bias, o_bias = True, False
         else:
             qkv_bias = o_bias = bool(getattr(hf_config, "attention_bias", False))
-        self.model = LlamaModel(hf_config, qkv_bias, o_bias)
-        self.lm_head = nn.Linear(hf_config.hidden_size, hf_config.vocab_size, bias=False)
+        self.model = LlamaModel(hf_config, qkv_bias, o_bias, quant_config)
+        self.lm_head = ReplicatedLinear(hf_config.hidden_size, hf_config.vocab_size, bias=False,
+                                        prefix="lm_head")
         self.tie_word_embeddings = bool(getattr(hf_config, "tie_word_embeddings", False))
         if self.tie_word_embeddings:
             self.lm_head.weight = self.model.embed_tokens.weight
@@ -146,16 +164,6 @@ class LlamaForCausalLM(nn.Module):
         """hidden [N, hidden] -> float32 logits [N, vocab]."""
         return self.lm_head(hidden).float()
 
-    def _shard_rows(self, fused: str, shard: int) -> slice:
-        attn = self.model.layers[0].self_attn
-        if fused == ".qkv_proj.":
-            sizes = [attn.q_size, attn.kv_size, attn.kv_size]
-        else:
-            n = self.config.intermediate_size
-            sizes = [n, n]
-        start = sum(sizes[:shard])
-        return slice(start, start + sizes[shard])
-
     def load_weights(self, weights: Iterable[tuple[str, torch.Tensor]]) -> None:
         """Load HF-named tensors; raises ValueError on unknown names or missing parameters."""
         loader = WeightLoader(self)
@@ -166,8 +174,8 @@ class LlamaForCausalLM(nn.Module):
                 continue  # the tied embedding is loaded under its own name
             for hf_part, (fused, shard) in self.stacked_params.items():
                 if hf_part in name:
-                    loader.copy(name.replace(hf_part, fused), tensor,
-                                self._shard_rows(fused, shard), src_name=name)
+                    loader.copy(name.replace(hf_part, fused), tensor, src_name=name,
+                                shard_id=shard)
                     break
             else:
                 loader.copy(name, tensor)

@@ -7,7 +7,7 @@ False puts the layer norms after each residual add (350m). Hub checkpoints that 
 """
 from __future__ import annotations
 
-from typing import Any, Iterable
+from typing import Any, Iterable, Optional
 
 import torch
 from torch import nn
@@ -15,22 +15,25 @@ from torch import nn
 from engine.attention.metadata import AttentionMetadata
 from engine.layers.activation import Activation
 from engine.layers.attention import Attention
+from engine.layers.linear import ColumnParallelLinear, ReplicatedLinear, RowParallelLinear
 from engine.models.utils import WeightLoader, is_ignored
+from engine.quantization.base import QuantizationConfig
 
 POSITION_OFFSET = 2
 
 
 class OPTAttention(nn.Module):
-    def __init__(self, config: Any):
+    def __init__(self, config: Any, quant_config: Optional[QuantizationConfig], prefix: str):
         super().__init__()
         hidden, bias = config.hidden_size, getattr(config, "enable_bias", True)
         self.num_heads = config.num_attention_heads
         self.head_dim = hidden // self.num_heads
         self.scaling = self.head_dim ** -0.5
-        self.q_proj = nn.Linear(hidden, hidden, bias=bias)
-        self.k_proj = nn.Linear(hidden, hidden, bias=bias)
-        self.v_proj = nn.Linear(hidden, hidden, bias=bias)
-        self.out_proj = nn.Linear(hidden, hidden, bias=bias)
+        q = quant_config
+        self.q_proj = ColumnParallelLinear(hidden, hidden, bias, q, f"{prefix}.q_proj")
+        self.k_proj = ColumnParallelLinear(hidden, hidden, bias, q, f"{prefix}.k_proj")
+        self.v_proj = ColumnParallelLinear(hidden, hidden, bias, q, f"{prefix}.v_proj")
+        self.out_proj = RowParallelLinear(hidden, hidden, bias, q, f"{prefix}.out_proj")
         # HF scales q before the product (original fairseq order), so attention's scale is 1.
         self.attn = Attention(self.num_heads, self.head_dim, 1.0)
 
@@ -40,15 +43,15 @@ class OPTAttention(nn.Module):
 
 
 class OPTDecoderLayer(nn.Module):
-    def __init__(self, config: Any):
+    def __init__(self, config: Any, quant_config: Optional[QuantizationConfig], prefix: str):
         super().__init__()
         hidden, bias = config.hidden_size, getattr(config, "enable_bias", True)
         affine = getattr(config, "layer_norm_elementwise_affine", True)
         self.do_layer_norm_before = config.do_layer_norm_before
-        self.self_attn = OPTAttention(config)
+        self.self_attn = OPTAttention(config, quant_config, f"{prefix}.self_attn")
         self.self_attn_layer_norm = nn.LayerNorm(hidden, elementwise_affine=affine)
-        self.fc1 = nn.Linear(hidden, config.ffn_dim, bias=bias)
-        self.fc2 = nn.Linear(config.ffn_dim, hidden, bias=bias)
+        self.fc1 = ColumnParallelLinear(hidden, config.ffn_dim, bias, quant_config, f"{prefix}.fc1")
+        self.fc2 = RowParallelLinear(config.ffn_dim, hidden, bias, quant_config, f"{prefix}.fc2")
         self.activation_fn = Activation(config.activation_function)
         self.final_layer_norm = nn.LayerNorm(hidden, elementwise_affine=affine)
 
@@ -64,18 +67,22 @@ class OPTDecoderLayer(nn.Module):
 
 
 class OPTDecoder(nn.Module):
-    def __init__(self, config: Any):
+    def __init__(self, config: Any, quant_config: Optional[QuantizationConfig]):
         super().__init__()
         hidden, proj = config.hidden_size, config.word_embed_proj_dim
         affine = getattr(config, "layer_norm_elementwise_affine", True)
         self.embed_tokens = nn.Embedding(config.vocab_size, proj)
         self.embed_positions = nn.Embedding(config.max_position_embeddings + POSITION_OFFSET, hidden)
-        self.project_in = nn.Linear(proj, hidden, bias=False) if proj != hidden else None
-        self.project_out = nn.Linear(hidden, proj, bias=False) if proj != hidden else None
+        self.project_in = (ReplicatedLinear(proj, hidden, False, prefix="model.decoder.project_in")
+                           if proj != hidden else None)
+        self.project_out = (ReplicatedLinear(hidden, proj, False,
+                                             prefix="model.decoder.project_out")
+                            if proj != hidden else None)
         keep_final = config.do_layer_norm_before and not getattr(config, "_remove_final_layer_norm",
                                                                  False)
         self.final_layer_norm = nn.LayerNorm(hidden, elementwise_affine=affine) if keep_final else None
-        self.layers = nn.ModuleList(OPTDecoderLayer(config) for _ in range(config.num_hidden_layers))
+        self.layers = nn.ModuleList(OPTDecoderLayer(config, quant_config, f"model.decoder.layers.{i}")
+                                    for i in range(config.num_hidden_layers))
 
     def forward(self, input_ids: torch.Tensor, positions: torch.Tensor,
                 meta: AttentionMetadata) -> torch.Tensor:
@@ -93,19 +100,22 @@ class OPTDecoder(nn.Module):
 
 
 class OPTModel(nn.Module):
-    def __init__(self, config: Any):
+    def __init__(self, config: Any, quant_config: Optional[QuantizationConfig]):
         super().__init__()
-        self.decoder = OPTDecoder(config)
+        self.decoder = OPTDecoder(config, quant_config)
 
 
 class OPTForCausalLM(nn.Module):
     """OPT causal LM; the LM head (word_embed_proj_dim -> vocab) is tied to the embedding."""
 
-    def __init__(self, hf_config: Any):
+    supports_quantization = True
+
+    def __init__(self, hf_config: Any, quant_config: Optional[QuantizationConfig] = None):
         super().__init__()
         self.config = hf_config
-        self.model = OPTModel(hf_config)
-        self.lm_head = nn.Linear(hf_config.word_embed_proj_dim, hf_config.vocab_size, bias=False)
+        self.model = OPTModel(hf_config, quant_config)
+        self.lm_head = ReplicatedLinear(hf_config.word_embed_proj_dim, hf_config.vocab_size,
+                                        bias=False, prefix="lm_head")
         self.tie_word_embeddings = bool(getattr(hf_config, "tie_word_embeddings", True))
         if self.tie_word_embeddings:
             self.lm_head.weight = self.model.decoder.embed_tokens.weight

@@ -62,7 +62,7 @@ def test_warm_up_runs_every_variant_and_leaves_the_cache_alone(window, device):
     kc = torch.randn(12, 8, 2, 32, device=device)
     vc = torch.randn(12, 8, 2, 32, device=device)
     layer.kv_cache = (kc.clone(), vc.clone())
-    TritonAttentionBackend.warm_up(layer, max_model_len=80)
+    TritonAttentionBackend().warm_up(layer, max_model_len=80)
     assert torch.equal(layer.kv_cache[0], kc) and torch.equal(layer.kv_cache[1], vc)
 
 

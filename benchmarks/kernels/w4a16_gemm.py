@@ -1,0 +1,70 @@
+"""Microbenchmark: the W4A16 GEMM (kernels/w4a16_gemm.py) at Llama-3-8B projection shapes.
+
+Per batch size M: kernel time, the weight floor (packed int4 weight + scales + zeros bytes over
+the measured copy bandwidth) -> `over_floor` (time / floor; the target is <= 1.3 at M = 1), and
+the bf16 dense matmul (`torch.matmul`) of the same shape -> `vs_bf16` (bf16 time / ours).
+Appends `bench: "quantization"` records with params.case `w4a16_gemm_m<M>` to
+benchmarks/results/quantization.jsonl. CUDA only.
+
+    python benchmarks/kernels/w4a16_gemm.py [--m 1 16 64 256] [--group 128]
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+import torch
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
+
+from benchmarks.kernels._common import bench_ms, copy_bandwidth  # noqa: E402
+from benchmarks.record import append_result  # noqa: E402
+from engine.quantization.base import pack_int32  # noqa: E402
+from kernels.w4a16_gemm import w4a16_gemm  # noqa: E402
+
+# (name, K, N) of Llama-3-8B's linear layers: fused qkv, o, fused gate_up, down.
+SHAPES = [("qkv", 4096, 6144), ("o", 4096, 4096), ("gate_up", 4096, 28672),
+          ("down", 14336, 4096)]
+
+
+def measure(m: int, k: int, n: int, group: int, copy_bw: float) -> dict[str, float]:
+    dev = torch.device("cuda")
+    q = torch.randint(0, 16, (k, n), dtype=torch.int32, device=dev)
+    qw = pack_int32(q, 4, dim=0)
+    g = k // group
+    scales = (torch.rand(g, n, device=dev) * 0.01).bfloat16()
+    zeros = torch.full((g, n), 8.0, device=dev).bfloat16()
+    x = torch.randn(m, k, device=dev, dtype=torch.bfloat16)
+    dense = torch.randn(k, n, device=dev, dtype=torch.bfloat16)
+    ms = bench_ms(lambda: w4a16_gemm(x, qw, scales, zeros, 4, group))
+    bf16_ms = bench_ms(lambda: x @ dense)
+    weight_bytes = qw.numel() * 4 + scales.numel() * 2 + zeros.numel() * 2
+    floor_ms = weight_bytes / copy_bw * 1e3  # as benchmarks/kernels/NOTES.md: bytes / copy bw
+    return {"ms": ms, "bf16_ms": bf16_ms, "floor_ms": floor_ms, "over_floor": ms / floor_ms,
+            "vs_bf16": bf16_ms / ms}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--m", type=int, nargs="+", default=[1, 16, 64, 256])
+    ap.add_argument("--group", type=int, default=128)
+    args = ap.parse_args()
+    copy_bw = copy_bandwidth(torch.device("cuda"))
+    print(f"copy bandwidth {copy_bw / 1e9:.0f} GB/s")
+    for m in args.m:
+        total = {"ms": 0.0, "bf16_ms": 0.0, "floor_ms": 0.0}
+        for name, k, n in SHAPES:
+            r = measure(m, k, n, args.group, copy_bw)
+            print(f"M={m:4d} {name:8s} {r['ms']:.4f} ms  floor {r['floor_ms']:.4f}  "
+                  f"x{r['over_floor']:.2f}  bf16 {r['bf16_ms']:.4f}")
+            for key in total:
+                total[key] += r[key]
+        metrics = {**total, "over_floor": total["ms"] / total["floor_ms"],
+                   "vs_bf16": total["bf16_ms"] / total["ms"], "copy_bw_gbs": copy_bw / 1e9}
+        append_result("quantization", {"case": f"w4a16_gemm_m{m}", "group_size": args.group,
+                                       "shapes": "llama3-8b qkv+o+gate_up+down"}, metrics)
+
+
+if __name__ == "__main__":
+    main()

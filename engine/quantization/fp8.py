@@ -1,0 +1,119 @@
+"""FP8 W8A8 quantized at load (`quantization="fp8"` on a dense checkpoint): each linear's weight
+becomes float8_e4m3fn with one fp32 scale per output channel (absmax / 448); activations are
+quantized per token at run time (dynamic absmax scale). CUDA runs `torch._scaled_mm` with
+row-wise scales (Hopper / Ada, compute capability >= 8.9; older GPUs fail at load); the CPU path
+emulates the same arithmetic in fp32 (quantize, dequantize, matmul) and is the reference.
+
+HF `fp8` checkpoints (block-wise or per-tensor scales) load through `fp8_block.py` / `w8a8.py`;
+compressed-tensors FP8 checkpoints through `compressed_tensors.py`.
+"""
+from __future__ import annotations
+
+from typing import Any, Optional
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from engine.quantization.base import LinearMethod, QuantizationConfig
+from engine.quantization.unquantized import UnquantizedLinearMethod
+
+FP8 = torch.float8_e4m3fn
+FP8_MAX = float(torch.finfo(FP8).max)  # 448
+MIN_SCALE = 1e-12
+
+
+def quantize_fp8_rows(t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-row absmax scaling: (t / scale) as e4m3 [R, C], fp32 scale [R]."""
+    scale = (t.abs().amax(dim=-1).float() / FP8_MAX).clamp(min=MIN_SCALE)
+    q = (t.float() / scale[:, None]).clamp(-FP8_MAX, FP8_MAX).to(FP8)
+    return q, scale
+
+
+def check_fp8_gpu(device: torch.device) -> None:
+    if device.type == "cuda" and torch.cuda.get_device_capability(device) < (8, 9):
+        raise ValueError(f"fp8: GPU {torch.cuda.get_device_name(device)} has no FP8 support "
+                         "(needs compute capability 8.9+: Ada, Hopper or newer)")
+
+
+def fp8_linear(x: torch.Tensor, w_fp8: torch.Tensor, w_scale: torch.Tensor,
+               bias: Optional[torch.Tensor],
+               x_scale: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """x [..., K] @ (w_fp8 [N, K] * w_scale [N])^T with x quantized to e4m3 per token (or with
+    the static per-tensor `x_scale`)."""
+    shape = x.shape
+    x2 = x.reshape(-1, shape[-1])
+    if x_scale is None:
+        xq, xs = quantize_fp8_rows(x2)
+    else:
+        xq = (x2.float() / x_scale).clamp(-FP8_MAX, FP8_MAX).to(FP8)
+        xs = x_scale.expand(x2.shape[0])
+    if x.is_cuda:
+        out = torch._scaled_mm(xq, w_fp8.t(), scale_a=xs.reshape(-1, 1).contiguous(),
+                               scale_b=w_scale.reshape(1, -1),
+                               out_dtype=torch.float16 if x.dtype == torch.float16
+                               else torch.bfloat16)  # row-wise scaling: 16-bit output
+    else:
+        out = F.linear(xq.float() * xs[:, None], w_fp8.float() * w_scale[:, None])
+    if bias is not None:
+        out = out + bias.float()
+    return out.to(x.dtype).reshape(*shape[:-1], out.shape[-1])
+
+
+class Fp8Config(QuantizationConfig):
+    name = "fp8"
+
+    def __init__(self, method_factory=None, summary: str = ""):
+        self.method_factory = method_factory or Fp8DynamicLinearMethod
+        self.summary = summary or ("w8a8 e4m3 quantized at load, per-channel weight / per-token "
+                                   "dynamic activation scales")
+
+    @classmethod
+    def from_config(cls, config: dict[str, Any]) -> "Fp8Config":
+        """{} (requested with quantization='fp8'): quantize a dense checkpoint at load. HF `fp8`
+        checkpoints: block-wise (`weight_block_size`, dynamic activations) or per-tensor
+        (`weight_scale`, plus `input_scale` when activation_scheme is static)."""
+        if not config:
+            return cls()
+        scheme = config.get("activation_scheme", "dynamic")
+        if scheme not in ("dynamic", "static"):
+            raise ValueError(f"fp8: activation_scheme {scheme!r} is not supported")
+        block = config.get("weight_block_size")
+        if block:
+            from engine.quantization.fp8_block import Fp8BlockLinearMethod
+            if scheme != "dynamic" or len(block) != 2:
+                raise ValueError(f"fp8: block-wise checkpoints need dynamic activations and a "
+                                 f"[block_n, block_k] weight_block_size, got {config}")
+            bn, bk = int(block[0]), int(block[1])
+            return cls(lambda: Fp8BlockLinearMethod((bn, bk), "weight_scale_inv"),
+                       f"w8a8 e4m3 checkpoint, {bn}x{bk} weight blocks / per-token-group "
+                       "activation scales")
+        from engine.quantization.w8a8 import Fp8W8A8LinearMethod
+        static = scheme == "static"
+        return cls(lambda: Fp8W8A8LinearMethod(per_tensor=True, static_input=static),
+                   f"w8a8 e4m3 checkpoint, per-tensor weight / {scheme} activation scales")
+
+    def get_linear_method(self, prefixes: list[str]) -> Optional[LinearMethod]:
+        return self.method_factory()
+
+    def describe(self) -> str:
+        return f"fp8 ({self.summary})"
+
+
+class Fp8DynamicLinearMethod(UnquantizedLinearMethod):
+    """Loads the dense weight like the unquantized method, then quantizes it once."""
+
+    def process_weights_after_loading(self, layer: nn.Module) -> None:
+        w = layer.weight.data
+        check_fp8_gpu(w.device)
+        q, scale = quantize_fp8_rows(w)
+        del layer._parameters["weight"]
+        layer.register_buffer("w_fp8", q, persistent=False)  # [N, K] row-major
+        layer.register_buffer("w_scale", scale, persistent=False)
+
+    def apply(self, layer: nn.Module, x: torch.Tensor,
+              bias: Optional[torch.Tensor]) -> torch.Tensor:
+        return fp8_linear(x, layer.w_fp8, layer.w_scale, bias)
+
+    def weight_bytes(self, layer: nn.Module) -> int:
+        return layer.w_fp8.numel() + layer.w_scale.numel() * 4

@@ -1,0 +1,107 @@
+"""W8A8 linear methods for compressed-tensors checkpoints (as llmcompressor / AutoRound write
+them), one weight scale per output channel and one activation scale per token:
+
+- `int-quantized`: int8 `weight` [N, K] + `weight_scale` [N, 1]; activations quantized at run time
+  to int8 (symmetric, absmax / 127, round half to even). CUDA: `torch._int_mm` (int32
+  accumulation); CPU: the same integer products summed exactly in float64 (reference).
+- `float-quantized`: float8_e4m3fn `weight` [N, K] + `weight_scale` [N, 1] (or one per-tensor
+  scale per fused shard); activations quantized dynamically per token (absmax / 448), or with the
+  checkpoint's static per-tensor `input_scale`. CUDA: `torch._scaled_mm`; CPU: fp32 emulation.
+"""
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+from torch import nn
+
+from engine.quantization.base import LinearMethod, set_param_attrs
+from engine.quantization.fp8 import FP8, FP8_MAX, MIN_SCALE, check_fp8_gpu, fp8_linear
+
+INT8_MAX = 127.0
+
+
+def _param(shape, dtype, **attrs) -> nn.Parameter:
+    return set_param_attrs(nn.Parameter(torch.empty(shape, dtype=dtype), requires_grad=False),
+                           **attrs)
+
+
+def quantize_int8_rows(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    scale = (x.abs().amax(dim=-1).float() / INT8_MAX).clamp(min=MIN_SCALE)
+    q = torch.round(x.float() / scale[:, None]).clamp(-128, 127).to(torch.int8)
+    return q, scale
+
+
+class Int8W8A8LinearMethod(LinearMethod):
+    def create_weights(self, layer: nn.Module, input_size: int, output_sizes: list[int],
+                       params_dtype: torch.dtype) -> None:
+        n = sum(output_sizes)
+        layer.weight = _param((n, input_size), torch.int8, output_dim=0, input_dim=1)
+        layer.weight_scale = _param((n, 1), torch.float32, output_dim=0)
+
+    def process_weights_after_loading(self, layer: nn.Module) -> None:
+        layer.weight_scale_row = layer.weight_scale.data.reshape(1, -1).float()
+
+    def apply(self, layer: nn.Module, x: torch.Tensor,
+              bias: Optional[torch.Tensor]) -> torch.Tensor:
+        shape = x.shape
+        xq, xs = quantize_int8_rows(x.reshape(-1, shape[-1]))
+        if x.is_cuda:
+            m = xq.shape[0]
+            if m <= 16:  # _int_mm needs M > 16
+                xq = torch.cat([xq, xq.new_zeros(17 - m, xq.shape[1])])
+            acc = torch._int_mm(xq, layer.weight.t())[:m].float()
+        else:
+            acc = (xq.double() @ layer.weight.double().t()).float()
+        out = acc * xs[:, None] * layer.weight_scale_row
+        if bias is not None:
+            out = out + bias.float()
+        return out.to(x.dtype).reshape(*shape[:-1], -1)
+
+    def init_dummy(self, layer: nn.Module, generator: torch.Generator) -> None:
+        layer.weight.data.copy_(torch.randint(-127, 128, layer.weight.shape, generator=generator,
+                                              device=layer.weight.device))
+        layer.weight_scale.data.fill_(0.02 * 3 ** 0.5 / 127)  # uniform q -> std 0.02
+
+
+class Fp8W8A8LinearMethod(LinearMethod):
+    def __init__(self, per_tensor_weight: bool, static_input: bool):
+        self.per_tensor, self.static_input = per_tensor_weight, static_input
+
+    def create_weights(self, layer: nn.Module, input_size: int, output_sizes: list[int],
+                       params_dtype: torch.dtype) -> None:
+        n, shards = sum(output_sizes), len(output_sizes)
+        layer.weight = _param((n, input_size), FP8, output_dim=0, input_dim=1)
+        if self.per_tensor:
+            layer.weight_scale = _param((shards,), torch.float32, per_shard=True)
+        else:
+            layer.weight_scale = _param((n, 1), torch.float32, output_dim=0)
+        if self.static_input:
+            layer.input_scale = _param((shards,), torch.float32, per_shard=True)
+
+    def process_weights_after_loading(self, layer: nn.Module) -> None:
+        check_fp8_gpu(layer.weight.device)
+        scale = layer.weight_scale.data.float()
+        if self.per_tensor:  # expand each shard's scalar over its rows
+            scale = torch.repeat_interleave(scale, torch.tensor(layer.output_sizes,
+                                                                device=scale.device))
+        layer.w_scale = scale.reshape(-1).contiguous()
+        if self.static_input:
+            # Fused shards share one input: the largest scale keeps every shard in range.
+            layer.x_scale = layer.input_scale.data.float().max().reshape(1)
+
+    def apply(self, layer: nn.Module, x: torch.Tensor,
+              bias: Optional[torch.Tensor]) -> torch.Tensor:
+        x_scale = layer.x_scale if self.static_input else None
+        return fp8_linear(x, layer.weight, layer.w_scale, bias, x_scale)
+
+    def init_dummy(self, layer: nn.Module, generator: torch.Generator) -> None:
+        w = torch.empty(layer.weight.shape, device=layer.weight.device).normal_(
+            0.0, 1.0, generator=generator)
+        layer.weight.data.copy_((w * 100).clamp(-FP8_MAX, FP8_MAX).to(FP8))
+        layer.weight_scale.data.fill_(0.02 / 100)
+        if self.static_input:
+            layer.input_scale.data.fill_(1.0 / FP8_MAX * 4)
+
+    def weight_bytes(self, layer: nn.Module) -> int:
+        return layer.weight.numel() + layer.w_scale.numel() * 4
