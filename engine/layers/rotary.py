@@ -52,8 +52,12 @@ def rope_settings(hf_config: Any, layer_type: Optional[str] = None) -> dict[str,
     if out["rope_type"] == "su":
         out["rope_type"] = "longrope"
     if out["rope_type"] == "longrope":
-        out.setdefault("original_max_position_embeddings",
-                       getattr(hf_config, "original_max_position_embeddings", None))
+        orig = out.get("original_max_position_embeddings") or getattr(
+            hf_config, "original_max_position_embeddings", None)
+        out["original_max_position_embeddings"] = orig
+        max_pos = getattr(hf_config, "max_position_embeddings", None)
+        if not out.get("factor") and orig and max_pos:
+            out["factor"] = max_pos / orig  # Phi-3: the context extension sets the scaling
     return out
 
 
