@@ -118,7 +118,9 @@ def moe_align_block_size(topk_ids: torch.Tensor, num_experts: int,
     flat = topk_ids.reshape(-1).to(torch.int64)
     num_pairs = flat.numel()
     dev = flat.device
-    counts = torch.bincount(flat, minlength=num_experts)[:num_experts]
+    # scatter_add, not bincount: bincount sizes its output on the host (a sync on CUDA).
+    counts = torch.zeros(num_experts, dtype=torch.int64, device=dev).scatter_add_(
+        0, flat, torch.ones_like(flat))
     padded = (counts + block_m - 1) // block_m * block_m
     padded_end = torch.cumsum(padded, 0)
     padded_start = padded_end - padded

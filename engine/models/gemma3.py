@@ -124,7 +124,8 @@ class Gemma3Model(nn.Module):
     def forward(self, input_ids: torch.Tensor, positions: torch.Tensor,
                 meta: AttentionMetadata) -> torch.Tensor:
         x = self.embed_tokens(input_ids)
-        x = x * torch.tensor(self.hidden_size ** 0.5, dtype=x.dtype)
+        # sqrt(hidden) rounded to the weights' dtype first, as HF scales (a host-side scalar).
+        x = x * torch.tensor(self.hidden_size ** 0.5, dtype=x.dtype).item()
         for layer in self.layers:
             x = layer(positions, x, meta)
         return self.norm(x)
