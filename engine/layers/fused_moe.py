@@ -10,7 +10,7 @@ stacked tensors: per-expert names (Mixtral's `experts.{e}.w1/w2/w3`, Qwen's
 from __future__ import annotations
 
 import re
-from typing import Optional
+from typing import Callable, Optional
 
 import torch
 from torch import nn
@@ -18,8 +18,8 @@ from torch import nn
 from kernels.fused_moe_ref import fused_moe_ref, select_experts
 
 # Per-expert checkpoint names -> (our stacked parameter, shard: 0 gate, 1 up, None whole).
-_PER_EXPERT = re.compile(r"^(?P<prefix>.*\.experts)\.(?P<e>\d+)\.(?P<proj>w1|w2|w3|gate_proj|up_proj"
-                         r"|down_proj)\.weight$")
+_PER_EXPERT = re.compile(r"^(?P<prefix>.*\.experts)\.(?P<e>\d+)\."
+                         r"(?P<proj>w1|w2|w3|gate_proj|up_proj|down_proj)\.weight$")
 _PROJ = {"w1": ("w13_weight", 0), "gate_proj": ("w13_weight", 0), "w3": ("w13_weight", 1),
          "up_proj": ("w13_weight", 1), "w2": ("w2_weight", None), "down_proj": ("w2_weight", None)}
 _STACKED = {".experts.gate_up_proj": ".experts.w13_weight",
@@ -64,7 +64,7 @@ class SparseMoeBlock(nn.Module):
         return self.experts(x, weights, ids)
 
 
-def expert_weight_target(model: nn.Module) -> "callable":
+def expert_weight_target(model: nn.Module) -> Callable[[str], Optional[tuple[str, tuple]]]:
     """A function: our parameter name -> (stacked parameter name, index) for expert weights, None
     for every other name. Per-expert gate/up rows are the first/second half of w13's rows."""
     params = dict(model.named_parameters())

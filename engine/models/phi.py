@@ -17,7 +17,7 @@ from engine.attention.metadata import AttentionMetadata
 from engine.layers.activation import Activation
 from engine.layers.attention import Attention
 from engine.layers.rotary import get_rope
-from engine.models.qwen3 import layer_sliding_window
+from engine.models.qwen3 import head_dim_of, layer_sliding_window
 from engine.models.stacked_loading import QKV_GATE_UP, load_stacked, qkv_sizes
 
 
@@ -26,7 +26,7 @@ class PhiAttention(nn.Module):
         super().__init__()
         self.num_heads = config.num_attention_heads
         self.num_kv_heads = getattr(config, "num_key_value_heads", None) or self.num_heads
-        self.head_dim = config.hidden_size // self.num_heads
+        self.head_dim = head_dim_of(config)
         self.q_size = self.num_heads * self.head_dim
         self.kv_size = self.num_kv_heads * self.head_dim
         self.qkv_proj = nn.Linear(config.hidden_size, self.q_size + 2 * self.kv_size, bias=True)
@@ -78,7 +78,7 @@ class PhiModel(nn.Module):
     def __init__(self, config: Any):
         super().__init__()
         self.embed_tokens = nn.Embedding(config.vocab_size, config.hidden_size)
-        rotary_emb = get_rope(config, config.hidden_size // config.num_attention_heads)
+        rotary_emb = get_rope(config, head_dim_of(config))
         self.layers = nn.ModuleList(PhiDecoderLayer(config, i, rotary_emb)
                                     for i in range(config.num_hidden_layers))
         self.final_layernorm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
