@@ -43,7 +43,7 @@ def test_gemma3_gguf_weights_and_greedy_equal_transformers(gemma_gguf):
     from engine import LLM, SamplingParams
     from tests.engine.test_llm_vs_hf import hf_greedy
 
-    llm = LLM(model=gemma_gguf, device="cpu", max_num_batched_tokens=16)
+    llm = LLM(model=gemma_gguf, device="cpu", max_num_batched_tokens=16, num_kv_blocks=64)
     assert llm.llm_engine.config.model.hf_config.architectures == ["Gemma3ForCausalLM"]
     hf = AutoModelForCausalLM.from_pretrained(os.path.dirname(gemma_gguf),
                                               gguf_file=os.path.basename(gemma_gguf)).eval()
