@@ -19,6 +19,9 @@ from typing import Any
 import torch
 
 TINY_ARCHS = ("llama", "mistral", "qwen2", "gpt2", "opt", "gpt_neox")
+# Architectures of the models issue (Phi, Phi-3, Qwen3, Gemma 3, mixtures of experts); they use
+# SmolLM2's tokenizer too.
+NEW_ARCHS = ("phi", "phi3", "qwen3", "gemma3", "mixtral", "qwen3_moe", "qwen2_moe")
 SEED = 1234
 INIT_RANGE = 0.15
 _COMMON = dict(hidden_size=64, num_hidden_layers=2, num_attention_heads=4,
@@ -82,10 +85,53 @@ def tiny_config(arch: str, **overrides: Any) -> Any:
         kw = dict(gpt_ids, intermediate_size=256, rotary_pct=0.25, use_parallel_residual=True,
                   tie_word_embeddings=False, initializer_range=INIT_RANGE, **_COMMON)
         cls = tf.GPTNeoXConfig
+    elif arch in NEW_ARCHS:
+        kw, cls = _new_arch_config(arch, llama_ids)
     else:
-        raise ValueError(f"unknown tiny architecture '{arch}' (known: {', '.join(TINY_ARCHS)})")
+        raise ValueError(f"unknown tiny architecture '{arch}' (known: "
+                         f"{', '.join(TINY_ARCHS + NEW_ARCHS)})")
     kw.update(overrides)
     return cls(**kw)
+
+
+def _new_arch_config(arch: str, llama_ids: dict) -> tuple[dict, Any]:
+    """Config kwargs and class of a NEW_ARCHS tiny model; each exercises its family's quirks."""
+    import transformers as tf
+
+    if arch == "phi":
+        kw = dict(llama_ids, partial_rotary_factor=0.5, hidden_act="gelu_new",
+                  layer_norm_eps=1e-5, tie_word_embeddings=False, num_key_value_heads=4)
+        kw.pop("rms_norm_eps")
+        return kw, tf.PhiConfig
+    if arch == "phi3":
+        # LongRoPE: 8 factors per list (head_dim 16); sequences stay under the original length.
+        rope = {"rope_type": "longrope", "short_factor": [1.0 + 0.1 * i for i in range(8)],
+                "long_factor": [1.0 + 0.5 * i for i in range(8)]}
+        return dict(llama_ids, tie_word_embeddings=False, rope_scaling=rope,
+                    original_max_position_embeddings=128, pad_token_id=2), tf.Phi3Config
+    if arch == "qwen3":
+        return dict(llama_ids, tie_word_embeddings=True, head_dim=32, rope_theta=1000000.0),\
+            tf.Qwen3Config
+    if arch == "gemma3":
+        # Local layer with a window of 8 and its own rope base, then a global layer.
+        rope = {"sliding_attention": {"rope_type": "default", "rope_theta": 10000.0},
+                "full_attention": {"rope_type": "default", "rope_theta": 1000000.0}}
+        return dict(llama_ids, head_dim=16, query_pre_attn_scalar=24, sliding_window=8,
+                    layer_types=["sliding_attention", "full_attention"], rope_parameters=rope,
+                    final_logit_softcapping=30.0, hidden_activation="gelu_pytorch_tanh"),\
+            tf.Gemma3TextConfig
+    if arch == "mixtral":
+        return dict(llama_ids, num_local_experts=4, num_experts_per_tok=2,
+                    tie_word_embeddings=False), tf.MixtralConfig
+    if arch == "qwen3_moe":
+        # 8 experts, top-3 renormalised; the second layer stays dense.
+        return dict(llama_ids, num_experts=8, num_experts_per_tok=3, moe_intermediate_size=32,
+                    norm_topk_prob=True, mlp_only_layers=[1], head_dim=16,
+                    tie_word_embeddings=False), tf.Qwen3MoeConfig
+    # qwen2_moe: shared expert, weights not renormalised.
+    return dict(llama_ids, num_experts=4, num_experts_per_tok=2, moe_intermediate_size=32,
+                shared_expert_intermediate_size=48, norm_topk_prob=False,
+                tie_word_embeddings=False), tf.Qwen2MoeConfig
 
 
 def make_tiny_model(arch: str, dir: Path, **overrides: Any) -> Path:
@@ -95,9 +141,9 @@ def make_tiny_model(arch: str, dir: Path, **overrides: Any) -> Path:
     config = tiny_config(arch, **overrides)
     torch.manual_seed(SEED)
     model = AutoModelForCausalLM.from_config(config)
-    if arch == "opt":
-        # OPT's init leaves LayerNorms at identity and biases at zero; perturb them so the
-        # test exercises every loaded tensor.
+    if arch == "opt" or arch in NEW_ARCHS:
+        # OPT's (and Gemma's, Phi's) init leaves norms at identity and biases at zero; perturb
+        # them so the test exercises every loaded tensor.
         with torch.no_grad():
             for name, p in model.named_parameters():
                 if p.dim() == 1:
@@ -105,7 +151,8 @@ def make_tiny_model(arch: str, dir: Path, **overrides: Any) -> Path:
     dir = Path(dir)
     dir.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(dir, safe_serialization=True)
-    tokenizer = smollm2_tokenizer() if arch in ("llama", "mistral", "qwen2") else gpt2_tokenizer()
+    smollm = ("llama", "mistral", "qwen2") + NEW_ARCHS
+    tokenizer = smollm2_tokenizer() if arch in smollm else gpt2_tokenizer()
     tokenizer.save_pretrained(dir)
     return dir
 

@@ -44,3 +44,18 @@ class RMSNorm(nn.Module):
 
 # LayerNorm (GPT-2, OPT, GPT-NeoX) is torch's: its CPU/GPU kernels are already fused.
 LayerNorm = nn.LayerNorm
+
+
+class GemmaRMSNorm(nn.Module):
+    """Gemma's RMSNorm: the weight is stored as an offset from one, applied as `(1 + w)`, and the
+    whole computation runs in float32 before the cast back (as HF Gemma 2/3 compute it)."""
+
+    def __init__(self, hidden_size: int, eps: float = 1e-6):
+        super().__init__()
+        self.weight = nn.Parameter(torch.zeros(hidden_size))
+        self.eps = eps
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        xf = x.float()
+        out = xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + self.eps)
+        return (out * (1.0 + self.weight.float())).to(x.dtype)

@@ -4,7 +4,9 @@
 5.x keeps everything in `config.rope_parameters` (`rope_theta`, `rope_type`, `partial_rotary_factor`,
 scaling keys); 4.x uses `config.rope_theta` + `config.rope_scaling` (and GPT-NeoX's `rotary_pct` /
 `rotary_emb_base`). Supported `rope_type`s: default, linear, dynamic (NTK, static at the model's
-maximum length, as vLLM does), llama3, yarn.
+maximum length, as vLLM does), llama3, yarn, and longrope (alias su: Phi-3's short/long factors,
+see `LongRopeRotaryEmbedding`). Models with per-layer-type rope (Gemma 3: `rope_parameters` keyed by
+"sliding_attention" / "full_attention") pass `layer_type`.
 
 The cos/sin cache is computed in float32 exactly as HF does (position * inv_freq, then cos/sin, times
 the attention scaling) so fp32 outputs match HF bit-for-bit in the common case. `apply_rotary`
@@ -19,9 +21,15 @@ import torch
 from torch import nn
 
 
-def rope_settings(hf_config: Any) -> dict[str, Any]:
-    """A flat dict with at least `rope_theta`, `rope_type`, `partial_rotary_factor` (5.x or 4.x)."""
+def rope_settings(hf_config: Any, layer_type: Optional[str] = None) -> dict[str, Any]:
+    """A flat dict with at least `rope_theta`, `rope_type`, `partial_rotary_factor` (5.x or 4.x).
+
+    With `layer_type`, a 5.x `rope_parameters` keyed by layer type yields that type's entry.
+    """
     params = getattr(hf_config, "rope_parameters", None)
+    if layer_type is not None and isinstance(params, dict) and isinstance(params.get(layer_type),
+                                                                          dict):
+        params = params[layer_type]
     out: dict[str, Any] = {}
     if isinstance(params, dict) and params:
         out.update(params)
@@ -39,8 +47,17 @@ def rope_settings(hf_config: Any) -> dict[str, Any]:
         if prf is None:
             prf = getattr(hf_config, "rotary_pct", None)
         out["partial_rotary_factor"] = float(prf) if prf is not None else 1.0
-    # 4.x checkpoints spell the type "type"; "su"/"mrope" are not supported here.
+    # 4.x checkpoints spell the type "type"; "mrope" is not supported here.
     out["rope_type"] = out.get("rope_type", out.get("type", "default")) or "default"
+    if out["rope_type"] == "su":
+        out["rope_type"] = "longrope"
+    if out["rope_type"] == "longrope":
+        orig = out.get("original_max_position_embeddings") or getattr(
+            hf_config, "original_max_position_embeddings", None)
+        out["original_max_position_embeddings"] = orig
+        max_pos = getattr(hf_config, "max_position_embeddings", None)
+        if not out.get("factor") and orig and max_pos:
+            out["factor"] = max_pos / orig  # Phi-3: the context extension sets the scaling
     return out
 
 
@@ -117,8 +134,24 @@ def compute_inv_freq(p: dict[str, Any], rotary_dim: int,
         return _default_inv_freq(base, rotary_dim), 1.0
     if kind == "yarn":
         return _yarn_inv_freq(base, rotary_dim, p, max_position)
+    if kind == "longrope":
+        return _longrope_inv_freq(base, rotary_dim, p, max_position, long=False)
     raise ValueError(f"rope_type '{kind}' is not supported (supported: default, linear, dynamic, "
-                     "llama3, yarn)")
+                     "llama3, yarn, longrope)")
+
+
+def _longrope_inv_freq(base: float, dim: int, p: dict[str, Any], max_position: int,
+                       long: bool) -> tuple[torch.Tensor, float]:
+    """LongRoPE (Phi-3): per-frequency divisors (`short_factor` or `long_factor`) and an attention
+    factor sqrt(1 + ln(s) / ln(original_max)), s = max_position / original_max unless given."""
+    orig = p.get("original_max_position_embeddings") or max_position
+    factor = p.get("factor") or max_position / orig
+    attn = p.get("attention_factor")
+    if attn is None:
+        attn = 1.0 if factor <= 1.0 else math.sqrt(1 + math.log(factor) / math.log(orig))
+    ext = torch.tensor(p["long_factor" if long else "short_factor"], dtype=torch.float32)
+    exps = torch.arange(0, dim, 2, dtype=torch.int64).float() / dim
+    return 1.0 / (ext * base ** exps), float(attn)
 
 
 def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
@@ -189,10 +222,43 @@ class RotaryEmbedding(nn.Module):
         return torch.cat((rot, x[..., self.rotary_dim:]), dim=-1).reshape(t, -1)
 
 
+class LongRopeRotaryEmbedding(RotaryEmbedding):
+    """LongRoPE: positions below `original_max_position_embeddings` use the short factors, later
+    positions the long ones (both with the same attention factor).
+
+    The choice is per position, so a token's rotation never depends on the batch. HF switches the
+    whole forward to the long factors once any position passes the original length; the two agree
+    whenever a sequence stays within it.
+    """
+
+    def __init__(self, head_dim: int, rotary_dim: int, max_position: int,
+                 settings: dict[str, Any], is_neox_style: bool = True):
+        self.original_max = int(settings.get("original_max_position_embeddings") or max_position)
+        long_inv, _ = _longrope_inv_freq(float(settings["rope_theta"]), rotary_dim, settings,
+                                         max_position, long=True)
+        self._long_inv_freq = long_inv
+        super().__init__(head_dim, rotary_dim, max_position, settings, is_neox_style)
+
+    def _build(self, n: int) -> torch.Tensor:
+        short = super()._build(min(n, self.original_max))
+        if n <= self.original_max:
+            return short
+        pos = torch.arange(self.original_max, n, dtype=torch.float32, device=self.inv_freq.device)
+        freqs = pos[:, None] * self._long_inv_freq.to(pos.device)[None, :]
+        long = torch.cat((freqs.cos() * self.attention_scaling,
+                          freqs.sin() * self.attention_scaling), dim=-1)
+        return torch.cat((short, long))
+
+
 def get_rope(hf_config: Any, head_dim: int, max_position: Optional[int] = None,
-             is_neox_style: bool = True) -> RotaryEmbedding:
-    """RotaryEmbedding for a model config (rotary dim = head_dim * partial_rotary_factor)."""
-    settings = rope_settings(hf_config)
+             is_neox_style: bool = True, layer_type: Optional[str] = None,
+             settings: Optional[dict[str, Any]] = None) -> RotaryEmbedding:
+    """RotaryEmbedding for a model config (rotary dim = head_dim * partial_rotary_factor).
+
+    `settings` (a `rope_settings`-style dict) overrides what the config says."""
+    if settings is None:
+        settings = rope_settings(hf_config, layer_type)
     rotary_dim = int(head_dim * settings["partial_rotary_factor"])
     max_pos = max_position or getattr(hf_config, "max_position_embeddings", None) or 2048
-    return RotaryEmbedding(head_dim, rotary_dim, max_pos, settings, is_neox_style)
+    cls = LongRopeRotaryEmbedding if settings["rope_type"] == "longrope" else RotaryEmbedding
+    return cls(head_dim, rotary_dim, max_pos, settings, is_neox_style)

@@ -1,10 +1,12 @@
-"""Read GGUF weights with the `gguf` package and yield them under Hugging Face Llama names.
+"""Read GGUF weights with the `gguf` package and yield them under Hugging Face names.
 
 Quantized tensors (Q4_0, Q4_1, Q8_0, K-quants, ...) are dequantized to float32 by
 `gguf.quants.dequantize`. GGUF lists dimensions fastest-first, so a tensor of GGUF shape `[in, out]`
 is the row-major `[out, in]` matrix HF uses. llama.cpp's converter permutes the rows of Llama's
 q/k projections (per head, from HF's rotate-half pairing to interleaved pairs); we undo that so the
-weights work with neox-style RoPE as in transformers.
+weights work with neox-style RoPE as in transformers. Gemma 3 files name their extra norms
+differently (`ffn_norm` is the pre-feedforward norm there) and store every norm weight as `1 + w`;
+we map the names and subtract the one again, as transformers does.
 """
 from __future__ import annotations
 
@@ -30,6 +32,18 @@ _BLOCK_NAMES = {
     "ffn_up": "mlp.up_proj",
     "ffn_down": "mlp.down_proj",
 }
+# Per-architecture differences from the Llama names above.
+_ARCH_BLOCK_NAMES = {
+    "gemma3": {
+        "ffn_norm": "pre_feedforward_layernorm",
+        "post_attention_norm": "post_attention_layernorm",
+        "post_ffw_norm": "post_feedforward_layernorm",
+        "attn_q_norm": "self_attn.q_norm",
+        "attn_k_norm": "self_attn.k_norm",
+    },
+}
+# Architectures whose converter stores RMSNorm weights as 1 + w.
+_NORM_PLUS_ONE_ARCHS = ("gemma3",)
 _BLOCK_RE = re.compile(r"^blk\.(\d+)\.([a-z_]+)\.(weight|bias)$")
 # Architectures whose converter applies the q/k permutation.
 _PERMUTED_ARCHS = ("llama", "mistral")
@@ -37,14 +51,15 @@ _PERMUTED_ARCHS = ("llama", "mistral")
 _SKIPPED = ("rope_freqs.weight",)
 
 
-def gguf_to_hf_name(name: str) -> str:
-    """llama.cpp tensor name -> HF Llama parameter name; ValueError for names we do not map."""
+def gguf_to_hf_name(name: str, arch: str = "llama") -> str:
+    """llama.cpp tensor name -> HF parameter name; ValueError for names we do not map."""
     if name in _GLOBAL_NAMES:
         return _GLOBAL_NAMES[name]
     m = _BLOCK_RE.match(name)
-    if m is None or m.group(2) not in _BLOCK_NAMES:
-        raise ValueError(f"GGUF tensor '{name}' has no Hugging Face Llama equivalent")
-    return f"model.layers.{m.group(1)}.{_BLOCK_NAMES[m.group(2)]}.{m.group(3)}"
+    names = {**_BLOCK_NAMES, **_ARCH_BLOCK_NAMES.get(arch, {})}
+    if m is None or m.group(2) not in names:
+        raise ValueError(f"GGUF tensor '{name}' has no Hugging Face equivalent for '{arch}'")
+    return f"model.layers.{m.group(1)}.{names[m.group(2)]}.{m.group(3)}"
 
 
 def unpermute_qk(t: torch.Tensor, n_heads: int) -> torch.Tensor:
@@ -63,7 +78,7 @@ def _field(reader, key: str, default=None):
 
 
 def gguf_weights(path: str) -> Iterator[tuple[str, torch.Tensor]]:
-    """Yield (HF name, float32 tensor) for every weight of a Llama-family GGUF file."""
+    """Yield (HF name, float32 tensor) for every weight of a Llama-family or Gemma 3 GGUF file."""
     from gguf import GGUFReader
     from gguf.quants import dequantize
 
@@ -75,7 +90,7 @@ def gguf_weights(path: str) -> Iterator[tuple[str, torch.Tensor]]:
     for tensor in reader.tensors:
         if tensor.name in _SKIPPED:
             continue
-        hf_name = gguf_to_hf_name(tensor.name)
+        hf_name = gguf_to_hf_name(tensor.name, arch)
         array = dequantize(tensor.data, tensor.tensor_type)
         # Reversed GGUF dims are the row-major shape; np.array copies out of the read-only mmap.
         shape = tuple(int(d) for d in reversed(tensor.shape.tolist()))
@@ -84,4 +99,6 @@ def gguf_weights(path: str) -> Iterator[tuple[str, torch.Tensor]]:
             weight = unpermute_qk(weight, n_head)
         elif permuted and ".k_proj." in hf_name:
             weight = unpermute_qk(weight, n_kv)
+        elif arch in _NORM_PLUS_ONE_ARCHS and hf_name.endswith("norm.weight"):
+            weight = weight - 1
         yield hf_name, weight

@@ -10,7 +10,7 @@ from engine.config import ModelConfig
 from engine.layers.attention import attention_layers, bind_kv_caches
 from engine.loader.model_loader import load_model
 from engine.loader.resolve import resolve_model
-from tests.fixtures_models import TINY_ARCHS, load_hf_model
+from tests.fixtures_models import NEW_ARCHS, TINY_ARCHS, load_hf_model
 
 BLOCK_SIZE = 4
 NUM_BLOCKS = 16
@@ -19,9 +19,13 @@ BLOCK_TABLE = [7, 2, 11, 0, 5, 14, 9, 3]
 ATOL = 1e-4
 # Extra layouts of the same families: OPT-350m style (post-LN, projected embeddings) and GPT-NeoX
 # with sequential residuals. Test id -> (arch, config overrides).
-CASES = {**{a: (a, {}) for a in TINY_ARCHS},
+CASES = {**{a: (a, {}) for a in TINY_ARCHS + NEW_ARCHS},
          "opt_350m": ("opt", dict(do_layer_norm_before=False, word_embed_proj_dim=32)),
-         "gpt_neox_sequential": ("gpt_neox", dict(use_parallel_residual=False))}
+         "gpt_neox_sequential": ("gpt_neox", dict(use_parallel_residual=False)),
+         # Phi with per-head q/k LayerNorms; Qwen3 with its sliding-window layers switched on.
+         "phi_qk_layernorm": ("phi", dict(qk_layernorm=True)),
+         "qwen3_sliding": ("qwen3", dict(use_sliding_window=True, sliding_window=8,
+                                         max_window_layers=1))}
 
 
 def model_config(path, load_format: str = "auto", **overrides) -> ModelConfig:
@@ -129,3 +133,26 @@ def test_bf16_load_runs(tiny_model_dir):
     assert model.model.embed_tokens.weight.dtype == torch.bfloat16
     logits = OneSequence(model).step(list(range(100, 110)))
     assert logits.dtype == torch.float32 and torch.isfinite(logits).all()
+
+
+@pytest.mark.parametrize("seq_len", [None, 4097])
+def test_longrope_matches_transformers(seq_len):
+    """Phi-3's LongRoPE: short factors within the original length, long ones past it; our
+    cos/sin cache switches per position at the original length."""
+    from transformers import Phi3Config
+    from transformers.modeling_rope_utils import ROPE_INIT_FUNCTIONS
+
+    from engine.layers.rotary import get_rope
+
+    rope = {"rope_type": "longrope", "short_factor": [1.0 + 0.05 * i for i in range(16)],
+            "long_factor": [1.0 + 0.7 * i for i in range(16)]}
+    cfg = Phi3Config(hidden_size=256, num_attention_heads=8, max_position_embeddings=131072,
+                     original_max_position_embeddings=4096, rope_scaling=rope)
+    want, want_scale = ROPE_INIT_FUNCTIONS["longrope"](cfg, "cpu", seq_len=seq_len)
+    emb = get_rope(cfg, 32, max_position=8192)
+    assert emb.attention_scaling == pytest.approx(want_scale)
+    pos = torch.tensor([4095 if seq_len is None else 4100])
+    freqs = pos.float()[:, None] * want[None, :]
+    cos, sin = emb.cos_sin_cache[pos].chunk(2, dim=-1)
+    torch.testing.assert_close(cos, freqs.cos() * want_scale, atol=1e-6, rtol=0)
+    torch.testing.assert_close(sin, freqs.sin() * want_scale, atol=1e-6, rtol=0)

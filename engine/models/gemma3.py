@@ -1,0 +1,167 @@
+"""Gemma 3 text models (Gemma3ForCausalLM) over flat token rows, HF module names.
+
+Differences from Llama, all as HF computes them:
+- RMSNorms scale by `(1 + w)` in float32 (GemmaRMSNorm); besides the input and post-attention
+  norms each layer has pre- and post-feedforward norms, and q/k get per-head norms before RoPE;
+- embeddings are multiplied by sqrt(hidden_size) (rounded to the weight dtype);
+- the MLP is GELU(tanh)-gated: `down(gelu_tanh(gate(x)) * up(x))`;
+- attention scale is `query_pre_attn_scalar ** -0.5`;
+- `layer_types` alternates local sliding-window layers and global layers, each kind with its own
+  RoPE parameters (transformers 5.x `rope_parameters[layer_type]`; 4.x: `rope_local_base_freq`
+  for local layers);
+- logits are soft-capped, `cap * tanh(logits / cap)`, when `final_logit_softcapping` is set.
+Attention-logit soft-capping (`attn_logit_softcapping`) and bidirectional attention are not
+implemented and are refused at construction.
+"""
+from __future__ import annotations
+
+from typing import Any, Iterable, Optional
+
+import torch
+from torch import nn
+
+from engine.attention.metadata import AttentionMetadata
+from engine.layers.activation import get_act_fn
+from engine.layers.attention import Attention
+from engine.layers.layernorm import GemmaRMSNorm
+from engine.layers.rotary import get_rope, rope_settings
+from engine.models.qwen3 import head_dim_of
+from engine.models.stacked_loading import QKV_GATE_UP, load_stacked, qkv_sizes
+
+
+def layer_types(config: Any) -> list[str]:
+    types = getattr(config, "layer_types", None)
+    if types:
+        return list(types)
+    pattern = getattr(config, "sliding_window_pattern", None) or 6
+    return ["sliding_attention" if (i + 1) % pattern else "full_attention"
+            for i in range(config.num_hidden_layers)]
+
+
+def rope_for(config: Any, kind: str, head_dim: int) -> nn.Module:
+    params = getattr(config, "rope_parameters", None)
+    if isinstance(params, dict) and isinstance(params.get(kind), dict):
+        return get_rope(config, head_dim, layer_type=kind)
+    settings = rope_settings(config)  # 4.x: global settings; local layers use their own base
+    if kind == "sliding_attention":
+        settings = {"rope_type": "default", "partial_rotary_factor": 1.0,
+                    "rope_theta": float(getattr(config, "rope_local_base_freq", 10000.0))}
+    return get_rope(config, head_dim, settings=settings)
+
+
+class Gemma3Attention(nn.Module):
+    def __init__(self, config: Any, kind: str, rotary_emb: nn.Module):
+        super().__init__()
+        self.num_heads = config.num_attention_heads
+        self.num_kv_heads = getattr(config, "num_key_value_heads", None) or self.num_heads
+        self.head_dim = head_dim_of(config)
+        self.q_size = self.num_heads * self.head_dim
+        self.kv_size = self.num_kv_heads * self.head_dim
+        bias = bool(getattr(config, "attention_bias", False))
+        self.qkv_proj = nn.Linear(config.hidden_size, self.q_size + 2 * self.kv_size, bias=bias)
+        self.o_proj = nn.Linear(self.q_size, config.hidden_size, bias=bias)
+        self.q_norm = GemmaRMSNorm(self.head_dim, config.rms_norm_eps)
+        self.k_norm = GemmaRMSNorm(self.head_dim, config.rms_norm_eps)
+        self.rotary_emb = rotary_emb  # shared by the layers of this kind
+        window = config.sliding_window if kind == "sliding_attention" else None
+        self.attn = Attention(self.num_heads, self.head_dim, config.query_pre_attn_scalar ** -0.5,
+                              self.num_kv_heads, window)
+
+    def forward(self, positions: torch.Tensor, x: torch.Tensor,
+                meta: AttentionMetadata) -> torch.Tensor:
+        q, k, v = self.qkv_proj(x).split([self.q_size, self.kv_size, self.kv_size], dim=-1)
+        n = q.shape[0]
+        q = self.q_norm(q.reshape(n, self.num_heads, self.head_dim)).reshape(n, self.q_size)
+        k = self.k_norm(k.reshape(n, self.num_kv_heads, self.head_dim)).reshape(n, self.kv_size)
+        q, k = self.rotary_emb(positions, q, k)
+        return self.o_proj(self.attn(q, k, v, meta))
+
+
+class Gemma3MLP(nn.Module):
+    def __init__(self, config: Any):
+        super().__init__()
+        act = getattr(config, "hidden_activation", None) or config.hidden_act
+        self.act_fn = get_act_fn(act)
+        self.gate_up_proj = nn.Linear(config.hidden_size, 2 * config.intermediate_size,
+                                      bias=False)
+        self.down_proj = nn.Linear(config.intermediate_size, config.hidden_size, bias=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        gate, up = self.gate_up_proj(x).chunk(2, dim=-1)
+        return self.down_proj(self.act_fn(gate) * up)
+
+
+class Gemma3DecoderLayer(nn.Module):
+    def __init__(self, config: Any, kind: str, rotary_emb: nn.Module):
+        super().__init__()
+        h, eps = config.hidden_size, config.rms_norm_eps
+        self.self_attn = Gemma3Attention(config, kind, rotary_emb)
+        self.mlp = Gemma3MLP(config)
+        self.input_layernorm = GemmaRMSNorm(h, eps)
+        self.post_attention_layernorm = GemmaRMSNorm(h, eps)
+        self.pre_feedforward_layernorm = GemmaRMSNorm(h, eps)
+        self.post_feedforward_layernorm = GemmaRMSNorm(h, eps)
+
+    def forward(self, positions: torch.Tensor, x: torch.Tensor,
+                meta: AttentionMetadata) -> torch.Tensor:
+        attn = self.self_attn(positions, self.input_layernorm(x), meta)
+        x = x + self.post_attention_layernorm(attn)
+        return x + self.post_feedforward_layernorm(self.mlp(self.pre_feedforward_layernorm(x)))
+
+
+class Gemma3Model(nn.Module):
+    def __init__(self, config: Any):
+        super().__init__()
+        self.hidden_size = config.hidden_size
+        self.embed_tokens = nn.Embedding(config.vocab_size, config.hidden_size)
+        kinds = layer_types(config)
+        head_dim = head_dim_of(config)
+        ropes = {kind: rope_for(config, kind, head_dim) for kind in sorted(set(kinds))}
+        self.layers = nn.ModuleList(Gemma3DecoderLayer(config, kind, ropes[kind])
+                                    for kind in kinds)
+        self.norm = GemmaRMSNorm(config.hidden_size, config.rms_norm_eps)
+
+    def forward(self, input_ids: torch.Tensor, positions: torch.Tensor,
+                meta: AttentionMetadata) -> torch.Tensor:
+        x = self.embed_tokens(input_ids)
+        # sqrt(hidden) rounded to the weights' dtype first, as HF scales (a host-side scalar).
+        x = x * torch.tensor(self.hidden_size ** 0.5, dtype=x.dtype).item()
+        for layer in self.layers:
+            x = layer(positions, x, meta)
+        return self.norm(x)
+
+
+class Gemma3ForCausalLM(nn.Module):
+    """Gemma 3 text causal LM (see module docstring); the LM head is tied by default."""
+
+    def __init__(self, hf_config: Any):
+        super().__init__()
+        if getattr(hf_config, "attn_logit_softcapping", None):
+            raise ValueError("Gemma3ForCausalLM: attn_logit_softcapping is not supported")
+        if getattr(hf_config, "use_bidirectional_attention", False):
+            raise ValueError("Gemma3ForCausalLM: use_bidirectional_attention (an encoder) is "
+                             "not supported")
+        self.config = hf_config
+        self.model = Gemma3Model(hf_config)
+        self.lm_head = nn.Linear(hf_config.hidden_size, hf_config.vocab_size, bias=False)
+        self.tie_word_embeddings = bool(getattr(hf_config, "tie_word_embeddings", True))
+        if self.tie_word_embeddings:
+            self.lm_head.weight = self.model.embed_tokens.weight
+        self.softcap: Optional[float] = getattr(hf_config, "final_logit_softcapping", None)
+
+    def forward(self, input_ids: torch.Tensor, positions: torch.Tensor,
+                meta: AttentionMetadata) -> torch.Tensor:
+        """input_ids, positions [T] -> final hidden states [T, hidden]."""
+        return self.model(input_ids, positions, meta)
+
+    def compute_logits(self, hidden: torch.Tensor) -> torch.Tensor:
+        """hidden [N, hidden] -> float32 logits [N, vocab], soft-capped when configured."""
+        logits = self.lm_head(hidden)
+        if self.softcap:
+            logits = torch.tanh(logits / self.softcap) * self.softcap
+        return logits.float()
+
+    def load_weights(self, weights: Iterable[tuple[str, torch.Tensor]]) -> None:
+        """Load HF-named tensors; raises ValueError on unknown names or missing parameters."""
+        load_stacked(self, weights, QKV_GATE_UP, qkv_sizes(self.config),
+                     tied_head=self.tie_word_embeddings)

@@ -1,0 +1,118 @@
+"""Phi-1 / Phi-1.5 / Phi-2 (PhiForCausalLM) over flat token rows, HF module names.
+
+Each layer runs attention and the MLP in parallel on one LayerNorm's output and adds both to the
+residual: `x + attn(ln(x)) + mlp(ln(x))`. RoPE covers the first `partial_rotary_factor` of each
+head (neox style); q/k/v/dense and the MLP carry biases, optional per-head LayerNorms on q and k
+(`qk_layernorm`), GELU (`gelu_new`), and an untied LM head with a bias. q/k/v load into one fused
+`qkv_proj`.
+"""
+from __future__ import annotations
+
+from typing import Any, Iterable
+
+import torch
+from torch import nn
+
+from engine.attention.metadata import AttentionMetadata
+from engine.layers.activation import Activation
+from engine.layers.attention import Attention
+from engine.layers.rotary import get_rope
+from engine.models.qwen3 import head_dim_of, layer_sliding_window
+from engine.models.stacked_loading import QKV_GATE_UP, load_stacked, qkv_sizes
+
+
+class PhiAttention(nn.Module):
+    def __init__(self, config: Any, layer_idx: int, rotary_emb: nn.Module):
+        super().__init__()
+        self.num_heads = config.num_attention_heads
+        self.num_kv_heads = getattr(config, "num_key_value_heads", None) or self.num_heads
+        self.head_dim = head_dim_of(config)
+        self.q_size = self.num_heads * self.head_dim
+        self.kv_size = self.num_kv_heads * self.head_dim
+        self.qkv_proj = nn.Linear(config.hidden_size, self.q_size + 2 * self.kv_size, bias=True)
+        self.dense = nn.Linear(self.q_size, config.hidden_size, bias=True)
+        self.qk_layernorm = bool(getattr(config, "qk_layernorm", False))
+        if self.qk_layernorm:
+            self.q_layernorm = nn.LayerNorm(self.head_dim, eps=config.layer_norm_eps)
+            self.k_layernorm = nn.LayerNorm(self.head_dim, eps=config.layer_norm_eps)
+        self.rotary_emb = rotary_emb  # shared by every layer
+        self.attn = Attention(self.num_heads, self.head_dim, self.head_dim ** -0.5,
+                              self.num_kv_heads, layer_sliding_window(config, layer_idx))
+
+    def forward(self, positions: torch.Tensor, x: torch.Tensor,
+                meta: AttentionMetadata) -> torch.Tensor:
+        q, k, v = self.qkv_proj(x).split([self.q_size, self.kv_size, self.kv_size], dim=-1)
+        if self.qk_layernorm:
+            n = q.shape[0]
+            q = self.q_layernorm(q.reshape(n, -1, self.head_dim)).reshape(n, self.q_size)
+            k = self.k_layernorm(k.reshape(n, -1, self.head_dim)).reshape(n, self.kv_size)
+        q, k = self.rotary_emb(positions, q, k)
+        return self.dense(self.attn(q, k, v, meta))
+
+
+class PhiMLP(nn.Module):
+    def __init__(self, config: Any):
+        super().__init__()
+        self.fc1 = nn.Linear(config.hidden_size, config.intermediate_size)
+        self.fc2 = nn.Linear(config.intermediate_size, config.hidden_size)
+        self.activation_fn = Activation(config.hidden_act)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc2(self.activation_fn(self.fc1(x)))
+
+
+class PhiDecoderLayer(nn.Module):
+    def __init__(self, config: Any, layer_idx: int, rotary_emb: nn.Module):
+        super().__init__()
+        self.self_attn = PhiAttention(config, layer_idx, rotary_emb)
+        self.mlp = PhiMLP(config)
+        self.input_layernorm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
+
+    def forward(self, positions: torch.Tensor, x: torch.Tensor,
+                meta: AttentionMetadata) -> torch.Tensor:
+        h = self.input_layernorm(x)
+        return self.self_attn(positions, h, meta) + self.mlp(h) + x
+
+
+class PhiModel(nn.Module):
+    def __init__(self, config: Any):
+        super().__init__()
+        self.embed_tokens = nn.Embedding(config.vocab_size, config.hidden_size)
+        rotary_emb = get_rope(config, head_dim_of(config))
+        self.layers = nn.ModuleList(PhiDecoderLayer(config, i, rotary_emb)
+                                    for i in range(config.num_hidden_layers))
+        self.final_layernorm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
+
+    def forward(self, input_ids: torch.Tensor, positions: torch.Tensor,
+                meta: AttentionMetadata) -> torch.Tensor:
+        x = self.embed_tokens(input_ids)
+        for layer in self.layers:
+            x = layer(positions, x, meta)
+        return self.final_layernorm(x)
+
+
+class PhiForCausalLM(nn.Module):
+    """Phi causal LM (see module docstring)."""
+
+    def __init__(self, hf_config: Any):
+        super().__init__()
+        self.config = hf_config
+        self.model = PhiModel(hf_config)
+        self.lm_head = nn.Linear(hf_config.hidden_size, hf_config.vocab_size, bias=True)
+        self.tie_word_embeddings = bool(getattr(hf_config, "tie_word_embeddings", False))
+        if self.tie_word_embeddings:
+            self.lm_head.weight = self.model.embed_tokens.weight
+
+    def forward(self, input_ids: torch.Tensor, positions: torch.Tensor,
+                meta: AttentionMetadata) -> torch.Tensor:
+        """input_ids, positions [T] -> final hidden states [T, hidden]."""
+        return self.model(input_ids, positions, meta)
+
+    def compute_logits(self, hidden: torch.Tensor) -> torch.Tensor:
+        """hidden [N, hidden] -> float32 logits [N, vocab]."""
+        return self.lm_head(hidden).float()
+
+    def load_weights(self, weights: Iterable[tuple[str, torch.Tensor]]) -> None:
+        """Load HF-named tensors; raises ValueError on unknown names or missing parameters."""
+        load_stacked(self, weights, QKV_GATE_UP, qkv_sizes(self.config),
+                     tied_head=self.tie_word_embeddings)

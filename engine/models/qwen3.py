@@ -1,0 +1,177 @@
+"""Qwen3 (Qwen3ForCausalLM) and the Llama-style decoder the newer model files share.
+
+A Qwen3 layer is a Llama layer whose queries and keys pass a per-head RMSNorm (`q_norm`,
+`k_norm`, over head_dim) before RoPE. `Qwen3Model` takes the MLP from its causal-LM class
+(`make_mlp`), so Phi-3 (no q/k norm, checkpoint-fused projections) and the mixture-of-experts
+models (Mixtral, Qwen3-MoE, Qwen2-MoE: a sparse block instead of the dense MLP) reuse it.
+q/k/v are fused into `qkv_proj` and gate/up into `gate_up_proj`; loading routes HF's separate
+tensors into their row shards (engine/models/stacked_loading.py).
+"""
+from __future__ import annotations
+
+from typing import Any, Iterable, Optional
+
+import torch
+from torch import nn
+
+from engine.attention.metadata import AttentionMetadata
+from engine.layers.activation import SiluAndMul
+from engine.layers.attention import Attention
+from engine.layers.layernorm import RMSNorm
+from engine.layers.rotary import get_rope
+from engine.models.stacked_loading import QKV_GATE_UP, load_stacked, qkv_sizes
+
+
+def layer_sliding_window(config: Any, layer_idx: int) -> Optional[int]:
+    """The layer's sliding window: `layer_types` decides when the config has it (transformers 5.x),
+    otherwise `sliding_window` applies to every layer unless `use_sliding_window` is False."""
+    window = getattr(config, "sliding_window", None)
+    if not window or getattr(config, "use_sliding_window", True) is False:
+        return None
+    layer_types = getattr(config, "layer_types", None)
+    if layer_types:
+        return window if layer_types[layer_idx] == "sliding_attention" else None
+    return window
+
+
+def head_dim_of(config: Any) -> int:
+    return getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
+
+
+class Qwen3Attention(nn.Module):
+    def __init__(self, config: Any, layer_idx: int, rotary_emb: nn.Module, qk_norm: bool,
+                 qkv_bias: bool, o_bias: bool):
+        super().__init__()
+        self.num_heads = config.num_attention_heads
+        self.num_kv_heads = getattr(config, "num_key_value_heads", None) or self.num_heads
+        self.head_dim = head_dim_of(config)
+        self.q_size = self.num_heads * self.head_dim
+        self.kv_size = self.num_kv_heads * self.head_dim
+        # Rows of qkv_proj: [q (q_size) | k (kv_size) | v (kv_size)].
+        self.qkv_proj = nn.Linear(config.hidden_size, self.q_size + 2 * self.kv_size,
+                                  bias=qkv_bias)
+        self.o_proj = nn.Linear(self.q_size, config.hidden_size, bias=o_bias)
+        self.qk_norm = qk_norm
+        if qk_norm:
+            self.q_norm = RMSNorm(self.head_dim, config.rms_norm_eps)
+            self.k_norm = RMSNorm(self.head_dim, config.rms_norm_eps)
+        self.rotary_emb = rotary_emb  # shared by every layer
+        self.attn = Attention(self.num_heads, self.head_dim, self.head_dim ** -0.5,
+                              self.num_kv_heads, layer_sliding_window(config, layer_idx))
+
+    def forward(self, positions: torch.Tensor, x: torch.Tensor,
+                meta: AttentionMetadata) -> torch.Tensor:
+        q, k, v = self.qkv_proj(x).split([self.q_size, self.kv_size, self.kv_size], dim=-1)
+        if self.qk_norm:
+            n = q.shape[0]
+            q = self.q_norm(q.reshape(n, self.num_heads, self.head_dim)).reshape(n, self.q_size)
+            k = self.k_norm(k.reshape(n, self.num_kv_heads, self.head_dim)).reshape(n,
+                                                                                   self.kv_size)
+        q, k = self.rotary_emb(positions, q, k)
+        return self.o_proj(self.attn(q, k, v, meta))
+
+
+class Qwen3MLP(nn.Module):
+    """Gated SiLU MLP (gate_up_proj rows: [gate | up])."""
+
+    def __init__(self, hidden_size: int, intermediate_size: int, hidden_act: str = "silu",
+                 bias: bool = False):
+        super().__init__()
+        if hidden_act != "silu":
+            raise ValueError(f"gated MLP supports hidden_act 'silu', got '{hidden_act}'")
+        self.gate_up_proj = nn.Linear(hidden_size, 2 * intermediate_size, bias=bias)
+        self.down_proj = nn.Linear(intermediate_size, hidden_size, bias=bias)
+        self.act_fn = SiluAndMul()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.down_proj(self.act_fn(self.gate_up_proj(x)))
+
+
+class Qwen3DecoderLayer(nn.Module):
+    def __init__(self, config: Any, attn: nn.Module, mlp: nn.Module, mlp_name: str = "mlp"):
+        super().__init__()
+        self.self_attn = attn
+        self.mlp_name = mlp_name
+        setattr(self, mlp_name, mlp)  # HF's name: `mlp`, or Mixtral's `block_sparse_moe`
+        self.input_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps)
+        self.post_attention_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps)
+
+    def forward(self, positions: torch.Tensor, x: torch.Tensor, residual: Optional[torch.Tensor],
+                meta: AttentionMetadata) -> tuple[torch.Tensor, torch.Tensor]:
+        # Invariant: `x + residual` is the residual stream entering this layer (residual None on
+        # the first layer); the adds are fused into the norms.
+        if residual is None:
+            x, residual = self.input_layernorm(x), x
+        else:
+            x, residual = self.input_layernorm(x, residual)
+        x = self.self_attn(positions, x, meta)
+        x, residual = self.post_attention_layernorm(x, residual)
+        return getattr(self, self.mlp_name)(x), residual
+
+
+class Qwen3Model(nn.Module):
+    def __init__(self, config: Any, lm: "Qwen3ForCausalLM"):
+        super().__init__()
+        self.embed_tokens = nn.Embedding(config.vocab_size, config.hidden_size)
+        rotary_emb = get_rope(config, head_dim_of(config))
+        self.layers = nn.ModuleList(
+            Qwen3DecoderLayer(config, Qwen3Attention(config, i, rotary_emb, lm.qk_norm,
+                                                     lm.qkv_bias(config), lm.o_bias(config)),
+                              lm.make_mlp(config, i), lm.mlp_name)
+            for i in range(config.num_hidden_layers))
+        self.norm = RMSNorm(config.hidden_size, config.rms_norm_eps)
+
+    def forward(self, input_ids: torch.Tensor, positions: torch.Tensor,
+                meta: AttentionMetadata) -> torch.Tensor:
+        x, residual = self.embed_tokens(input_ids), None
+        for layer in self.layers:
+            x, residual = layer(positions, x, residual, meta)
+        x, _ = self.norm(x, residual)
+        return x
+
+
+class Qwen3ForCausalLM(nn.Module):
+    """Qwen3 causal LM; subclasses change the class attributes and hooks below."""
+
+    qk_norm = True
+    mlp_name = "mlp"
+    # HF name fragment -> (our fused parameter fragment, shard index).
+    stacked_params: dict[str, tuple[str, int]] = QKV_GATE_UP
+
+    def __init__(self, hf_config: Any):
+        super().__init__()
+        self.config = hf_config
+        self.model = Qwen3Model(hf_config, self)
+        self.lm_head = nn.Linear(hf_config.hidden_size, hf_config.vocab_size, bias=False)
+        self.tie_word_embeddings = bool(getattr(hf_config, "tie_word_embeddings", False))
+        if self.tie_word_embeddings:
+            self.lm_head.weight = self.model.embed_tokens.weight
+
+    # ---- hooks -------------------------------------------------------------------------------
+    def qkv_bias(self, config: Any) -> bool:
+        return bool(getattr(config, "attention_bias", False))
+
+    def o_bias(self, config: Any) -> bool:
+        return bool(getattr(config, "attention_bias", False))
+
+    def make_mlp(self, config: Any, layer_idx: int) -> nn.Module:
+        return Qwen3MLP(config.hidden_size, config.intermediate_size,
+                        getattr(config, "hidden_act", "silu"))
+
+    def expert_mapper(self):
+        return None
+
+    # ---- model interface ---------------------------------------------------------------------
+    def forward(self, input_ids: torch.Tensor, positions: torch.Tensor,
+                meta: AttentionMetadata) -> torch.Tensor:
+        """input_ids, positions [T] -> final hidden states [T, hidden]."""
+        return self.model(input_ids, positions, meta)
+
+    def compute_logits(self, hidden: torch.Tensor) -> torch.Tensor:
+        """hidden [N, hidden] -> float32 logits [N, vocab]."""
+        return self.lm_head(hidden).float()
+
+    def load_weights(self, weights: Iterable[tuple[str, torch.Tensor]]) -> None:
+        """Load HF-named tensors; raises ValueError on unknown names or missing parameters."""
+        load_stacked(self, weights, self.stacked_params, qkv_sizes(self.config),
+                     experts=self.expert_mapper(), tied_head=self.tie_word_embeddings)
