@@ -171,6 +171,9 @@ def run_server(engine_args: Any, args: ServerArgs) -> int:
     """Build everything and serve until a signal; 0 on a clean shutdown."""
     import uvicorn
 
+    if args.runner == "pooling":
+        from server.pooling_server import run_pooling_server
+        return run_pooling_server(engine_args, args)
     config = engine_args.create_engine_config()
     names = [engine_args.served_model_name or default_served_name(engine_args.model, config.model)]
     if config.model.model not in names and engine_args.model:

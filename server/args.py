@@ -25,6 +25,7 @@ _CHOICES = {
     "preemption_mode": list(PREEMPTION_MODES),
     "load_format": list(LOAD_FORMATS),
     "attention_backend": ["auto", "torch", "triton"],
+    "runner": ["generate", "pooling"],
 }
 _HELP = {
     "model": "HF hub id, local HF folder or .gguf file (default: SmolLM2-135M-Instruct)",
@@ -55,6 +56,7 @@ class ServerArgs:
     access_log: bool = False
     cpu_threads: Optional[int] = None  # torch threads of a CPU engine core (default: cores - 1)
     core_factory: Optional[str] = None  # module:callable building the core (tests)
+    runner: str = "generate"  # generate | pooling (embeddings: server/pooling_server.py)
 
     def __post_init__(self) -> None:
         if not 0 <= self.port <= 65535:
@@ -63,6 +65,8 @@ class ServerArgs:
             raise ValueError("shutdown_timeout: must be >= 0")
         if self.engine_mode not in ("process", "inproc"):
             raise ValueError(f"engine_mode: must be process or inproc, got {self.engine_mode!r}")
+        if self.runner not in ("generate", "pooling"):
+            raise ValueError(f"runner: must be generate or pooling, got {self.runner!r}")
         if self.max_queue_len is not None and self.max_queue_len < 0:
             raise ValueError("max_queue_len: must be >= 0")
 
@@ -77,6 +81,8 @@ _SERVER_HELP = {
     "log_level": "DEBUG, INFO, WARNING or ERROR",
     "log_stats_interval": "seconds between engine stats log lines while busy (0: off)",
     "access_log": "log every HTTP request",
+    "runner": "generate (text) or pooling (embeddings at /v1/embeddings: BERT-family encoders "
+              "mean-pooled, decoders last-token pooled)",
     "cpu_threads": "torch threads of an engine core on the CPU (default: CPU cores - 1, min 1)",
 }
 
