@@ -76,10 +76,16 @@ class OpenAIServingEmbedding:
         self.check_model(body.model)
         items = split_input(body.input)
         try:
-            ids = [self.engine.tokenize(item, i) for i, item in enumerate(items)]
             self.engine.pooling.check_dimensions(body.dimensions)
         except ValueError as exc:
-            raise from_value_error(exc, "input") from exc
+            raise from_value_error(exc, "dimensions") from exc
+        ids = []
+        for i, item in enumerate(items):
+            try:
+                ids.append(self.engine.tokenize(item, i))
+            except ValueError as exc:
+                code = "context_length_exceeded" if "maximum context" in str(exc) else None
+                raise bad_request(str(exc), f"input[{i}]", code) from exc
         vectors = await self._submit(ids, body.dimensions)
         n_tokens = sum(len(r) for r in ids)
         self.num_requests += 1
