@@ -19,6 +19,7 @@ from fastapi.responses import Response
 
 from server.args import ServerArgs
 from server.auth import APIKeyMiddleware, RequestIdMiddleware
+from server.dashboard import DashboardMetrics, install_dashboard
 from server.engine_client import AsyncEngineClient, EngineClient
 from server.errors import bad_request, engine_unavailable, install_exception_handlers
 from server.metrics import CONTENT_TYPE_LATEST, ServerMetrics, StatsLogger
@@ -68,7 +69,7 @@ def build_app(engine: EngineClient, args: ServerArgs, served_model_names: list[s
               metrics: Optional[ServerMetrics] = None, manage_engine: bool = True) -> FastAPI:
     """The HTTP app for one served model. With `manage_engine`, its lifespan starts and stops
     the engine (and the periodic stats log); otherwise the caller does."""
-    metrics = metrics or ServerMetrics(served_model_names[0])
+    metrics = metrics or DashboardMetrics(served_model_names[0])
     max_model_len = engine.model_config.max_model_len
 
     @contextlib.asynccontextmanager
@@ -98,6 +99,7 @@ def build_app(engine: EngineClient, args: ServerArgs, served_model_names: list[s
     chat = OpenAIServingChat(engine, served_model_names, args.max_queue_len, args.chat_template)
     app.state.engine = engine
     app.state.metrics = metrics
+    install_dashboard(app, engine, metrics)
 
     @app.post("/v1/completions")
     async def create_completion(body: CompletionRequest, request: Request):
@@ -178,7 +180,7 @@ def run_server(engine_args: Any, args: ServerArgs) -> int:
     names = [engine_args.served_model_name or default_served_name(engine_args.model, config.model)]
     if config.model.model not in names and engine_args.model:
         names.append(config.model.model)  # the resolved path/id works as an alias
-    metrics = ServerMetrics(names[0])
+    metrics = DashboardMetrics(names[0])
     engine = AsyncEngineClient(config, mode=args.engine_mode, core_factory=args.core_factory,
                                metrics=metrics, log_level=args.log_level,
                                cpu_threads=args.cpu_threads)

@@ -20,8 +20,8 @@ from typing import Any, Optional
 
 from engine.outputs import EngineCoreRequest
 from server.core_process import CoreLoop, load_core_factory, ready_message, run_core_process
-from server.core_protocol import (AbortRequests, AddRequest, CoreFailed, GetStats, InputMsg,
-                                  OutputMsg, Shutdown, StopSeqs, decode_output, encode)
+from server.core_protocol import (AbortRequests, AddRequest, CoreFailed, GetBlockMap, GetStats,
+                                  InputMsg, OutputMsg, Shutdown, StopSeqs, decode_output, encode)
 from server.errors import EngineDeadError
 
 logger = logging.getLogger("pagedserve.server")
@@ -62,6 +62,9 @@ class CoreClient(ABC):
 
     def request_stats(self, token: int) -> None:
         self.send(GetStats(token=token))
+
+    def request_block_map(self, token: int) -> None:
+        self.send(GetBlockMap(token=token))
 
 
 class ThreadCoreClient(CoreClient):

@@ -25,7 +25,7 @@ from engine.output_processor import OutputProcessor
 from engine.outputs import EngineCoreOutput, RequestOutput
 from engine.sampling_params import SamplingParams
 from server.core_client import CoreClient, ProcessCoreClient, ThreadCoreClient
-from server.core_protocol import OutputBatch, Ready, StatsReply
+from server.core_protocol import BlockMapReply, OutputBatch, Ready, StatsReply
 from server.errors import EngineDeadError, from_value_error
 from server.metrics import ServerMetrics
 
@@ -230,6 +230,21 @@ class AsyncEngineClient(EngineClient):
     def num_waiting(self) -> int:
         return int(self._stats.get("num_waiting", 0)) + self._adds_since_stats
 
+    async def get_block_map(self, timeout: float = 2.0) -> dict:
+        """The core's KV block map (engine/kv_snapshot.py); {} when it does not answer in time."""
+        if self._dead is not None:
+            return {}
+        token = next(self._tokens)
+        fut = asyncio.get_running_loop().create_future()
+        self._stats_waiters[token] = fut
+        try:
+            self.core.request_block_map(token)
+            return dict(await asyncio.wait_for(fut, timeout))
+        except (asyncio.TimeoutError, EngineDeadError):
+            return {}
+        finally:
+            self._stats_waiters.pop(token, None)
+
     # ---- output loop -----------------------------------------------------------------------
     async def _output_loop(self) -> None:
         try:
@@ -245,6 +260,10 @@ class AsyncEngineClient(EngineClient):
                         self._observe_queue_times(msg.first_scheduled)
                     if msg.outputs:
                         self._route(msg.outputs)
+                elif isinstance(msg, BlockMapReply):
+                    fut = self._stats_waiters.get(msg.token)
+                    if fut is not None and not fut.done():
+                        fut.set_result(msg.block_map)
                 elif isinstance(msg, StatsReply):
                     self._stats = msg.stats
                     fut = self._stats_waiters.get(msg.token)
