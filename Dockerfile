@@ -8,20 +8,15 @@ ARG DEVICE=cuda
 ARG CUDA_BASE=pytorch/pytorch:2.9.1-cuda12.8-cudnn9-runtime
 ARG CPU_BASE=python:3.11-slim
 
-# CUDA: torch, CUDA and cuDNN come with the base image (the venv sees them).
 FROM ${CUDA_BASE} AS base-cuda
-ARG TORCH_SPEC=""
-ARG TORCH_INDEX=""
-ENV PAGEDSERVE_TORCH_SPEC=${TORCH_SPEC} PAGEDSERVE_TORCH_INDEX=${TORCH_INDEX}
-
-# CPU: the CPU build of torch from PyTorch's index (no CUDA libraries: a few GB smaller).
 FROM ${CPU_BASE} AS base-cpu
-ARG TORCH_SPEC="torch==2.13.0"
-ARG TORCH_INDEX="https://download.pytorch.org/whl/cpu"
-ENV PAGEDSERVE_TORCH_SPEC=${TORCH_SPEC} PAGEDSERVE_TORCH_INDEX=${TORCH_INDEX}
 
 FROM base-${DEVICE}
 ARG DEVICE
+# TORCH_SPEC "auto": CUDA images use the base image's torch (CUDA and cuDNN with it); CPU images
+# install the CPU build of torch from PyTorch's index (no CUDA libraries: GBs smaller).
+ARG TORCH_SPEC=auto
+ARG TORCH_INDEX=https://download.pytorch.org/whl/cpu
 ENV PYTHONUNBUFFERED=1 \
     PIP_NO_CACHE_DIR=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1 \
@@ -31,8 +26,10 @@ ENV PYTHONUNBUFFERED=1 \
     PAGEDSERVE_DEVICE=${DEVICE}
 
 RUN python3 -m venv --system-site-packages $VIRTUAL_ENV \
-    && if [ -n "$PAGEDSERVE_TORCH_SPEC" ]; then \
-         pip install ${PAGEDSERVE_TORCH_INDEX:+--index-url $PAGEDSERVE_TORCH_INDEX --extra-index-url https://pypi.org/simple} "$PAGEDSERVE_TORCH_SPEC"; \
+    && spec="$TORCH_SPEC" \
+    && if [ "$spec" = auto ]; then if [ "$DEVICE" = cpu ]; then spec="torch==2.13.0"; else spec=""; fi; fi \
+    && if [ -n "$spec" ]; then \
+         pip install ${TORCH_INDEX:+--index-url $TORCH_INDEX --extra-index-url https://pypi.org/simple} "$spec"; \
        fi
 
 WORKDIR /app

@@ -78,6 +78,9 @@ def build_app(engine: EngineClient, args: ServerArgs, served_model_names: list[s
         if manage_engine:
             await engine.start()
             logger.info("Engine ready; serving %s", ", ".join(served_model_names))
+            host = "localhost" if args.host in ("0.0.0.0", "::", "") else args.host
+            logger.info("Ready: http://%s:%d/v1 (live dashboard: http://%s:%d/dashboard)",
+                        host, args.port, host, args.port)
         if args.log_stats_interval > 0:
             tasks.append(asyncio.create_task(
                 StatsLogger(engine.get_stats, args.log_stats_interval).run()))
