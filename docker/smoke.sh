@@ -15,8 +15,10 @@ IMAGE=${IMAGE:-pagedserve:cpu-smoke}
 PORT=${SMOKE_PORT:-18080}
 NAME=pagedserve-smoke-$$
 echo "smoke: building $IMAGE with $BUILDER"
+FORMAT=""
+case "$BUILDER" in podman*|buildah*) FORMAT="--format docker" ;; esac  # OCI drops HEALTHCHECK
 # shellcheck disable=SC2086
-$BUILDER build -t "$IMAGE" --build-arg DEVICE=cpu ${SMOKE_BUILD_ARGS:-} .
+$BUILDER build -t "$IMAGE" $FORMAT --build-arg DEVICE=cpu ${SMOKE_BUILD_ARGS:-} .
 SIZE=$($BUILDER image inspect "$IMAGE" --format '{{.Size}}')
 echo "smoke: image size $(( SIZE / 1000000 )) MB"
 # shellcheck disable=SC2086
