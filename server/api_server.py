@@ -19,6 +19,7 @@ from fastapi.responses import Response
 
 from server.args import ServerArgs
 from server.auth import APIKeyMiddleware, RequestIdMiddleware
+from server.dashboard import DashboardMetrics, install_dashboard
 from server.engine_client import AsyncEngineClient, EngineClient
 from server.engine_health import RestartPolicy
 from server.errors import (bad_request, engine_unavailable, install_exception_handlers,
@@ -71,7 +72,7 @@ def build_app(engine: EngineClient, args: ServerArgs, served_model_names: list[s
               metrics: Optional[ServerMetrics] = None, manage_engine: bool = True) -> FastAPI:
     """The HTTP app for one served model. With `manage_engine`, its lifespan starts and stops
     the engine (and the periodic stats log); otherwise the caller does."""
-    metrics = metrics or ServerMetrics(served_model_names[0])
+    metrics = metrics or DashboardMetrics(served_model_names[0])
     max_model_len = engine.model_config.max_model_len
 
     @contextlib.asynccontextmanager
@@ -80,6 +81,9 @@ def build_app(engine: EngineClient, args: ServerArgs, served_model_names: list[s
         if manage_engine:
             await engine.start()
             logger.info("Engine ready; serving %s", ", ".join(served_model_names))
+            host = "localhost" if args.host in ("0.0.0.0", "::", "") else args.host
+            logger.info("Ready: http://%s:%d/v1 (live dashboard: http://%s:%d/dashboard)",
+                        host, args.port, host, args.port)
         on_started = getattr(app.state, "on_started", None)
         if on_started is not None:
             on_started()
@@ -105,6 +109,7 @@ def build_app(engine: EngineClient, args: ServerArgs, served_model_names: list[s
     chat = OpenAIServingChat(engine, served_model_names, args.max_queue_len, args.chat_template)
     app.state.engine = engine
     app.state.metrics = metrics
+    install_dashboard(app, engine, metrics)
 
     @app.post("/v1/completions")
     async def create_completion(body: CompletionRequest, request: Request):
@@ -224,11 +229,14 @@ def run_server(engine_args: Any, args: ServerArgs) -> int:
     died for good or never started."""
     import uvicorn
 
+    if args.runner == "pooling":
+        from server.pooling_server import run_pooling_server
+        return run_pooling_server(engine_args, args)
     config = engine_args.create_engine_config()
     names = [engine_args.served_model_name or default_served_name(engine_args.model, config.model)]
     if config.model.model not in names and engine_args.model:
         names.append(config.model.model)  # the resolved path/id works as an alias
-    metrics = ServerMetrics(names[0])
+    metrics = DashboardMetrics(names[0])
     holder: dict[str, _Server] = {}
     engine = AsyncEngineClient(
         config, mode=args.engine_mode, core_factory=args.core_factory, metrics=metrics,

@@ -25,6 +25,7 @@ _CHOICES = {
     "preemption_mode": list(PREEMPTION_MODES),
     "load_format": list(LOAD_FORMATS),
     "attention_backend": ["auto", "torch", "triton"],
+    "runner": ["generate", "pooling"],
 }
 _HELP = {
     "model": "HF hub id, local HF folder or .gguf file (default: SmolLM2-135M-Instruct)",
@@ -74,6 +75,7 @@ class ServerArgs:
     engine_restart_retries: int = 3
     engine_step_timeout: float = 120.0
     core_factory: Optional[str] = None  # module:callable building the core (tests)
+    runner: str = "generate"  # generate | pooling (embeddings: server/pooling_server.py)
 
     def __post_init__(self) -> None:
         if not 0 <= self.port <= 65535:
@@ -82,6 +84,8 @@ class ServerArgs:
             raise ValueError("shutdown_timeout: must be >= 0")
         if self.engine_mode not in ("process", "inproc"):
             raise ValueError(f"engine_mode: must be process or inproc, got {self.engine_mode!r}")
+        if self.runner not in ("generate", "pooling"):
+            raise ValueError(f"runner: must be generate or pooling, got {self.runner!r}")
         if self.max_queue_len is not None and self.max_queue_len < 0:
             raise ValueError("max_queue_len: must be >= 0")
         if self.max_request_body_bytes < 1:
@@ -102,6 +106,8 @@ _SERVER_HELP = {
     "log_level": "DEBUG, INFO, WARNING or ERROR",
     "log_stats_interval": "seconds between engine stats log lines while busy (0: off)",
     "access_log": "log every HTTP request",
+    "runner": "generate (text) or pooling (embeddings at /v1/embeddings: BERT-family encoders "
+              "mean-pooled, decoders last-token pooled)",
     "cpu_threads": "torch threads of an engine core on the CPU (default: CPU cores - 1, min 1)",
     "max_request_body_bytes": "larger request bodies get 413 (default 8 MiB)",
     "engine_restart": "restart a dead engine core (default); --no-engine-restart exits non-zero",

@@ -1,4 +1,8 @@
-"""`pagedserve serve [MODEL] [options]`: the command-line entry point (also `python -m server`)."""
+"""`pagedserve serve [MODEL] [options]`: the command-line entry point (also `python -m server`).
+
+Also `pagedserve bench throughput|latency|serve ...` (server/bench_cli.py) and
+`pagedserve export-tokenizer DIR [MODEL]` (server/export_tokenizer.py).
+"""
 from __future__ import annotations
 
 import logging
@@ -15,6 +19,13 @@ def setup_logging(level: str) -> None:
 
 def main(argv: Optional[list[str]] = None) -> int:
     """Parse arguments and run the chosen command; returns the process exit code."""
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["bench"]:  # pagedserve bench throughput|latency|serve (server/bench_cli.py)
+        from server.bench_cli import main as bench_main
+        return bench_main(argv[1:])
+    if argv[:1] == ["export-tokenizer"]:
+        from server.export_tokenizer import main as export_main
+        return export_main(argv[1:])
     parser = make_parser()
     ns = parser.parse_args(argv)
     if ns.command == "serve":

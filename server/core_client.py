@@ -23,8 +23,8 @@ from typing import Any, Optional
 from engine.outputs import EngineCoreRequest
 from server.core_process import (OUTPUT_HWM, CoreLoop, load_core_factory, ready_message,
                                  run_core_process)
-from server.core_protocol import (AbortRequests, AddRequest, CoreFailed, GetStats, InputMsg,
-                                  OutputMsg, Shutdown, StopSeqs, decode_output, encode)
+from server.core_protocol import (AbortRequests, AddRequest, CoreFailed, GetBlockMap, GetStats,
+                                  InputMsg, OutputMsg, Shutdown, StopSeqs, decode_output, encode)
 from server.errors import EngineDeadError
 
 logger = logging.getLogger("pagedserve.server")
@@ -65,6 +65,9 @@ class CoreClient(ABC):
 
     def request_stats(self, token: int) -> None:
         self.send(GetStats(token=token))
+
+    def request_block_map(self, token: int) -> None:
+        self.send(GetBlockMap(token=token))
 
 
 class ThreadCoreClient(CoreClient):

@@ -22,9 +22,10 @@ import time
 import traceback
 from typing import Any, Callable, Optional
 
-from server.core_protocol import (AbortRequests, AddRequest, CoreFailed, GetStats, InputMsg,
-                                  OutputBatch, OutputMsg, Ready, Shutdown, StatsReply, StopSeqs,
-                                  decode_input, encode)
+from server.core_protocol import (AbortRequests, AddRequest, BlockMapReply, CoreFailed,
+                                  GetBlockMap, GetStats, InputMsg, OutputBatch, OutputMsg, Ready,
+                                  Shutdown, StatsReply, StopSeqs, decode_input, encode)
+from engine.kv_snapshot import block_map
 from engine.outputs import EngineCoreOutput
 
 logger = logging.getLogger("pagedserve.core")
@@ -87,6 +88,8 @@ class CoreLoop:
                     return
                 if isinstance(msg, GetStats):
                     stats_tokens.append(msg.token)
+                elif isinstance(msg, GetBlockMap):
+                    self.send(BlockMapReply(token=msg.token, block_map=block_map(self.core)))
                 else:
                     self._handle(msg, errors)
             if stats_tokens:  # answered after this batch's adds/aborts took effect

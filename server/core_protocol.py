@@ -3,8 +3,8 @@
 Small msgspec structs, tagged so one msgpack decoder per direction reads any of them. The same
 structs travel through a `queue.Queue` in in-process mode, unencoded.
 
-Inputs (frontend -> core): AddRequest, AbortRequests, StopSeqs, GetStats, Shutdown.
-Outputs (core -> frontend): Ready, OutputBatch, StatsReply, CoreFailed.
+Inputs (frontend -> core): AddRequest, AbortRequests, StopSeqs, GetStats, GetBlockMap, Shutdown.
+Outputs (core -> frontend): Ready, OutputBatch, StatsReply, BlockMapReply, CoreFailed.
 """
 from __future__ import annotations
 
@@ -32,6 +32,12 @@ class StopSeqs(msgspec.Struct, tag="stop"):
 
 class GetStats(msgspec.Struct, tag="get_stats"):
     token: int  # echoed in the StatsReply so the frontend can match it to its waiter
+
+
+class GetBlockMap(msgspec.Struct, tag="get_block_map"):
+    """Ask for a snapshot of the KV block pools (the dashboard; see engine/kv_snapshot.py)."""
+
+    token: int
 
 
 class Shutdown(msgspec.Struct, tag="shutdown"):
@@ -69,14 +75,19 @@ class StatsReply(msgspec.Struct, tag="stats"):
     stats: dict
 
 
+class BlockMapReply(msgspec.Struct, tag="block_map"):
+    token: int
+    block_map: dict
+
+
 class CoreFailed(msgspec.Struct, tag="failed"):
     """The core hit an unrecoverable error (start-up or step); it exits after sending this."""
 
     message: str
 
 
-InputMsg = Union[AddRequest, AbortRequests, StopSeqs, GetStats, Shutdown]
-OutputMsg = Union[Ready, OutputBatch, StatsReply, CoreFailed]
+InputMsg = Union[AddRequest, AbortRequests, StopSeqs, GetStats, GetBlockMap, Shutdown]
+OutputMsg = Union[Ready, OutputBatch, StatsReply, BlockMapReply, CoreFailed]
 
 _encoder = msgspec.msgpack.Encoder()
 _input_decoder = msgspec.msgpack.Decoder(InputMsg)

@@ -26,7 +26,7 @@ from engine.output_processor import OutputProcessor
 from engine.outputs import EngineCoreOutput, RequestOutput
 from engine.sampling_params import SamplingParams
 from server.core_client import CoreClient, ProcessCoreClient, ThreadCoreClient
-from server.core_protocol import OutputBatch, Ready, StatsReply
+from server.core_protocol import BlockMapReply, OutputBatch, Ready, StatsReply
 from server.engine_health import RestartBudget, RestartPolicy, StepWatchdog, restart_core
 from server.errors import EngineDeadError, from_value_error
 from server.metrics import ServerMetrics
@@ -277,6 +277,21 @@ class AsyncEngineClient(EngineClient):
         return max(int(self._stats.get("num_waiting", 0)),
                    len(self._unscheduled) + self._reserved + adding - free_slots)
 
+    async def get_block_map(self, timeout: float = 2.0) -> dict:
+        """The core's KV block map (engine/kv_snapshot.py); {} when it does not answer in time."""
+        if self._dead is not None:
+            return {}
+        token = next(self._tokens)
+        fut = asyncio.get_running_loop().create_future()
+        self._stats_waiters[token] = fut
+        try:
+            self.core.request_block_map(token)
+            return dict(await asyncio.wait_for(fut, timeout))
+        except (asyncio.TimeoutError, EngineDeadError):
+            return {}
+        finally:
+            self._stats_waiters.pop(token, None)
+
     def reserve(self, num_prompts: int) -> None:
         self._reserved += num_prompts
 
@@ -335,6 +350,10 @@ class AsyncEngineClient(EngineClient):
                     self._scheduled(msg.first_scheduled)
                 if msg.outputs:
                     self._route(msg.outputs)
+            elif isinstance(msg, BlockMapReply):
+                fut = self._stats_waiters.get(msg.token)
+                if fut is not None and not fut.done():
+                    fut.set_result(msg.block_map)
             elif isinstance(msg, StatsReply):
                 self._stats = msg.stats
                 fut = self._stats_waiters.get(msg.token)
