@@ -7,6 +7,16 @@ import os
 import pytest
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
+# Without CUDA every Triton kernel runs through the CPU interpreter. TRITON_INTERPRET is read when
+# a kernel is decorated, so it is set here, before any test module (or the engine code it imports)
+# imports a kernel: a kernel decorated in the other mode cannot call the interpreted helpers.
+try:
+    import torch
+
+    if not torch.cuda.is_available():
+        os.environ.setdefault("TRITON_INTERPRET", "1")
+except ImportError:  # pragma: no cover - torch is a hard dependency
+    pass
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import pytest
 
-pytest.importorskip("auto_round", reason="auto-round is in the test extra")
+import auto_round  # noqa: E402,F401  (test extra: quantizes the checkpoints)
 
 from engine import LLM, SamplingParams  # noqa: E402
 from tests.engine.quantization._reference import quantize, w8a8_reference_model  # noqa: E402

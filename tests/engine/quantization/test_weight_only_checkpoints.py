@@ -11,7 +11,7 @@ import shutil
 import pytest
 import torch
 
-pytest.importorskip("auto_round", reason="auto-round is in the test extra")
+import auto_round  # noqa: E402,F401  (test extra: quantizes the checkpoints)
 
 from engine import LLM, SamplingParams  # noqa: E402
 from tests.engine.quantization._reference import quantize, reference_model  # noqa: E402
