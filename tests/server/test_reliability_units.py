@@ -91,17 +91,29 @@ async def test_core_blocks_when_the_frontend_stops_reading():
 
     client = ThreadCoreClient(None, "tests.server.test_reliability_units:_ChattyCore")
     await client.start()
-    await asyncio.sleep(1.0)
+    deadline = time.monotonic() + 10  # a loaded CI machine may take a while to fill it
+    while client._outbox.qsize() < OUTPUT_HWM and time.monotonic() < deadline:
+        await asyncio.sleep(0.05)
+    await asyncio.sleep(0.3)  # a core that did not block would keep stepping meanwhile
     core = _ChattyCore.instances[-1]
     assert client._outbox.qsize() == OUTPUT_HWM
     assert core.steps <= OUTPUT_HWM + 2, core.steps
     for _ in range(10):  # reading lets it go on
         await client.get_output()
-    await asyncio.sleep(0.2)
+    deadline = time.monotonic() + 10
+    while core.steps <= OUTPUT_HWM + 2 and time.monotonic() < deadline:
+        await asyncio.sleep(0.05)
     assert core.steps > OUTPUT_HWM + 2
     client.send(Shutdown())
-    while client.is_alive():
-        await asyncio.wait_for(client.get_output(), 5)
+    # Keep reading so that a core blocked on a full outbox sees the Shutdown; the core thread may
+    # end between is_alive() and the next read, so each read waits briefly rather than forever.
+    deadline = time.monotonic() + 10
+    while client.is_alive() and time.monotonic() < deadline:
+        try:
+            await asyncio.wait_for(client.get_output(), 0.2)
+        except asyncio.TimeoutError:
+            pass
+    assert not client.is_alive()
 
 
 def test_restart_budget_and_watchdog():
