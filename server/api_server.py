@@ -251,7 +251,11 @@ def run_server(engine_args: Any, args: ServerArgs) -> int:
     uv_config = uvicorn.Config(app, host=args.host, port=args.port,
                                log_level=args.log_level.lower(),
                                timeout_graceful_shutdown=args.shutdown_timeout + 5,
-                               timeout_keep_alive=5, access_log=args.access_log)
+                               timeout_keep_alive=5, access_log=args.access_log,
+                               # "auto" takes httptools and uvloop when installed (not required:
+                               # no gain measured, benchmarks/frontend_cost.py compares them)
+                               http=os.environ.get("PAGEDSERVE_UVICORN_HTTP", "auto"),
+                               loop=os.environ.get("PAGEDSERVE_UVICORN_LOOP", "auto"))
     server = holder["server"] = _Server(uv_config, engine, args.shutdown_timeout)
     app.state.on_started = lambda: setattr(server, "loop", asyncio.get_running_loop())
     # Uvicorn handles SIGINT/SIGTERM (graceful shutdown), then re-raises them to the handlers it
