@@ -48,12 +48,19 @@ if triton is not None:
 
     # Per-step values (window, partition, block-table width, partial strides) and sliced metadata
     # pointers are not specialised on: one compiled variant per SPLIT serves every step.
+    @triton.jit
+    def softcap_log2(s, cap_log2):
+        """`cap * tanh(x / cap)` for scores `s = x * log2(e)` kept in the log2 domain
+        (`cap_log2 = cap * log2(e)`); tanh(y) = 1 - 2 / (exp(2y) + 1), exact at both ends."""
+        y2 = 2.0 * s / cap_log2  # 2y
+        return cap_log2 * (1.0 - 2.0 / (tl.math.exp2(y2 * 1.4426950408889634) + 1.0))
+
     @triton.jit(do_not_specialize=["window", "partition", "stride_bt", "stride_pa_s", "stride_pa_h",
-                                   "stride_pm_s", "stride_pm_h"],
+                                   "stride_pm_s", "stride_pm_h", "cap_log2"],
                 do_not_specialize_on_alignment=["block_tables", "seq_lens"])
     def _decode_split_kernel(
         q_ptr, k_cache, v_cache, block_tables, seq_lens, out_ptr, part_acc, part_ml,
-        scale_log2, window, partition,
+        scale_log2, window, partition, cap_log2,
         stride_qt, stride_qh,
         stride_kb, stride_ks, stride_kh,
         stride_vb, stride_vs, stride_vh,
@@ -62,7 +69,7 @@ if triton is not None:
         stride_pm_s, stride_pm_h, stride_pm_p,
         HEAD_DIM: tl.constexpr, D_PAD: tl.constexpr, GROUP: tl.constexpr, G_PAD: tl.constexpr,
         BLOCK_SIZE: tl.constexpr, BLOCK_N: tl.constexpr, USE_WINDOW: tl.constexpr,
-        SPLIT: tl.constexpr,
+        SPLIT: tl.constexpr, USE_SOFTCAP: tl.constexpr,
     ):
         """One (sequence, KV head, split): attend the G query heads to one context range."""
         seq = tl.program_id(0)
@@ -106,6 +113,8 @@ if triton is not None:
             v = tl.load(v_cache + v_off[:, None] + offs_d[None, :], mask=kv_mask,
                         other=0.0).to(q.dtype)
             s = tl.dot(q, tl.trans(k)) * scale_log2
+            if USE_SOFTCAP:
+                s = softcap_log2(s, cap_log2)
             s = tl.where(n_mask[None, :], s, float("-inf"))
             m_new = tl.maximum(m_i, tl.max(s, 1))
             p = tl.math.exp2(s - m_new[:, None])
@@ -223,8 +232,10 @@ def paged_attention_decode(query: torch.Tensor, key_cache: torch.Tensor,
                            sliding_window: Optional[int] = None,
                            out: Optional[torch.Tensor] = None,
                            num_splits: Optional[int] = None, block_n: Optional[int] = None,
-                           num_warps: int = 4, num_stages: int = 2) -> torch.Tensor:
+                           num_warps: int = 4, num_stages: int = 2,
+                           softcap: Optional[float] = None) -> torch.Tensor:
     """Decode attention: query row i is sequence i's only new token. Returns out [T, H, D].
+    `softcap`: scores become `softcap * tanh(score / softcap)` (Gemma 2).
 
     `max_seq_len` bounds `seq_lens` (host int, no device sync); the split count is derived from
     it, so a CUDA graph must be captured with the largest context it will replay with. Rows
@@ -264,6 +275,8 @@ def paged_attention_decode(query: torch.Tensor, key_cache: torch.Tensor,
     split = num_splits > 1
     scale_log2 = float(scale) * LOG2E
     window = int(sliding_window) if use_window else 0
+    use_softcap = bool(softcap)
+    cap_log2 = float(softcap) * LOG2E if use_softcap else 1.0
 
     if split:
         part_acc = torch.empty(num_seqs, heads, num_splits, d_pad, dtype=torch.float32,
@@ -278,14 +291,14 @@ def paged_attention_decode(query: torch.Tensor, key_cache: torch.Tensor,
 
     _decode_split_kernel[(num_seqs, kv_heads, num_splits)](
         query, key_cache, value_cache, block_tables, seq_lens, out, part_acc, part_ml,
-        scale_log2, window, partition,
+        scale_log2, window, partition, cap_log2,
         query.stride(0), query.stride(1),
         key_cache.stride(0), key_cache.stride(1), key_cache.stride(2),
         value_cache.stride(0), value_cache.stride(1), value_cache.stride(2),
         block_tables.stride(0), out.stride(0), out.stride(1),
         *pa_strides, *pm_strides,
         HEAD_DIM=head_dim, D_PAD=d_pad, GROUP=group, G_PAD=g_pad, BLOCK_SIZE=block_size,
-        BLOCK_N=block_n, USE_WINDOW=use_window, SPLIT=split,
+        BLOCK_N=block_n, USE_WINDOW=use_window, SPLIT=split, USE_SOFTCAP=use_softcap,
         num_warps=num_warps, num_stages=num_stages,
     )
     if split:
@@ -300,12 +313,13 @@ def paged_attention_decode(query: torch.Tensor, key_cache: torch.Tensor,
 def paged_attention_decode_ref(query: torch.Tensor, key_cache: torch.Tensor,
                                value_cache: torch.Tensor, block_tables: torch.Tensor,
                                seq_lens: torch.Tensor, scale: float,
-                               sliding_window: Optional[int] = None) -> torch.Tensor:
+                               sliding_window: Optional[int] = None,
+                               softcap: Optional[float] = None) -> torch.Tensor:
     """Reference for `paged_attention_decode`: the unified reference with one query per seq."""
     num_seqs = block_tables.shape[0]
     qsl = torch.arange(num_seqs + 1, dtype=torch.int32, device=query.device)
     return paged_attention_ref(query[:num_seqs], key_cache, value_cache, block_tables, seq_lens,
-                               qsl, scale, sliding_window=sliding_window)
+                               qsl, scale, sliding_window=sliding_window, softcap=softcap)
 
 
 def default_scale(head_dim: int) -> float:

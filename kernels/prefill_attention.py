@@ -5,7 +5,8 @@ and a context of `seq_lens[s]` tokens whose K/V (the cached prefix and the new t
 written) sit in the paged cache `[num_blocks, block_size, KVH, D]` at the blocks of
 `block_tables[s]`. Query j sits at position `ctx + j` with `ctx = seq_len - q_len` and attends to
 every key at or before it: fully over the cached prefix, causally among the new tokens,
-optionally only within the last `sliding_window` positions.
+optionally only within the last `sliding_window` positions. With `softcap` (Gemma 2) scaled
+scores become `softcap * tanh(score / softcap)` before the softmax.
 
 Algorithm: FlashAttention-2 (Dao, 2023) forward pass: one program per (query head, sequence,
 BLOCK_M query tile), K/V streamed in BLOCK_N tiles read through the block table, online softmax
@@ -26,6 +27,8 @@ import torch
 from kernels._triton_utils import (cdiv, next_pow2, output_like, require_triton, same_device, tl,
                                    triton)
 from kernels.paged_attention import LOG2E, _check_cache
+if triton is not None:
+    from kernels.paged_attention import softcap_log2
 from kernels.paged_attention_ref import paged_attention_ref
 
 prefill_attention_ref = paged_attention_ref
@@ -35,10 +38,11 @@ if triton is not None:
 
     @triton.jit
     def _prefill_tiles(acc, l_i, m_i, q, k_cache, v_cache, bt_row, kvh, lo, hi, q_pos, seq_len,
-                       scale_log2, window, stride_kb, stride_ks, stride_kh,
+                       scale_log2, window, cap_log2, stride_kb, stride_ks, stride_kh,
                        stride_vb, stride_vs, stride_vh,
                        HEAD_DIM: tl.constexpr, D_PAD: tl.constexpr, BLOCK_SIZE: tl.constexpr,
-                       BLOCK_N: tl.constexpr, CAUSAL: tl.constexpr, USE_WINDOW: tl.constexpr):
+                       BLOCK_N: tl.constexpr, CAUSAL: tl.constexpr, USE_WINDOW: tl.constexpr,
+                       USE_SOFTCAP: tl.constexpr):
         """Fold keys [lo, hi) into the running (acc, l, m) of one query tile.
 
         `lo` is a multiple of BLOCK_N, so without CAUSAL the range is whole tiles and nothing
@@ -66,17 +70,23 @@ if triton is not None:
                             other=0.0).to(q.dtype)  # widens an fp8 cache (scale 1.0)
             else:
                 k = tl.load(k_cache + row_k[:, None] + offs_d[None, :]).to(q.dtype)
-            # Scores stay unscaled; the scale rides in the exponent's multiply-add.
+            # Scores stay unscaled; the scale rides in the exponent's multiply-add (soft-capped
+            # scores are capped in the log2 domain instead, and carry their scale).
             qk = tl.dot(q, tl.trans(k))
+            if USE_SOFTCAP:
+                qk = softcap_log2(qk * scale_log2, cap_log2)
+                mult = 1.0
+            else:
+                mult = scale_log2
             if CAUSAL:
                 keep = (offs_n[None, :] <= q_pos[:, None]) & n_mask[None, :]
                 if USE_WINDOW:
                     keep = keep & (offs_n[None, :] > q_pos[:, None] - window)
                 qk = tl.where(keep, qk, float("-inf"))
-            m_new = tl.maximum(m_i, tl.max(qk, 1) * scale_log2)
+            m_new = tl.maximum(m_i, tl.max(qk, 1) * mult)
             if USE_WINDOW:  # a row may see nothing in this tile yet: keep exp2 away from NaN
                 m_new = tl.where(m_new == float("-inf"), 0.0, m_new)
-            p = tl.math.exp2(qk * scale_log2 - m_new[:, None])
+            p = tl.math.exp2(qk * mult - m_new[:, None])
             alpha = tl.math.exp2(m_i - m_new)
             l_i = l_i * alpha + tl.sum(p, 1)
             if CAUSAL or D_PAD != HEAD_DIM:
@@ -90,18 +100,18 @@ if triton is not None:
 
     # Per-step values (tile count, block-table width, window) and sliced metadata pointers are
     # not specialised on: one compiled variant per tile configuration serves every step.
-    @triton.jit(do_not_specialize=["window", "num_m_tiles", "stride_bt"],
+    @triton.jit(do_not_specialize=["window", "num_m_tiles", "stride_bt", "cap_log2"],
                 do_not_specialize_on_alignment=["block_tables", "seq_lens", "query_start_loc"])
     def _prefill_kernel(
         q_ptr, k_cache, v_cache, block_tables, seq_lens, query_start_loc, out_ptr,
-        scale_log2, window, num_m_tiles,
+        scale_log2, window, num_m_tiles, cap_log2,
         stride_qt, stride_qh,
         stride_kb, stride_ks, stride_kh,
         stride_vb, stride_vs, stride_vh,
         stride_bt, stride_ot, stride_oh,
         HEAD_DIM: tl.constexpr, D_PAD: tl.constexpr, GROUP: tl.constexpr,
         BLOCK_SIZE: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
-        USE_WINDOW: tl.constexpr,
+        USE_WINDOW: tl.constexpr, USE_SOFTCAP: tl.constexpr,
     ):
         """One (query head, sequence, query tile); the grid runs the last tiles first."""
         head = tl.program_id(0)
@@ -142,13 +152,13 @@ if triton is not None:
             full_end = tl.maximum(full_end, lo)
         acc, l_i, m_i = _prefill_tiles(
             acc, l_i, m_i, q, k_cache, v_cache, bt_row, kvh, lo, full_end, q_pos, seq_len,
-            scale_log2, window, stride_kb, stride_ks, stride_kh, stride_vb, stride_vs, stride_vh,
-            HEAD_DIM, D_PAD, BLOCK_SIZE, BLOCK_N, USE_WINDOW, USE_WINDOW)
+            scale_log2, window, cap_log2, stride_kb, stride_ks, stride_kh, stride_vb, stride_vs,
+            stride_vh, HEAD_DIM, D_PAD, BLOCK_SIZE, BLOCK_N, USE_WINDOW, USE_WINDOW, USE_SOFTCAP)
         diag_end = tl.minimum(first + BLOCK_M, seq_len)
         acc, l_i, m_i = _prefill_tiles(
             acc, l_i, m_i, q, k_cache, v_cache, bt_row, kvh, full_end, diag_end, q_pos, seq_len,
-            scale_log2, window, stride_kb, stride_ks, stride_kh, stride_vb, stride_vs, stride_vh,
-            HEAD_DIM, D_PAD, BLOCK_SIZE, BLOCK_N, True, USE_WINDOW)
+            scale_log2, window, cap_log2, stride_kb, stride_ks, stride_kh, stride_vb, stride_vs,
+            stride_vh, HEAD_DIM, D_PAD, BLOCK_SIZE, BLOCK_N, True, USE_WINDOW, USE_SOFTCAP)
 
         l_safe = tl.where(l_i > 0.0, l_i, 1.0)
         o = acc / l_safe[:, None]
@@ -173,7 +183,8 @@ def prefill_attention(query: torch.Tensor, key_cache: torch.Tensor, value_cache:
                       query_start_loc: torch.Tensor, scale: float, max_query_len: int,
                       sliding_window: Optional[int] = None, out: Optional[torch.Tensor] = None,
                       num_query_tokens: Optional[int] = None,
-                      config: Optional[dict[str, int]] = None) -> torch.Tensor:
+                      config: Optional[dict[str, int]] = None,
+                      softcap: Optional[float] = None) -> torch.Tensor:
     """Varlen causal attention over the paged cache. Returns out [T, H, D].
 
     `max_query_len` bounds the per-sequence query counts (host int). Rows past
@@ -212,12 +223,13 @@ def prefill_attention(query: torch.Tensor, key_cache: torch.Tensor, value_cache:
     _prefill_kernel[grid](
         query, key_cache, value_cache, block_tables, seq_lens, query_start_loc, out,
         float(scale) * LOG2E, int(sliding_window) if use_window else 0, num_m_tiles,
+        float(softcap) * LOG2E if softcap else 1.0,
         query.stride(0), query.stride(1),
         key_cache.stride(0), key_cache.stride(1), key_cache.stride(2),
         value_cache.stride(0), value_cache.stride(1), value_cache.stride(2),
         block_tables.stride(0), out.stride(0), out.stride(1),
         HEAD_DIM=head_dim, D_PAD=d_pad, GROUP=heads // kv_heads, BLOCK_SIZE=block_size,
         BLOCK_M=cfg["block_m"], BLOCK_N=block_n, USE_WINDOW=use_window,
-        num_warps=cfg["num_warps"], num_stages=cfg["num_stages"],
+        USE_SOFTCAP=bool(softcap), num_warps=cfg["num_warps"], num_stages=cfg["num_stages"],
     )
     return out

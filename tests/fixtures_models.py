@@ -21,7 +21,7 @@ import torch
 TINY_ARCHS = ("llama", "mistral", "qwen2", "gpt2", "opt", "gpt_neox")
 # Architectures of the models issue (Phi, Phi-3, Qwen3, Gemma 3, mixtures of experts); they use
 # SmolLM2's tokenizer too.
-NEW_ARCHS = ("phi", "phi3", "qwen3", "gemma3", "mixtral", "qwen3_moe", "qwen2_moe")
+NEW_ARCHS = ("phi", "phi3", "qwen3", "gemma3", "gemma2", "mixtral", "qwen3_moe", "qwen2_moe")
 SEED = 1234
 INIT_RANGE = 0.15
 _COMMON = dict(hidden_size=64, num_hidden_layers=2, num_attention_heads=4,
@@ -120,6 +120,13 @@ def _new_arch_config(arch: str, llama_ids: dict) -> tuple[dict, Any]:
                     layer_types=["sliding_attention", "full_attention"], rope_parameters=rope,
                     final_logit_softcapping=30.0, hidden_activation="gelu_pytorch_tanh"),\
             tf.Gemma3TextConfig
+    if arch == "gemma2":
+        # Sliding (window 8) then global layer, one rope base; scores and logits soft-capped
+        # (caps small enough for the tiny model's scores to reach tanh's curve).
+        return dict(llama_ids, head_dim=16, query_pre_attn_scalar=24, sliding_window=8,
+                    layer_types=["sliding_attention", "full_attention"], rope_theta=10000.0,
+                    attn_logit_softcapping=1.5, final_logit_softcapping=3.0,
+                    hidden_activation="gelu_pytorch_tanh"), tf.Gemma2Config
     if arch == "mixtral":
         return dict(llama_ids, num_local_experts=4, num_experts_per_tok=2,
                     tie_word_embeddings=False), tf.MixtralConfig

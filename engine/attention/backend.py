@@ -23,7 +23,8 @@ class AttentionBackend(Protocol):
 
     def attend(self, query: torch.Tensor, key_cache: torch.Tensor, value_cache: torch.Tensor,
                meta: AttentionMetadata, scale: float,
-               sliding_window: Optional[int] = None) -> torch.Tensor: ...
+               sliding_window: Optional[int] = None,
+               softcap: Optional[float] = None) -> torch.Tensor: ...
 
     def warm_up(self, layer, max_model_len: int) -> None:
         """Prepare (e.g. compile) whatever `layer`'s steps will run, before serving."""
@@ -37,12 +38,13 @@ class TorchAttentionBackend:
     def write_kv(self, key, value, key_cache, value_cache, meta):
         reshape_and_cache_ref(key, value, key_cache, value_cache, meta.slot_mapping)
 
-    def attend(self, query, key_cache, value_cache, meta, scale, sliding_window=None):
+    def attend(self, query, key_cache, value_cache, meta, scale, sliding_window=None,
+               softcap=None):
         return paged_attention_ref(query, key_cache, value_cache, meta.block_tables,
                                    meta.seq_lens, meta.query_start_loc, scale,
                                    sliding_window=sliding_window,
                                    query_lens_cpu=meta.query_lens_cpu,
-                                   seq_lens_cpu=meta.seq_lens_cpu)
+                                   seq_lens_cpu=meta.seq_lens_cpu, softcap=softcap)
 
     def warm_up(self, layer, max_model_len: int) -> None:
         pass  # plain torch ops: nothing to compile

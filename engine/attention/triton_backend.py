@@ -38,13 +38,15 @@ class TritonAttentionBackend:
 
     def attend(self, query: torch.Tensor, key_cache: torch.Tensor, value_cache: torch.Tensor,
                meta: AttentionMetadata, scale: float,
-               sliding_window: Optional[int] = None) -> torch.Tensor:
+               sliding_window: Optional[int] = None,
+               softcap: Optional[float] = None) -> torch.Tensor:
         if meta.mixed is not None:
-            return self._mixed(query, key_cache, value_cache, meta, scale, sliding_window)
+            return self._mixed(query, key_cache, value_cache, meta, scale, sliding_window,
+                               softcap)
         if meta.is_decode_only and query.shape[0] >= meta.num_seqs:
             return paged_attention_decode(query, key_cache, value_cache, meta.block_tables,
                                           meta.seq_lens, scale, meta.max_seq_len,
-                                          sliding_window=sliding_window)
+                                          sliding_window=sliding_window, softcap=softcap)
         q_lens = meta.query_lens_cpu
         if q_lens is not None and meta.seq_lens_cpu is not None:
             # Decodes are packed first (build_model_inputs): run them through the decode kernel
@@ -53,12 +55,13 @@ class TritonAttentionBackend:
             while nd < len(q_lens) and q_lens[nd] == 1:
                 nd += 1
             if nd >= _MIN_DECODES_TO_SPLIT:
-                return self._split(query, key_cache, value_cache, meta, scale, sliding_window, nd)
+                return self._split(query, key_cache, value_cache, meta, scale, sliding_window, nd,
+                                   softcap)
         num_real = sum(meta.query_lens_cpu) if meta.query_lens_cpu is not None else None
         return prefill_attention(query, key_cache, value_cache, meta.block_tables,
                                  meta.seq_lens, meta.query_start_loc, scale,
                                  meta.max_query_len, sliding_window=sliding_window,
-                                 num_query_tokens=num_real)
+                                 num_query_tokens=num_real, softcap=softcap)
 
     def warm_up(self, layer, max_model_len: int) -> None:
         """Compile every kernel variant a serving step can launch for `layer`'s shapes, so no
@@ -74,20 +77,21 @@ class TritonAttentionBackend:
         ctx = min(ctx, nblocks * block_size)
         table = torch.arange(nblocks, dtype=torch.int32, device=dev)[None]
         window = layer.sliding_window
+        cap = getattr(layer, "logit_softcap", None)
         q1 = torch.zeros(1, layer.num_heads, layer.head_dim, dtype=dtype, device=dev)
         seq_lens = torch.tensor([ctx], dtype=torch.int32, device=dev)
         for splits in (1, 2):
             paged_attention_decode(q1, key_cache, value_cache, table, seq_lens, layer.scale, ctx,
-                                   sliding_window=window, num_splits=splits)
+                                   sliding_window=window, num_splits=splits, softcap=cap)
         for q_len in (16, 64, min(128, ctx)):
             q = torch.zeros(q_len, layer.num_heads, layer.head_dim, dtype=dtype, device=dev)
             qsl = torch.tensor([0, q_len], dtype=torch.int32, device=dev)
             prefill_attention(q, key_cache, value_cache, table, seq_lens, qsl, layer.scale, q_len,
-                              sliding_window=window, num_query_tokens=q_len)
+                              sliding_window=window, num_query_tokens=q_len, softcap=cap)
 
     @staticmethod
     def _mixed(query, key_cache, value_cache, meta: AttentionMetadata, scale: float,
-               sliding_window: Optional[int]) -> torch.Tensor:
+               sliding_window: Optional[int], softcap: Optional[float] = None) -> torch.Tensor:
         """A graph-captured mixed step (MixedLayout): the decode kernel over every row (zeros
         where `seq_lens` is 0), then the prefill kernel over its slots, overwriting their rows.
         Grids are sized from the row count and `max_seq_len` (the model's limit), host
@@ -96,22 +100,24 @@ class TritonAttentionBackend:
         t = query.shape[0]
         out = paged_attention_decode(query, key_cache, value_cache, meta.block_tables[:t],
                                      meta.seq_lens[:t], scale, meta.max_seq_len,
-                                     sliding_window=sliding_window)
+                                     sliding_window=sliding_window, softcap=softcap)
         return prefill_attention(query, key_cache, value_cache, m.prefill_block_tables,
                                  m.prefill_seq_lens, m.prefill_query_start_loc, scale, t,
-                                 sliding_window=sliding_window, out=out, num_query_tokens=t)
+                                 sliding_window=sliding_window, out=out, num_query_tokens=t,
+                                 softcap=softcap)
 
     @staticmethod
     def _split(query, key_cache, value_cache, meta: AttentionMetadata, scale: float,
-               sliding_window: Optional[int], nd: int) -> torch.Tensor:
+               sliding_window: Optional[int], nd: int,
+               softcap: Optional[float] = None) -> torch.Tensor:
         """Sequences [0, nd) have one query row each; the rest are prefills or chunks."""
         out = torch.empty_like(query)
         paged_attention_decode(query[:nd], key_cache, value_cache, meta.block_tables[:nd],
                                meta.seq_lens[:nd], scale, max(meta.seq_lens_cpu[:nd]),
-                               sliding_window=sliding_window, out=out[:nd])
+                               sliding_window=sliding_window, out=out[:nd], softcap=softcap)
         rest = meta.query_lens_cpu[nd:]
         prefill_attention(query[nd:], key_cache, value_cache, meta.block_tables[nd:],
                           meta.seq_lens[nd:], meta.query_start_loc[nd:] - nd, scale, max(rest),
                           sliding_window=sliding_window, out=out[nd:],
-                          num_query_tokens=sum(rest))
+                          num_query_tokens=sum(rest), softcap=softcap)
         return out

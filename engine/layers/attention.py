@@ -15,11 +15,12 @@ class Attention(nn.Module):
     `kv_cache` (a pair of `[num_blocks, block_size, num_kv_heads, head_dim]` tensors) and `backend`
     are bound by the model runner after the pool is allocated (`bind_kv_caches`); the layer holds
     no other state. Inputs are `[num_tokens, heads * head_dim]`; positions/rotary are applied by the
-    caller.
+    caller. `logit_softcap` (Gemma 2): scaled scores become `cap * tanh(score / cap)`.
     """
 
     def __init__(self, num_heads: int, head_dim: int, scale: float,
-                 num_kv_heads: Optional[int] = None, sliding_window: Optional[int] = None):
+                 num_kv_heads: Optional[int] = None, sliding_window: Optional[int] = None,
+                 logit_softcap: Optional[float] = None):
         super().__init__()
         self.num_heads = num_heads
         self.head_dim = head_dim
@@ -29,6 +30,7 @@ class Attention(nn.Module):
             raise ValueError(f"num_heads ({num_heads}) must be a multiple of num_kv_heads "
                              f"({self.num_kv_heads})")
         self.sliding_window = sliding_window
+        self.logit_softcap = float(logit_softcap) if logit_softcap else None
         self.kv_cache: Optional[tuple[torch.Tensor, torch.Tensor]] = None
         self.backend = None
 
@@ -42,7 +44,12 @@ class Attention(nn.Module):
             raise RuntimeError("Attention layer used before the runner bound its KV cache")
         key_cache, value_cache = self.kv_cache
         self.backend.write_kv(k, v, key_cache, value_cache, meta)
-        out = self.backend.attend(q, key_cache, value_cache, meta, self.scale, self.sliding_window)
+        if self.logit_softcap is None:
+            out = self.backend.attend(q, key_cache, value_cache, meta, self.scale,
+                                      self.sliding_window)
+        else:
+            out = self.backend.attend(q, key_cache, value_cache, meta, self.scale,
+                                      self.sliding_window, softcap=self.logit_softcap)
         return out.reshape(n, self.num_heads * self.head_dim)
 
 

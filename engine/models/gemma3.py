@@ -10,8 +10,10 @@ Differences from Llama, all as HF computes them:
   RoPE parameters (transformers 5.x `rope_parameters[layer_type]`; 4.x: `rope_local_base_freq`
   for local layers);
 - logits are soft-capped, `cap * tanh(logits / cap)`, when `final_logit_softcapping` is set.
-Attention-logit soft-capping (`attn_logit_softcapping`) and bidirectional attention are not
-implemented and are refused at construction.
+Gemma 2 (Gemma2ForCausalLM, engine/models/gemma2.py) is the same layout without the q/k norms,
+with one RoPE for every layer, sliding-window layers alternating with global ones, and attention
+scores soft-capped (`attn_logit_softcapping`, done inside the attention kernels). Bidirectional
+attention is not implemented and is refused at construction.
 """
 from __future__ import annotations
 
@@ -29,11 +31,15 @@ from engine.models.qwen3 import head_dim_of
 from engine.models.stacked_loading import QKV_GATE_UP, load_stacked, qkv_sizes
 
 
+def is_gemma2(config: Any) -> bool:
+    return getattr(config, "model_type", "") == "gemma2"
+
+
 def layer_types(config: Any) -> list[str]:
     types = getattr(config, "layer_types", None)
     if types:
         return list(types)
-    pattern = getattr(config, "sliding_window_pattern", None) or 6
+    pattern = getattr(config, "sliding_window_pattern", None) or (2 if is_gemma2(config) else 6)
     return ["sliding_attention" if (i + 1) % pattern else "full_attention"
             for i in range(config.num_hidden_layers)]
 
@@ -43,7 +49,7 @@ def rope_for(config: Any, kind: str, head_dim: int) -> nn.Module:
     if isinstance(params, dict) and isinstance(params.get(kind), dict):
         return get_rope(config, head_dim, layer_type=kind)
     settings = rope_settings(config)  # 4.x: global settings; local layers use their own base
-    if kind == "sliding_attention":
+    if kind == "sliding_attention" and not is_gemma2(config):  # Gemma 2: one RoPE for all
         settings = {"rope_type": "default", "partial_rotary_factor": 1.0,
                     "rope_theta": float(getattr(config, "rope_local_base_freq", 10000.0))}
     return get_rope(config, head_dim, settings=settings)
@@ -60,19 +66,24 @@ class Gemma3Attention(nn.Module):
         bias = bool(getattr(config, "attention_bias", False))
         self.qkv_proj = nn.Linear(config.hidden_size, self.q_size + 2 * self.kv_size, bias=bias)
         self.o_proj = nn.Linear(self.q_size, config.hidden_size, bias=bias)
-        self.q_norm = GemmaRMSNorm(self.head_dim, config.rms_norm_eps)
-        self.k_norm = GemmaRMSNorm(self.head_dim, config.rms_norm_eps)
+        self.qk_norm = not is_gemma2(config)
+        if self.qk_norm:
+            self.q_norm = GemmaRMSNorm(self.head_dim, config.rms_norm_eps)
+            self.k_norm = GemmaRMSNorm(self.head_dim, config.rms_norm_eps)
         self.rotary_emb = rotary_emb  # shared by the layers of this kind
         window = config.sliding_window if kind == "sliding_attention" else None
         self.attn = Attention(self.num_heads, self.head_dim, config.query_pre_attn_scalar ** -0.5,
-                              self.num_kv_heads, window)
+                              self.num_kv_heads, window,
+                              logit_softcap=getattr(config, "attn_logit_softcapping", None))
 
     def forward(self, positions: torch.Tensor, x: torch.Tensor,
                 meta: AttentionMetadata) -> torch.Tensor:
         q, k, v = self.qkv_proj(x).split([self.q_size, self.kv_size, self.kv_size], dim=-1)
-        n = q.shape[0]
-        q = self.q_norm(q.reshape(n, self.num_heads, self.head_dim)).reshape(n, self.q_size)
-        k = self.k_norm(k.reshape(n, self.num_kv_heads, self.head_dim)).reshape(n, self.kv_size)
+        if self.qk_norm:
+            n = q.shape[0]
+            q = self.q_norm(q.reshape(n, self.num_heads, self.head_dim)).reshape(n, self.q_size)
+            k = self.k_norm(k.reshape(n, self.num_kv_heads, self.head_dim)).reshape(n,
+                                                                                 self.kv_size)
         q, k = self.rotary_emb(positions, q, k)
         return self.o_proj(self.attn(q, k, v, meta))
 
@@ -136,11 +147,9 @@ class Gemma3ForCausalLM(nn.Module):
 
     def __init__(self, hf_config: Any):
         super().__init__()
-        if getattr(hf_config, "attn_logit_softcapping", None):
-            raise ValueError("Gemma3ForCausalLM: attn_logit_softcapping is not supported")
         if getattr(hf_config, "use_bidirectional_attention", False):
-            raise ValueError("Gemma3ForCausalLM: use_bidirectional_attention (an encoder) is "
-                             "not supported")
+            raise ValueError(f"{type(self).__name__}: use_bidirectional_attention (an encoder) "
+                             "is not supported")
         self.config = hf_config
         self.model = Gemma3Model(hf_config)
         self.lm_head = nn.Linear(hf_config.hidden_size, hf_config.vocab_size, bias=False)

@@ -12,7 +12,7 @@ LOW_TOL = 2e-2
 
 
 def _run(seq_lens, heads, kv_heads, head_dim, block_size, dtype, device, window=None,
-         num_splits=None, pad_rows=0):
+         num_splits=None, pad_rows=0, softcap=None):
     case = make_paged_case(seq_lens, [1] * len(seq_lens), heads, kv_heads, head_dim,
                            block_size, dtype, device)
     query = case.query
@@ -23,9 +23,14 @@ def _run(seq_lens, heads, kv_heads, head_dim, block_size, dtype, device, window=
     out = poisoned_like(query)
     paged_attention_decode(query, case.key_cache, case.value_cache, case.block_tables,
                            case.seq_lens, scale, max(seq_lens), sliding_window=window, out=out,
-                           num_splits=num_splits)
+                           num_splits=num_splits, softcap=softcap)
     ref = paged_attention_decode_ref(case.query, case.key_cache, case.value_cache,
-                                     case.block_tables, case.seq_lens, scale, window)
+                                     case.block_tables, case.seq_lens, scale, window,
+                                     softcap=softcap)
+    if softcap:  # the cap must matter for the comparison to mean anything
+        plain = paged_attention_decode_ref(case.query, case.key_cache, case.value_cache,
+                                           case.block_tables, case.seq_lens, scale, window)
+        assert rel_err(plain[case.seq_lens > 0], ref[case.seq_lens > 0]) > 10 * F32_TOL
     n = len(seq_lens)
     empty = case.seq_lens == 0
     ref[empty] = 0.0  # softmax over nothing: the kernel defines it as zeros, the reference NaN
@@ -62,6 +67,12 @@ def test_decode_more_splits_than_one_reduce_chunk(device):
 @pytest.mark.parametrize("num_splits", [1, 2])
 def test_decode_sliding_window(num_splits, device):
     _run([70, 12, 45], 4, 2, 32, 8, torch.float32, device, window=20, num_splits=num_splits)
+
+
+@pytest.mark.parametrize("num_splits,window", [(1, None), (2, None), (2, 20)])
+def test_decode_logit_softcap(num_splits, window, device):
+    _run([70, 12, 45], 4, 2, 32, 8, torch.float32, device, window=window, num_splits=num_splits,
+         softcap=0.3)
 
 
 def test_decode_padding_rows_and_empty_context(device):

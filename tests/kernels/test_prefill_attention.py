@@ -12,7 +12,7 @@ LOW_TOL = 2e-2
 
 
 def _run(seq_lens, query_lens, heads, kv_heads, head_dim, block_size, dtype, device,
-         window=None, config=None, pad_rows=0):
+         window=None, config=None, pad_rows=0, softcap=None):
     case = make_paged_case(seq_lens, query_lens, heads, kv_heads, head_dim, block_size, dtype,
                            device)
     query = case.query
@@ -23,10 +23,15 @@ def _run(seq_lens, query_lens, heads, kv_heads, head_dim, block_size, dtype, dev
     out = poisoned_like(query)
     prefill_attention(query, case.key_cache, case.value_cache, case.block_tables, case.seq_lens,
                       case.query_start_loc, scale, max(query_lens), sliding_window=window,
-                      out=out, config=config)
+                      out=out, config=config, softcap=softcap)
     ref = prefill_attention_ref(case.query, case.key_cache, case.value_cache, case.block_tables,
                                 case.seq_lens, case.query_start_loc, scale,
-                                sliding_window=window)
+                                sliding_window=window, softcap=softcap)
+    if softcap:  # the cap must matter for the comparison to mean anything
+        plain = prefill_attention_ref(case.query, case.key_cache, case.value_cache,
+                                      case.block_tables, case.seq_lens, case.query_start_loc,
+                                      scale, sliding_window=window)
+        assert rel_err(plain, ref) > 10 * F32_TOL
     total = sum(query_lens)
     assert not torch.isnan(out).any(), "output not fully written"
     if pad_rows:
@@ -62,6 +67,12 @@ def test_prefill_unaligned_tiles(device):
 
 def test_prefill_sliding_window(device):
     _run([60, 25], [30, 25], 4, 2, 32, 8, torch.float32, device, window=11, config=SMALL)
+
+
+@pytest.mark.parametrize("window", [None, 11])
+def test_prefill_logit_softcap(window, device):
+    _run([60, 25], [30, 25], 4, 2, 32, 8, torch.float32, device, window=window, config=SMALL,
+         softcap=0.3)
 
 
 def test_prefill_padding_rows(device):
