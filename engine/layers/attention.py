@@ -31,6 +31,9 @@ class Attention(nn.Module):
                              f"({self.num_kv_heads})")
         self.sliding_window = sliding_window
         self.logit_softcap = float(logit_softcap) if logit_softcap else None
+        # FP8 KV cache: K/V are stored divided by these (engine.quantization.kv_cache).
+        self.k_scale = 1.0
+        self.v_scale = 1.0
         self.kv_cache: Optional[tuple[torch.Tensor, torch.Tensor]] = None
         self.backend = None
 
@@ -43,13 +46,19 @@ class Attention(nn.Module):
         if self.kv_cache is None or self.backend is None:
             raise RuntimeError("Attention layer used before the runner bound its KV cache")
         key_cache, value_cache = self.kv_cache
+        scale = self.scale
+        scaled = key_cache.element_size() == 1 and (self.k_scale != 1.0 or self.v_scale != 1.0)
+        if scaled:  # scores are linear in k, the output in v: the kernels need no scale
+            k, v, scale = k / self.k_scale, v / self.v_scale, scale * self.k_scale
         self.backend.write_kv(k, v, key_cache, value_cache, meta)
         if self.logit_softcap is None:
-            out = self.backend.attend(q, key_cache, value_cache, meta, self.scale,
+            out = self.backend.attend(q, key_cache, value_cache, meta, scale,
                                       self.sliding_window)
         else:
-            out = self.backend.attend(q, key_cache, value_cache, meta, self.scale,
+            out = self.backend.attend(q, key_cache, value_cache, meta, scale,
                                       self.sliding_window, softcap=self.logit_softcap)
+        if scaled and self.v_scale != 1.0:
+            out = out * self.v_scale
         return out.reshape(n, self.num_heads * self.head_dim)
 
 

@@ -13,6 +13,7 @@ from torch import nn
 from engine.layers.layernorm import RMSNorm
 from engine.layers.linear import LinearBase, linear_layers
 from engine.models.registry import get_model_class
+from engine.quantization.kv_cache import KVScales
 
 DUMMY_STD = 0.02
 
@@ -30,7 +31,9 @@ def load_model(model_config: Any, device: torch.device) -> nn.Module:
     if fmt == "dummy":
         init_dummy_weights(model, model_config.seed)
     else:
-        model.load_weights(iter_weights(model_config))
+        kv_scales = KVScales()
+        model.load_weights(kv_scales.filter(iter_weights(model_config)))
+        kv_scales.apply(model)
     for layer in linear_layers(model):
         layer.quant_method.process_weights_after_loading(layer)
     return model.eval()
