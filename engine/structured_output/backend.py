@@ -17,6 +17,7 @@ from engine.structured_output.params import GrammarError, StructuredOutputsParam
 
 DEFAULT_COMPILE_TIMEOUT_S = 10.0
 _MAX_CACHED = 1024
+_MAX_WHITESPACE = 12  # longest whitespace run between JSON tokens (pretty-printing fits)
 # What each spec kind is called in an error, after the request field that carried it.
 _WHAT = {"json": "JSON schema", "regex": "regex", "grammar": "EBNF grammar",
          "choice": "choice list", "json_object": "JSON grammar"}
@@ -64,8 +65,10 @@ class GrammarBackend:
         kind, c = params.kind, self._compiler
         try:
             if kind == "json":
+                # Runs of whitespace are bounded: small models otherwise loop on newlines.
                 return c.compile_json_schema(_schema_text(params.json),
-                                             any_whitespace=not params.disable_any_whitespace)
+                                             any_whitespace=not params.disable_any_whitespace,
+                                             max_whitespace_cnt=_MAX_WHITESPACE)
             if kind == "json_object":
                 return c.compile_builtin_json_grammar()
             if kind == "regex":
