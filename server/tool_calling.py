@@ -93,7 +93,8 @@ def plan_tools(req: Any, enable_auto_tool_choice: bool,
         if name not in by_name:
             raise bad_request(f"tool_choice: function {name!r} is not among the tools "
                               f"({', '.join(by_name)})", "tool_choice")
-        spec = StructuredOutputsParams(json=_params_schema(by_name[name]), field="tools")
+        spec = StructuredOutputsParams(json=_params_schema(by_name[name]), field="tools",
+                                       disable_any_whitespace=True)
         return ToolPlan("named", tools, function_name=name, structured=spec, parallel=parallel)
     if choice == "none":
         return ToolPlan("none", tools, parallel=parallel)
@@ -107,7 +108,7 @@ def plan_tools(req: Any, enable_auto_tool_choice: bool,
                                   "items": {"anyOf": branches}}
         if not parallel:
             schema["maxItems"] = 1
-        spec = StructuredOutputsParams(json=schema, field="tools")
+        spec = StructuredOutputsParams(json=schema, field="tools", disable_any_whitespace=True)
         return ToolPlan("required", tools, structured=spec, parallel=parallel)
     if choice == "auto":
         if not enable_auto_tool_choice or not tool_call_parser:

@@ -69,8 +69,10 @@ class GrammarBackend:
                 return c.compile_json_schema(_schema_text(params.json),
                                              any_whitespace=not params.disable_any_whitespace,
                                              max_whitespace_cnt=_MAX_WHITESPACE)
-            if kind == "json_object":
-                return c.compile_builtin_json_grammar()
+            if kind == "json_object":  # OpenAI's JSON mode: any JSON object
+                return c.compile_json_schema('{"type": "object"}',
+                                             any_whitespace=not params.disable_any_whitespace,
+                                             max_whitespace_cnt=_MAX_WHITESPACE)
             if kind == "regex":
                 return c.compile_regex(params.regex)
             if kind == "choice":
