@@ -58,7 +58,7 @@ def chat(http, **body):
 
 
 def test_same_outputs_offline_and_http(http, default_llm):
-    cases = [(SCHEMAS[0], 0.0), (SCHEMAS[5], 1.0), (SCHEMAS[19], 0.0), (SCHEMAS[32], 1.0)]
+    cases = [(SCHEMAS[5], 0.0), (SCHEMAS[32], 1.0), (SCHEMAS[3], 1.0)]
     prompts = [f"Write JSON matching this schema: {json.dumps(s)}\n" for s, _ in cases]
     offline = default_llm.generate(prompts, [
         SamplingParams(temperature=t, seed=11, max_tokens=96,
