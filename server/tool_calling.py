@@ -124,7 +124,7 @@ def template_messages(messages: list[Any]) -> list[dict[str, Any]]:
     """Chat messages as chat templates read them: assistant tool_calls with `arguments`
     decoded to objects (templates render them with `tojson`), tool results with their id."""
     out = []
-    for m in messages:
+    for i, m in enumerate(messages):
         d: dict[str, Any] = {"role": m.role, "content": m.text()}
         if m.name is not None:
             d["name"] = m.name
@@ -133,7 +133,11 @@ def template_messages(messages: list[Any]) -> list[dict[str, Any]]:
         if m.tool_calls:
             calls = []
             for c in m.tool_calls:
-                fn = dict(c.get("function") or {})
+                if not isinstance(c.get("function"), dict) \
+                        or not isinstance(c["function"].get("name"), str):
+                    raise ValueError(f"messages[{i}].tool_calls: each call needs a 'function' "
+                                     "object with a 'name'")
+                fn = dict(c["function"])
                 args = fn.get("arguments")
                 if isinstance(args, str):
                     try:

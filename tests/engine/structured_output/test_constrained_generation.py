@@ -146,3 +146,17 @@ def test_prefix_caching(digits_reference, tiny_model_dir):
     assert _digits(llm) == digits_reference
     assert _digits(llm) == digits_reference  # second round served from the prefix cache
     assert llm.stats()["prefix_cache_hits"] > 0
+
+
+def test_compile_timeout_is_an_error_naming_the_field(default_llm):
+    from engine.structured_output.backend import GrammarBackend
+    tok = default_llm.get_tokenizer()
+    backend = GrammarBackend(tok, len(tok), [tok.eos_token_id])
+    slow = {"type": "object", "properties": {
+        f"k{i}": {"type": "string", "pattern": "^(a|b|ab|ba)*c{2,40}$"} for i in range(60)}}
+    spec = StructuredOutputsParams(json=slow, field="response_format")
+    with pytest.raises(ValueError, match="^response_format: the JSON schema did not compile "
+                                         "within"):
+        backend.compile(spec, timeout=1e-6)
+    # The compile went on in the pool: the same spec is then served from the cache.
+    assert backend.compile(spec, timeout=None) is backend.compile(spec, timeout=None)
