@@ -117,6 +117,10 @@ class SamplingParams:
                 bad("early_stopping", f"must be True, False or 'never', got {self.early_stopping!r}")
         elif self.length_penalty != 1.0:
             bad("length_penalty", "only applies with use_beam_search=True")
+        if self.structured_outputs is not None and self.min_tokens > 0:
+            # Banning EOS could leave a completed grammar no token to choose.
+            bad("min_tokens", f"cannot be combined with structured outputs "
+                f"({self.structured_outputs.field}): the grammar decides where the output ends")
         if self.use_beam_search and self.structured_outputs is not None:
             bad("use_beam_search", f"cannot be combined with structured outputs "
                 f"({self.structured_outputs.field}): beams are not grammar-constrained")

@@ -54,7 +54,3 @@ class RequestGrammar:
         """Row `row` of `bitmask` := the tokens the grammar allows next for `seq`."""
         self.advance(seq)
         self._matcher(seq).fill_next_token_bitmask(bitmask, row)
-
-    def release(self, seq_id: int) -> None:
-        self._matchers.pop(seq_id, None)
-        self._accepted.pop(seq_id, None)

@@ -90,6 +90,18 @@ def test_regex_choice_and_json_mode(http):
     assert r.status_code == 200
 
 
+def test_streamed_constrained_content(http):
+    body = {"messages": ASK, "temperature": 0, "max_tokens": 64, "guided_json": SCHEMAS[5]}
+    full = http.post("/chat/completions", json=body).json()["choices"][0]["message"]["content"]
+    text = ""
+    with http.stream("POST", "/chat/completions", json={**body, "stream": True}) as r:
+        for line in r.iter_lines():
+            if line.startswith("data: {"):
+                text += json.loads(line[6:])["choices"][0]["delta"].get("content") or ""
+    assert text == full
+    jsonschema.validate(json.loads(text), SCHEMAS[5])
+
+
 class Weather(BaseModel):
     city: str = Field(max_length=12)
     unit: Literal["celsius", "fahrenheit"]

@@ -102,6 +102,8 @@ def test_bad_specs_name_the_field(default_llm):
             default_llm.generate(["x"], SamplingParams(structured_outputs=spec), use_tqdm=False)
     with pytest.raises(ValueError, match="^structured_outputs: exactly one"):
         StructuredOutputsParams(regex="a", choice=["a"])
+    with pytest.raises(ValueError, match="^min_tokens: cannot be combined"):
+        SamplingParams(min_tokens=2, structured_outputs=StructuredOutputsParams(regex="a"))
     with pytest.raises(ValueError, match="^use_beam_search: cannot be combined"):
         SamplingParams(use_beam_search=True, n=2, temperature=0,
                        structured_outputs=StructuredOutputsParams(regex="a"))
