@@ -33,12 +33,15 @@ def normalize_messages(messages: list[dict[str, Any]]) -> list[dict[str, str]]:
 
 def apply_chat_template(tokenizer, messages: list[dict[str, Any]],
                         chat_template: Optional[str] = None,
-                        add_generation_prompt: bool = True) -> str:
-    """Render `messages` into a prompt. Raises ValueError when no template is available."""
+                        add_generation_prompt: bool = True,
+                        tools: Optional[list[dict[str, Any]]] = None) -> str:
+    """Render `messages` into a prompt (with `tools` for templates that show them). Raises
+    ValueError when no template is available."""
     template = chat_template or getattr(tokenizer, "chat_template", None)
     if not template:
         raise ValueError("This model has no chat template: the tokenizer defines none. Pass one "
                          "with --chat-template FILE (or chat_template=...) to use chat.")
     return tokenizer.apply_chat_template(normalize_messages(messages), chat_template=template,
                                          tokenize=False,
-                                         add_generation_prompt=add_generation_prompt)
+                                         add_generation_prompt=add_generation_prompt,
+                                         **({"tools": tools} if tools else {}))

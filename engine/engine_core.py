@@ -16,6 +16,7 @@ from engine.sampling_params import SamplingParams
 from engine.scheduler import PreemptionCost, Scheduler
 from engine.scheduler_output import ScheduledSeq, SchedulerOutput
 from engine.sequence import Request, Sequence
+from engine.structured_output.manager import StructuredOutputManager
 
 logger = logging.getLogger(__name__)
 
@@ -29,6 +30,9 @@ class EngineCore:
             enable_prefix_caching=config.cache.enable_prefix_caching)
         self.scheduler = Scheduler(config.scheduler, self.block_manager, self._cost_model())
         self.async_scheduling = config.runner.async_scheduling
+        self.structured_output = StructuredOutputManager(config.model, self.runner.vocab_size)
+        self.runner.logits_processors.append(self.structured_output.processor)
+        self._failed: list[EngineCoreOutput] = []  # requests failed before scheduling
         self._inflight: Optional[InFlight] = None
         self._seq_ids = itertools.count()
         self.prompt_tokens_total = 0
@@ -64,17 +68,31 @@ class EngineCore:
         if params.use_beam_search:
             from engine.beam_search import BeamSearchState
             request.beam_state = BeamSearchState(request)
+        if params.structured_outputs is not None:
+            self.structured_output.add(request)  # scheduled once its grammar has compiled
+            return
         self.scheduler.add_request(request)
 
     def abort_requests(self, request_ids: list[str]) -> None:
         for rid in request_ids:
-            self.scheduler.abort_request(rid)
+            if not self.structured_output.abort(rid):
+                self.scheduler.abort_request(rid)
+
+    def _admit_compiled(self) -> None:
+        """Hand requests whose grammar has compiled to the scheduler (in arrival order)."""
+        ready, failed = self.structured_output.pop_ready()
+        for req in ready:
+            self.scheduler.add_request(req)
+        for req, error in failed:
+            self._failed.append(EngineCoreOutput(request_id=req.request_id, seqs=[],
+                                                 finished=True, error=error))
 
     def stop_seqs(self, request_id: str, indices: list[int]) -> None:
         self.scheduler.stop_seqs(request_id, indices)
 
     def has_unfinished_requests(self) -> bool:
-        return self.scheduler.has_unfinished_requests() or self._inflight is not None
+        return (self.scheduler.has_unfinished_requests() or self._inflight is not None
+                or self.structured_output.num_waiting > 0 or bool(self._failed))
 
     # ---- the step ----------------------------------------------------------------------------
     def step(self) -> list[EngineCoreOutput]:
@@ -82,14 +100,15 @@ class EngineCore:
         the previous one still runs on the GPU: sequences that just sampled hold a PLACEHOLDER
         token, which the new step reads on the device; the host learns the tokens (stop checks,
         outputs) after the launch. Outputs therefore trail the launch by one step."""
+        self._admit_compiled()
+        outputs, self._failed = self._failed, []
         if not self.async_scheduling:
             sched_out = self.scheduler.schedule()
             if sched_out.is_empty and not sched_out.has_block_ops:
-                return []
+                return outputs
             result = self.runner.execute(sched_out)
             self._begin(sched_out)
-            return self._update(sched_out, result, resolve=False)
-        outputs: list[EngineCoreOutput] = []
+            return outputs + self._update(sched_out, result, resolve=False)
         prev, self._inflight = self._inflight, None
         if prev is not None and not prev.overlappable:
             outputs += self._finish(prev)
@@ -112,10 +131,11 @@ class EngineCore:
     def _overlappable(req: Request) -> bool:
         """Requests whose next sampling does not read their latest tokens on the host.
 
-        `min_tokens` needs only the count of output tokens (placeholders included), never
-        their values, so it does not stop the overlap (clients such as benchmarks send
+        A grammar needs the latest token to build the next mask. `min_tokens` needs only the
+        count of output tokens (placeholders included), never their values, so it does not stop the overlap (clients such as benchmarks send
         min_tokens = max_tokens on every request)."""
-        return req.single_seq and req.beam_state is None and not req.has_penalties
+        return (req.single_seq and req.beam_state is None and not req.has_penalties
+                and req.grammar is None)
 
     def _add_placeholders(self, out: SchedulerOutput) -> bool:
         overlappable = self._overlappable

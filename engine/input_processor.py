@@ -69,6 +69,17 @@ class InputProcessor:
         raise ValueError(f"{field}: the {what} ({params.num_seqs}) exceeds the engine's "
                          f"max_num_seqs ({self.max_num_seqs}), so it could never be scheduled")
 
+    def check_grammar(self, params: SamplingParams) -> None:
+        """Compile the request's structured-output spec (cached, in the grammar backend's pool,
+        bounded by its timeout): a bad schema / regex / grammar is a ValueError naming the
+        request field it came from, before the request reaches the engine core."""
+        from engine.structured_output.backend import get_backend
+        spec = params.structured_outputs
+        if self.tokenizer is None:
+            raise ValueError(f"{spec.field}: structured outputs need a tokenizer")
+        eos = [self.eos_token_id] if self.eos_token_id is not None else []
+        get_backend(self.tokenizer, self.vocab_size, eos).compile(spec)
+
     def max_token_chars(self) -> int:
         """An upper bound on the characters one token stands for (longest vocabulary entry,
         doubled for normalisers that shrink text); 0 when unknown."""
@@ -158,6 +169,8 @@ class InputProcessor:
                 f"max_tokens: the request needs up to {blocks} KV blocks ({n_prompt} prompt tokens, "
                 f"{max_tokens} new tokens, {params.num_seqs} sequences) but the KV cache holds only "
                 f"{self.num_gpu_blocks} blocks of {self.block_size} tokens")
+        if params.structured_outputs is not None:
+            self.check_grammar(params)
         sp = params.to_dict()
         sp["max_tokens"] = max_tokens
         return EngineCoreRequest(request_id=request_id, prompt_token_ids=ids, sampling_params=sp,

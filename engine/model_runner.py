@@ -64,6 +64,8 @@ class ModelRunner:
         self.backend = get_attention_backend(config.runner.attention_backend, self.device,
                                              self.dtype)
         self.sampler = Sampler(config.model.seed)
+        # Hooks that transform logits before sampling (see SamplingMetadata.from_rows).
+        self.logits_processors: list = []
         layers = attention_layers(self.model)
         if not layers:
             raise ValueError("model has no Attention layers")
@@ -210,7 +212,8 @@ class ModelRunner:
         idx = to_device(inputs.sample_rows, torch.int64, self.device)
         logits = self.model.compute_logits(hidden.index_select(0, idx)).float()
         self._beam_candidates(step.rows, logits, step.result)
-        meta = SamplingMetadata.from_rows(step.rows, self.vocab_size, self.device)
+        meta = SamplingMetadata.from_rows(step.rows, self.vocab_size, self.device,
+                                          self.logits_processors)
         step.pending = self.sampler.launch(logits, meta)
         step.row_of_seq = {seq.seq_id: i for i, (_, seq) in enumerate(step.rows)}
         return step

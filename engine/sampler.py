@@ -2,6 +2,7 @@
 
 Processing order for each row (one row per sequence to sample, in `SamplingMetadata` order):
 
+0. Logits processors (hooks such as structured outputs' grammar mask), in place, in order.
 1. `logit_bias`: added to the named tokens (ids outside the vocabulary are ignored).
 2. `min_tokens`: while the sequence has fewer than `min_tokens` output tokens, its
    `stop_token_ids` and the EOS token (unless `ignore_eos`) get -inf.
@@ -89,11 +90,16 @@ class SamplingMetadata:
     generators: list[tuple[int, torch.Generator]] = field(default_factory=list)
     num_logprobs: list[int] = field(default_factory=list)  # per row; -1 = not requested
     max_num_logprobs: int = -1
+    # In-place logits transforms for this step, from the runner's logits processors.
+    logits_fns: list = field(default_factory=list)
 
     @classmethod
     def from_rows(cls, rows: list[tuple[Request, Sequence]], vocab_size: int,
-                  device: torch.device) -> SamplingMetadata:
-        """Build the step's metadata; `rows[i]` is the sequence whose logits are row i."""
+                  device: torch.device, processors: tuple = ()) -> SamplingMetadata:
+        """Build the step's metadata; `rows[i]` is the sequence whose logits are row i.
+
+        `processors`: objects with `prepare(rows) -> Optional[fn(logits) -> None]`; each returns
+        the step's in-place transform, or None when it has nothing to do this step."""
         device = torch.device(device)
         n = len(rows)
         greedy, temps, top_k, top_p, min_p = [], [], [], [], []
@@ -153,6 +159,10 @@ class SamplingMetadata:
                 meta.top_p = to_device(top_p, torch.float32, device)
             if any(x > 0.0 for x in min_p):
                 meta.min_p = col(min_p)
+        for proc in processors:
+            fn = proc.prepare(rows)
+            if fn is not None:
+                meta.logits_fns.append(fn)
         if bias_r:
             meta.bias_index = idx(bias_r, bias_c)
             meta.bias_values = to_device(bias_v, torch.float32, device)
@@ -169,8 +179,8 @@ class SamplingMetadata:
 
     @property
     def needs_processing(self) -> bool:
-        """True when any of bias / min_tokens / penalties changes a logit."""
-        return (self.bias_index is not None or self.mask_index is not None
+        """True when any of processors / bias / min_tokens / penalties changes a logit."""
+        return (bool(self.logits_fns) or self.bias_index is not None or self.mask_index is not None
                 or self.repetition_penalty is not None or self.presence_penalty is not None)
 
 
@@ -306,6 +316,8 @@ def _to_host(t: torch.Tensor, async_copy: bool) -> torch.Tensor:
 def apply_penalties(logits: torch.Tensor, meta: SamplingMetadata) -> torch.Tensor:
     """Steps 1-4 of the module docstring, in place on `logits` [N, V] (float32); returns it."""
     v = logits.shape[1]
+    for fn in meta.logits_fns:
+        fn(logits)
     if meta.bias_index is not None:
         logits.index_put_(meta.bias_index, meta.bias_values, accumulate=True)
     if meta.mask_index is not None:

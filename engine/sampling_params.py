@@ -3,8 +3,9 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field, fields
-from typing import Optional, Union
+from typing import Any, Optional, Union
 
+from engine.structured_output.params import StructuredOutputsParams
 _SAMPLING_EPS = 1e-5
 
 
@@ -41,6 +42,8 @@ class SamplingParams:
     spaces_between_special_tokens: bool = True
     logit_bias: Optional[dict[int, float]] = None
     detokenize: bool = True
+    # Constrain the output to a JSON schema / regex / choice / EBNF grammar (vLLM's name).
+    structured_outputs: Optional[StructuredOutputsParams] = None
 
     # Normalised views, filled in __post_init__.
     stop_strs: list[str] = field(init=False, default_factory=list)
@@ -57,6 +60,7 @@ class SamplingParams:
         self.stop_token_ids = list(self.stop_token_ids or [])
         if self.logit_bias is not None:
             self.logit_bias = {int(k): float(v) for k, v in self.logit_bias.items()}
+        self.structured_outputs = StructuredOutputsParams.from_value(self.structured_outputs)
         self._verify()
 
     def _verify(self) -> None:
@@ -113,6 +117,13 @@ class SamplingParams:
                 bad("early_stopping", f"must be True, False or 'never', got {self.early_stopping!r}")
         elif self.length_penalty != 1.0:
             bad("length_penalty", "only applies with use_beam_search=True")
+        if self.structured_outputs is not None and self.min_tokens > 0:
+            # Banning EOS could leave a completed grammar no token to choose.
+            bad("min_tokens", f"cannot be combined with structured outputs "
+                f"({self.structured_outputs.field}): the grammar decides where the output ends")
+        if self.use_beam_search and self.structured_outputs is not None:
+            bad("use_beam_search", f"cannot be combined with structured outputs "
+                f"({self.structured_outputs.field}): beams are not grammar-constrained")
         if self.best_of > 1 and not self.use_beam_search and self.is_greedy and self.n > 1:
             bad("n", "greedy sampling (temperature=0) gives n identical samples; use temperature > 0")
 
@@ -127,7 +138,10 @@ class SamplingParams:
 
     def to_dict(self) -> dict:
         """The constructor arguments (what the engine core rebuilds the params from)."""
-        return {f.name: getattr(self, f.name) for f in fields(self) if f.init}
+        d: dict[str, Any] = {f.name: getattr(self, f.name) for f in fields(self) if f.init}
+        if self.structured_outputs is not None:
+            d["structured_outputs"] = self.structured_outputs.to_dict()
+        return d
 
     def clone(self, **changes) -> "SamplingParams":
         """A validated copy with some fields changed."""

@@ -291,6 +291,8 @@ class Scheduler:
             elif p.stop_token_ids and last in p.stop_token_ids:
                 status = SequenceStatus.FINISHED_STOPPED
                 seq.stop_reason = last
+        if req.grammar is not None and req.grammar.advance(seq) and status is None:
+            status = SequenceStatus.FINISHED_STOPPED  # the grammar is complete
         if status is None and ((p.max_tokens is not None and n_out >= p.max_tokens)
                                or known >= self.config.max_model_len):
             status = SequenceStatus.FINISHED_LENGTH

@@ -182,6 +182,8 @@ class Request:
         self.order = 0  # arrival rank, set by the scheduler; queues are kept sorted by it
         # Beam search state (owned by engine.beam_search): finished hypotheses.
         self.beam_state = None
+        # Structured outputs: a RequestGrammar (engine.structured_output), set once compiled.
+        self.grammar = None
 
     @property
     def leader(self) -> Sequence:

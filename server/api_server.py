@@ -106,7 +106,9 @@ def build_app(engine: EngineClient, args: ServerArgs, served_model_names: list[s
     app.add_middleware(APIKeyMiddleware, api_key=args.api_key)
     app.add_middleware(RequestIdMiddleware)
     completions = OpenAIServingCompletion(engine, served_model_names, args.max_queue_len)
-    chat = OpenAIServingChat(engine, served_model_names, args.max_queue_len, args.chat_template)
+    chat = OpenAIServingChat(engine, served_model_names, args.max_queue_len, args.chat_template,
+                             enable_auto_tool_choice=args.enable_auto_tool_choice,
+                             tool_call_parser=args.tool_call_parser)
     app.state.engine = engine
     app.state.metrics = metrics
     install_dashboard(app, engine, metrics)

@@ -76,6 +76,8 @@ class ServerArgs:
     engine_step_timeout: float = 120.0
     core_factory: Optional[str] = None  # module:callable building the core (tests)
     runner: str = "generate"  # generate | pooling (embeddings: server/pooling_server.py)
+    enable_auto_tool_choice: bool = False  # tool_choice "auto" (needs tool_call_parser)
+    tool_call_parser: Optional[str] = None  # hermes | llama3_json | mistral | pythonic
 
     def __post_init__(self) -> None:
         if not 0 <= self.port <= 65535:
@@ -94,6 +96,11 @@ class ServerArgs:
             raise ValueError("engine_restart_retries: must be >= 0")
         if not self.engine_step_timeout > 0:
             raise ValueError("engine_step_timeout: must be > 0")
+        if self.tool_call_parser is not None:
+            from server.tool_parsers import get_tool_parser
+            get_tool_parser(self.tool_call_parser)  # ValueError naming it when unknown
+        if self.enable_auto_tool_choice and self.tool_call_parser is None:
+            raise ValueError("enable_auto_tool_choice: needs --tool-call-parser")
 
 
 _SERVER_HELP = {
@@ -106,6 +113,10 @@ _SERVER_HELP = {
     "log_level": "DEBUG, INFO, WARNING or ERROR",
     "log_stats_interval": "seconds between engine stats log lines while busy (0: off)",
     "access_log": "log every HTTP request",
+    "enable_auto_tool_choice": "allow tool_choice 'auto': the model's output is parsed for tool "
+                               "calls with --tool-call-parser",
+    "tool_call_parser": "how auto tool calls are written: hermes, llama3_json, mistral or "
+                        "pythonic",
     "runner": "generate (text) or pooling (embeddings at /v1/embeddings: BERT-family encoders "
               "mean-pooled, decoders last-token pooled)",
     "cpu_threads": "torch threads of an engine core on the CPU (default: CPU cores - 1, min 1)",

@@ -68,6 +68,14 @@ class _SamplingFields(_Request):
     stream: Optional[bool] = False
     stream_options: Optional[StreamOptions] = None
     user: Optional[str] = None  # accepted and ignored
+    # Structured outputs (server/structured_request.py): OpenAI's response_format, vLLM's
+    # structured_outputs extra and its older guided_* names.
+    response_format: Optional[dict[str, Any]] = None
+    structured_outputs: Optional[dict[str, Any]] = None
+    guided_json: Optional[Union[str, dict[str, Any]]] = None
+    guided_regex: Optional[str] = None
+    guided_choice: Optional[list[str]] = None
+    guided_grammar: Optional[str] = None
 
 
 class CompletionRequest(_SamplingFields):
@@ -89,6 +97,8 @@ class ChatMessage(_Request):
     role: Literal["system", "developer", "user", "assistant", "tool"]
     content: Optional[Union[str, list[TextPart]]] = None
     name: Optional[str] = None
+    tool_calls: Optional[list[dict[str, Any]]] = None  # assistant messages that called tools
+    tool_call_id: Optional[str] = None  # tool messages: the call they answer
 
     def text(self) -> str:
         """Content as one string; a list of text parts is joined with newlines (as vLLM does)."""
@@ -108,6 +118,10 @@ class ChatCompletionRequest(_SamplingFields):
     logprobs: Optional[bool] = False
     top_logprobs: Optional[int] = None
     add_generation_prompt: bool = True
+    # Tool calling (server/tools/).
+    tools: Optional[list[dict[str, Any]]] = None
+    tool_choice: Optional[Union[str, dict[str, Any]]] = None
+    parallel_tool_calls: Optional[bool] = None
     # Ignored OpenAI fields that clients commonly send are simply dropped by extra="ignore".
 
 
@@ -180,9 +194,30 @@ class ChatLogprobs(_Response):
     content: Optional[list[ChatTokenLogprob]] = None
 
 
+class FunctionCall(_Response):
+    name: Optional[str] = None
+    arguments: Optional[str] = None
+
+
+class ToolCall(_Response):
+    id: str
+    type: Literal["function"] = "function"
+    function: FunctionCall
+
+
+class DeltaToolCall(_Response):
+    """A streamed fragment: index, id, type and name come first, then arguments pieces."""
+
+    index: int
+    id: Optional[str] = None
+    type: Optional[Literal["function"]] = None
+    function: Optional[FunctionCall] = None
+
+
 class AssistantMessage(_Response):
     role: Literal["assistant"] = "assistant"
     content: Optional[str] = None
+    tool_calls: Optional[list[ToolCall]] = None
 
 
 class ChatChoice(_Response):
@@ -206,6 +241,7 @@ class ChatCompletionResponse(_Response):
 class DeltaMessage(_Response):
     role: Optional[Literal["assistant"]] = None
     content: Optional[str] = None
+    tool_calls: Optional[list[DeltaToolCall]] = None
 
 
 class ChatStreamChoice(_Response):

@@ -8,6 +8,7 @@ from typing import Any, AsyncIterator, Optional
 
 from engine.outputs import RequestOutput
 from engine.sampling_params import SamplingParams
+from engine.structured_output import StructuredOutputsParams
 from server.engine_client import EngineClient, RequestStream
 from server.errors import (APIError, EngineDeadError, bad_request, error_body,
                            engine_unavailable, from_value_error, model_not_found,
@@ -74,8 +75,20 @@ class OpenAIServing:
                 raise too_many_requests(waiting, self.max_queue_len)
 
     def make_sampling_params(self, req: Any, max_tokens: Optional[int], logprobs: Optional[int],
-                             prompt_logprobs: Optional[int] = None) -> SamplingParams:
-        """SamplingParams from the shared request fields; bad values become a 400 naming them."""
+                             prompt_logprobs: Optional[int] = None,
+                             tool_grammar: Optional[StructuredOutputsParams] = None
+                             ) -> SamplingParams:
+        """SamplingParams from the shared request fields; bad values become a 400 naming them.
+        `tool_grammar`: the constraint of tool_choice required/named (chat)."""
+        from server.structured_request import structured_outputs_from_request
+        structured = structured_outputs_from_request(req)
+        if tool_grammar is not None:
+            if structured is not None:
+                raise bad_request(f"{structured.field}: cannot be combined with a required or "
+                                  "named tool_choice", structured.field)
+            structured = tool_grammar
+        if structured is not None:
+            self.require_tokenizer(structured.field)
         if logprobs is not None and logprobs > MAX_LOGPROBS:
             raise bad_request(f"logprobs: at most {MAX_LOGPROBS} are supported, got {logprobs}",
                               "logprobs")
@@ -114,7 +127,7 @@ class OpenAIServing:
                 logprobs=logprobs, prompt_logprobs=prompt_logprobs,
                 skip_special_tokens=req.skip_special_tokens,
                 spaces_between_special_tokens=req.spaces_between_special_tokens,
-                logit_bias=logit_bias,
+                logit_bias=logit_bias, structured_outputs=structured,
             )
         except ValueError as exc:
             raise from_value_error(exc) from exc

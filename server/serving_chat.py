@@ -13,23 +13,28 @@ from server.errors import bad_request, from_value_error
 from server.protocol import ChatCompletionRequest, ChatMessage, random_id
 from server.serving_base import (MAX_LOGPROBS, SSE_DONE, OpenAIServing, close_all,
                                  last_output, sse, sse_error, usage_dict)
+from server.tool_calling import ToolPlan, plan_tools, template_messages
+from server.tool_stream import ToolCallStreamer
 
 
 def render_chat(tokenizer: Any, messages: list[ChatMessage], chat_template: Optional[str],
-                add_generation_prompt: bool = True) -> str:
+                add_generation_prompt: bool = True,
+                tools: Optional[list[dict[str, Any]]] = None) -> str:
     """The prompt text for `messages`; ValueError (-> 400) when the model has no template."""
     from engine.chat import apply_chat_template
-    conversation = [{"role": m.role, "content": m.text()} for m in messages]
-    return apply_chat_template(tokenizer, conversation, chat_template,
-                               add_generation_prompt=add_generation_prompt)
+    return apply_chat_template(tokenizer, template_messages(messages), chat_template,
+                               add_generation_prompt=add_generation_prompt, tools=tools)
 
 
 class OpenAIServingChat(OpenAIServing):
 
     def __init__(self, engine: EngineClient, served_model_names: list[str],
-                 max_queue_len: Optional[int] = None, chat_template: Optional[str] = None):
+                 max_queue_len: Optional[int] = None, chat_template: Optional[str] = None,
+                 enable_auto_tool_choice: bool = False, tool_call_parser: Optional[str] = None):
         super().__init__(engine, served_model_names, max_queue_len)
         self.chat_template = chat_template
+        self.enable_auto_tool_choice = enable_auto_tool_choice
+        self.tool_call_parser = tool_call_parser
 
     async def create(self, req: ChatCompletionRequest):
         self.check_model(req.model)
@@ -48,10 +53,12 @@ class OpenAIServingChat(OpenAIServing):
         if max_tokens is not None and max_tokens < 1:
             raise bad_request(f"{param}: must be at least 1, got {max_tokens}", param)
         self.require_tokenizer("messages")
-        params = self.make_sampling_params(req, max_tokens, logprobs)
+        plan = plan_tools(req, self.enable_auto_tool_choice, self.tool_call_parser)
+        params = self.make_sampling_params(req, max_tokens, logprobs,
+                                           tool_grammar=plan.structured if plan else None)
         try:
             prompt = render_chat(self.tokenizer, req.messages, self.chat_template,
-                                 req.add_generation_prompt)
+                                 req.add_generation_prompt, tools=plan.tools if plan else None)
         except ValueError as exc:
             raise bad_request(str(exc), "messages") from exc
         # The template already holds any BOS token, as in the offline LLM.chat().
@@ -68,23 +75,31 @@ class OpenAIServingChat(OpenAIServing):
         rid = random_id("chatcmpl")
         streams = await self.submit([rid], [(prompt, prompt_ids)], params, "messages")
         if req.stream:
-            return StreamingResponse(self._stream(req, rid, streams[0], n, logprobs),
+            return StreamingResponse(self._stream(req, rid, streams[0], n, logprobs, plan),
                                      media_type="text/event-stream")
         try:
             final = await last_output(streams[0])
         finally:
             close_all(streams)
-        return JSONResponse(self._response(rid, final, logprobs))
+        return JSONResponse(self._response(rid, final, logprobs, plan))
 
-    def _response(self, rid: str, out: RequestOutput, logprobs: Optional[int]) -> dict:
+    def _response(self, rid: str, out: RequestOutput, logprobs: Optional[int],
+                  plan: Optional[ToolPlan] = None) -> dict:
         choices = []
         for c in sorted(out.outputs, key=lambda c: c.index):
             lp = None
             if logprobs is not None:
                 lp = {"content": self._logprobs(c.token_ids, c.logprobs, logprobs)}
-            choices.append({"index": c.index,
-                            "message": {"role": "assistant", "content": c.text},
-                            "logprobs": lp, "finish_reason": c.finish_reason,
+            message: dict[str, Any] = {"role": "assistant", "content": c.text}
+            finish_reason = c.finish_reason
+            if plan is not None and plan.mode != "none" and c.finish_reason == "stop":
+                content, calls = plan.extract(c.text)
+                if calls:
+                    message = {"role": "assistant", "content": content,
+                               "tool_calls": [call.to_openai() for call in calls]}
+                    finish_reason = "tool_calls"
+            choices.append({"index": c.index, "message": message,
+                            "logprobs": lp, "finish_reason": finish_reason,
                             "stop_reason": c.stop_reason})
         completion_tokens = sum(len(c.token_ids) for c in out.outputs)
         return {"id": rid, "object": "chat.completion", "created": int(time.time()),
@@ -108,8 +123,11 @@ class OpenAIServingChat(OpenAIServing):
         return content
 
     async def _stream(self, req: ChatCompletionRequest, rid: str, stream: RequestStream, n: int,
-                      logprobs: Optional[int]) -> AsyncIterator[str]:
+                      logprobs: Optional[int],
+                      plan: Optional[ToolPlan] = None) -> AsyncIterator[str]:
         created = int(time.time())
+        tools = plan is not None and plan.mode != "none"
+        streamers = [ToolCallStreamer(plan) for _ in range(n)] if tools else []
         include_usage = bool(req.stream_options and req.stream_options.include_usage)
         tracker = DeltaTracker(n)
 
@@ -127,6 +145,18 @@ class OpenAIServingChat(OpenAIServing):
                     lp = None
                     if logprobs is not None:
                         lp = {"content": self._logprobs(d.token_ids, d.logprobs, logprobs)}
+                    if tools:
+                        st = streamers[d.index]
+                        pieces = st.delta(d.text, d.finish_reason is not None)
+                        for piece in pieces[:-1]:
+                            yield chunk({"index": d.index, "delta": piece, "logprobs": None,
+                                         "finish_reason": None})
+                        delta = pieces[-1] if pieces else {}
+                        reason = st.finish_reason(d.finish_reason)
+                        yield chunk({"index": d.index, "delta": delta, "logprobs": lp,
+                                     "finish_reason": reason,
+                                     "stop_reason": d.stop_reason if reason else None})
+                        continue
                     delta = {"content": d.text} if d.text or not d.finish_reason else {}
                     yield chunk({"index": d.index, "delta": delta, "logprobs": lp,
                                  "finish_reason": d.finish_reason,

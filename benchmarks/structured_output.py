@@ -1,0 +1,81 @@
+"""Structured outputs: grammar compile time (cold and cache hit) for the test schemas, and, on
+a GPU, constrained vs unconstrained output tok/s at one batch.
+
+    python -m benchmarks.structured_output [--batch 64] [--max-tokens 128] [--decode]
+
+Compile times are measured on whatever machine runs this (xgrammar compiles on the CPU).
+`--decode` adds the throughput comparison (meant for a GPU: the target is constrained >= 0.90x
+unconstrained at batch 64). Records to benchmarks/results/structured_output.jsonl.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import time
+
+
+def compile_times() -> dict[str, float]:
+    from engine.loader.default_model import default_model_path
+    from engine.loader.tokenizer import get_tokenizer
+    from engine.structured_output import StructuredOutputsParams
+    from engine.structured_output.backend import GrammarBackend
+    from tests.engine.structured_output.schemas import SCHEMAS
+
+    tok = get_tokenizer(default_model_path())
+    backend = GrammarBackend(tok, len(tok), [tok.eos_token_id])
+    cold, hit = [], []
+    for schema in SCHEMAS:
+        spec = StructuredOutputsParams(json=schema)
+        t = time.perf_counter()
+        backend.compile(spec)
+        cold.append(time.perf_counter() - t)
+        t = time.perf_counter()
+        backend.compile(spec)
+        hit.append(time.perf_counter() - t)
+    ms = lambda xs, q: 1e3 * statistics.quantiles(xs, n=100)[q - 1]  # noqa: E731
+    return {"compile_p50_ms": ms(cold, 50), "compile_p90_ms": ms(cold, 90),
+            "compile_max_ms": 1e3 * max(cold), "cache_hit_p50_ms": ms(hit, 50),
+            "cache_hit_max_ms": 1e3 * max(hit)}
+
+
+def decode_tok_s(batch: int, max_tokens: int) -> dict[str, float]:
+    from engine import LLM, SamplingParams
+    from engine.structured_output import StructuredOutputsParams
+    from tests.engine.structured_output.schemas import SCHEMAS
+
+    llm = LLM()
+    prompts = [f"Write JSON matching this schema: {json.dumps(SCHEMAS[i % len(SCHEMAS)])}\n"
+               for i in range(batch)]
+    out = {}
+    for name, constrained in (("unconstrained", False), ("constrained", True)):
+        params = [SamplingParams(temperature=1.0, seed=i, max_tokens=max_tokens, ignore_eos=True,
+                                 structured_outputs=StructuredOutputsParams(
+                                     json=SCHEMAS[i % len(SCHEMAS)]) if constrained else None)
+                  for i in range(batch)]
+        llm.generate(prompts[:2], params[:2], use_tqdm=False)  # warm up (and compile)
+        t = time.perf_counter()
+        res = llm.generate(prompts, params, use_tqdm=False)
+        dt = time.perf_counter() - t
+        out[f"{name}_tok_s"] = sum(len(r.outputs[0].token_ids) for r in res) / dt
+    out["ratio"] = out["constrained_tok_s"] / out["unconstrained_tok_s"]
+    return out
+
+
+def main() -> None:
+    from benchmarks.record import append_result
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--batch", type=int, default=64)
+    ap.add_argument("--max-tokens", type=int, default=128)
+    ap.add_argument("--decode", action="store_true")
+    args = ap.parse_args()
+    metrics = compile_times()
+    if args.decode:
+        metrics.update(decode_tok_s(args.batch, args.max_tokens))
+    print(json.dumps(metrics, indent=2))
+    append_result("structured_output", {"num_schemas": 50, "batch": args.batch,
+                                 "max_tokens": args.max_tokens, "decode": args.decode}, metrics)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,56 @@
+"""A request's compiled grammar and one xgrammar matcher per sequence.
+
+Invariant: a sequence's matcher has accepted exactly its first `accepted[seq_id]` output tokens.
+Output tokens are never taken back (preemption, by recompute or swap, keeps them; constrained
+requests never hold placeholder tokens), so the matcher survives preemption as it is.
+"""
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import torch
+
+from engine.sequence import Sequence
+
+logger = logging.getLogger(__name__)
+
+
+class RequestGrammar:
+    def __init__(self, compiled: Any):
+        import xgrammar as xgr
+
+        self._xgr = xgr
+        self.compiled = compiled
+        self._matchers: dict[int, Any] = {}
+        self._accepted: dict[int, int] = {}
+        self._rejected: set[int] = set()
+
+    def _matcher(self, seq: Sequence) -> Any:
+        m = self._matchers.get(seq.seq_id)
+        if m is None:
+            m = self._matchers[seq.seq_id] = self._xgr.GrammarMatcher(self.compiled)
+            self._accepted[seq.seq_id] = 0
+        return m
+
+    def advance(self, seq: Sequence) -> bool:
+        """Feed the sequence's new output tokens to its matcher. True when the grammar ends the
+        sequence: it accepted a stop token, or (never with a correct mask) rejected a token."""
+        m = self._matcher(seq)
+        sid = seq.seq_id
+        out = seq.token_ids
+        start = seq.prompt_len + self._accepted[sid]
+        end = len(out) - seq.num_pending
+        for i in range(start, end):
+            if sid in self._rejected:
+                break
+            if not m.accept_token(out[i]):
+                logger.warning("grammar rejected token %d of sequence %d", out[i], sid)
+                self._rejected.add(sid)
+        self._accepted[sid] = max(0, end - seq.prompt_len)
+        return sid in self._rejected or m.is_terminated()
+
+    def fill_bitmask(self, seq: Sequence, bitmask: torch.Tensor, row: int) -> None:
+        """Row `row` of `bitmask` := the tokens the grammar allows next for `seq`."""
+        self.advance(seq)
+        self._matcher(seq).fill_next_token_bitmask(bitmask, row)

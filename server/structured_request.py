@@ -1,0 +1,63 @@
+"""A request's structured-output fields -> one `StructuredOutputsParams` (or a 400).
+
+Accepted, in the order they are looked at: OpenAI's `response_format` (`text`, `json_object`,
+`json_schema`), vLLM's `structured_outputs` extra (`json`, `regex`, `choice`, `grammar`,
+`json_object`, `disable_any_whitespace`) and its older `guided_json / guided_regex /
+guided_choice / guided_grammar`. At most one constraint may be given; the error names the field.
+"""
+from __future__ import annotations
+
+from typing import Any, Optional
+
+from engine.structured_output import StructuredOutputsParams
+from server.errors import bad_request
+
+_SO_KEYS = {"json", "regex", "choice", "grammar", "json_object", "disable_any_whitespace"}
+
+
+def _response_format(rf: dict[str, Any]) -> Optional[StructuredOutputsParams]:
+    kind = rf.get("type")
+    if kind == "text":
+        return None
+    if kind == "json_object":
+        return StructuredOutputsParams(json_object=True, field="response_format")
+    if kind == "json_schema":
+        js = rf.get("json_schema")
+        if not isinstance(js, dict) or not isinstance(js.get("schema", {}), dict):
+            raise bad_request("response_format: json_schema must be an object with a 'schema' "
+                              "object", "response_format")
+        # OpenAI lets a missing schema mean "any JSON object".
+        schema = js.get("schema")
+        if schema is None:
+            return StructuredOutputsParams(json_object=True, field="response_format")
+        return StructuredOutputsParams(json=schema, field="response_format")
+    raise bad_request(f"response_format: type must be 'text', 'json_object' or 'json_schema', "
+                      f"got {kind!r}", "response_format")
+
+
+def structured_outputs_from_request(req: Any) -> Optional[StructuredOutputsParams]:
+    found: list[tuple[str, StructuredOutputsParams]] = []
+    try:
+        if req.response_format is not None:
+            spec = _response_format(req.response_format)
+            if spec is not None:
+                found.append(("response_format", spec))
+        if req.structured_outputs is not None:
+            unknown = sorted(set(req.structured_outputs) - _SO_KEYS)
+            if unknown:
+                raise bad_request(f"structured_outputs: unknown key {unknown[0]!r} (known: "
+                                  f"{', '.join(sorted(_SO_KEYS))})", "structured_outputs")
+            found.append(("structured_outputs", StructuredOutputsParams(
+                **req.structured_outputs, field="structured_outputs")))
+        for name in ("guided_json", "guided_regex", "guided_choice", "guided_grammar"):
+            value = getattr(req, name)
+            if value is not None:
+                key = name.removeprefix("guided_")
+                found.append((name, StructuredOutputsParams(**{key: value}, field=name)))
+    except ValueError as exc:
+        field = str(exc).split(":", 1)[0]
+        raise bad_request(str(exc), field) from exc
+    if len(found) > 1:
+        raise bad_request(f"{found[1][0]}: only one structured-output constraint per request "
+                          f"(also given: {found[0][0]})", found[1][0])
+    return found[0][1] if found else None
