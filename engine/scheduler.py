@@ -136,10 +136,15 @@ class Scheduler:
                 seq = req.seqs[0]
                 computed, held = seq.num_computed_tokens, len(seq.token_ids)
                 n = min(held - computed, budget)
-                if seq.num_draft and computed + n < held:
-                    # Draft tokens are optional: those past the budget are dropped, not chunked.
-                    seq.drop_drafts(held - computed - n)
+                if seq.num_draft and (computed + n < held
+                                      or bm.blocks_needed(seq, n) > gpu.num_free):
+                    # Draft tokens are optional: those past the budget are dropped (not chunked),
+                    # and all of them rather than preempting anything for their slots.
+                    seq.drop_drafts(held - computed - n if computed + n < held else None)
+                    if bm.blocks_needed(seq, len(seq.token_ids) - computed) > gpu.num_free:
+                        seq.drop_drafts()
                     held = len(seq.token_ids)
+                    n = min(held - computed, budget)
                 plan = ([ScheduledSeq(req, seq, n, [seq] if computed + n == held else [])]
                         if n > 0 and not seq.is_finished else [])
             else:

@@ -82,7 +82,9 @@ class DraftModelProposer(Proposer):
                 common += 1
         del mine[common:]
         mine.extend(tokens[common:])
-        shadow.num_computed_tokens = min(shadow.num_computed_tokens, common)
+        # At least the last token is run: its logits give the first draft (the target may hold
+        # no new token, e.g. when its drafts were dropped before the step ran).
+        shadow.num_computed_tokens = min(shadow.num_computed_tokens, common, len(tokens) - 1)
         self.bm.trim_to_computed(shadow)
 
     def _run(self, batch: list[tuple[Request, Sequence, int]]) -> list[int]:

@@ -88,7 +88,8 @@ class Verifier:
             greedy.append(g)
             if not g and seq.generator is not None:
                 # Seeded: the same draws in the same order whatever the batch holds.
-                uniforms[i] = torch.rand(k, generator=seq.generator).to(device)
+                # Exactly d uniforms: the draws never depend on other sequences' draft counts.
+                uniforms[i, :d] = torch.rand(d, generator=seq.generator).to(device)
                 noise[i] = torch.empty(v).exponential_(generator=seq.generator).to(device)
             first_rows.append(first)
             first += d + 1
