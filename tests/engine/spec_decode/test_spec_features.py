@@ -158,3 +158,12 @@ def test_bad_config(config, field, path):
 def test_draft_vocabulary_mismatch(path, tiny_model_dir):
     with pytest.raises(ValueError, match="speculative_config.model: the draft model's vocab"):
         LLM(model=path, device="cpu", speculative_config=_spec(tiny_model_dir("gpt2")))
+
+
+def test_penalties_apply_per_position(spec_llm, plain):
+    # Each verify position is penalised with the history up to it (drafts included).
+    params = SamplingParams(temperature=0, max_tokens=16, ignore_eos=True,
+                            repetition_penalty=1.5, frequency_penalty=0.7, presence_penalty=0.3,
+                            logit_bias={17: 3.0})
+    want = _tokens(plain.generate(PROMPTS[:2], params, use_tqdm=False))
+    assert _tokens(spec_llm.generate(PROMPTS[:2], params, use_tqdm=False)) == want
