@@ -57,10 +57,10 @@ def test_preemption_mid_speculation(mode, path, reference):
 
 
 def test_mixed_batch_with_chunked_prefill(path, plain, spec_llm):
-    long_prompts = [" ".join(f"w{i}x{j}" for j in range(60)) for i in range(2)]
+    long_prompts = [" ".join(f"w{i}x{j}" for j in range(25)) for i in range(2)]
     prompts = PROMPTS[:3] + long_prompts
     ref = _tokens(plain.generate(prompts, GREEDY, use_tqdm=False))
-    llm = LLM(model=path, device="cpu", max_num_batched_tokens=24,
+    llm = LLM(model=path, device="cpu", max_num_batched_tokens=20,
               speculative_config=_spec(path))
     assert _tokens(llm.generate(prompts, GREEDY, use_tqdm=False)) == ref
     _no_leak(llm)
