@@ -72,6 +72,12 @@ class BlockManager:
             seq.block_table.append(self.gpu.allocate())
         return copies
 
+    def trim_to_computed(self, seq: Sequence) -> None:
+        """Free the blocks past those holding the sequence's computed tokens (rejected drafts)."""
+        keep = _cdiv(seq.num_computed_tokens, self.block_size)
+        while len(seq.block_table) > keep:
+            self.gpu.decref(seq.block_table.pop())
+
     def fork(self, parent: Sequence, child: Sequence, num_tokens: Optional[int] = None) -> None:
         """`child` shares the parent's blocks holding its first `num_tokens` (default: all computed)."""
         n = parent.num_computed_tokens if num_tokens is None else num_tokens
@@ -138,7 +144,8 @@ class BlockManager:
         if not self.enable_prefix_caching:
             return
         # Only blocks whose tokens are all known (not a pending placeholder) can be hashed.
-        known = len(seq.token_ids) - seq.num_pending
+        # Draft tokens are not known either: they may be rejected.
+        known = len(seq.token_ids) - seq.num_pending - seq.num_draft
         full = min(seq.num_computed_tokens, known) // self.block_size
         self._extend_hashes(seq, full)
         for i in range(full):

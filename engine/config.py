@@ -153,6 +153,8 @@ class EngineConfig:
     cache: CacheConfig
     scheduler: SchedulerConfig
     runner: RunnerConfig
+    # engine.spec_decode.config.SpeculativeConfig, or None: no speculative decoding.
+    speculative: Any = None
 
 
 @dataclass
@@ -188,6 +190,8 @@ class EngineArgs:
     kv_cache_dtype: str = "auto"
     async_scheduling: Optional[bool] = None  # None: on for CUDA, off on the CPU
     hf_overrides: dict = field(default_factory=dict)
+    # {"method": "ngram" | "draft_model" | "eagle3", "num_speculative_tokens": k, ...}
+    speculative_config: Optional[dict] = None
 
     @classmethod
     def field_names(cls) -> list[str]:
@@ -197,6 +201,13 @@ class EngineArgs:
         # Imported here: the loader pulls in transformers, which config users may not need.
         from engine.loader.resolve import resolve_model
 
+        speculative = None
+        if self.speculative_config is not None:
+            from engine.spec_decode.config import SpeculativeConfig
+            speculative = SpeculativeConfig.from_dict(self.speculative_config)
+            # A verify step's accepted count decides the next step's input: no overlap.
+            _require(not self.async_scheduling, "async_scheduling",
+                     "cannot be combined with speculative_config")
         device = resolve_device(self.device)
         dtype = resolve_dtype(self.dtype, device)
         resolved = resolve_model(self.model, self.tokenizer, self.load_format,
@@ -242,9 +253,11 @@ class EngineArgs:
                                   max_cuda_graph_batch=min(max_num_seqs, 512),
                                   max_cuda_graph_tokens=min(self.max_cuda_graph_tokens,
                                                             max_batched),
-                                  async_scheduling=(on_gpu if self.async_scheduling is None
+                                  async_scheduling=(on_gpu and speculative is None
+                                                    if self.async_scheduling is None
                                                     else self.async_scheduling))
-        return EngineConfig(model=model_cfg, cache=cache_cfg, scheduler=sched_cfg, runner=runner_cfg)
+        return EngineConfig(model=model_cfg, cache=cache_cfg, scheduler=sched_cfg, runner=runner_cfg,
+                            speculative=speculative)
 
 
 def max_len_from_hf_config(hf_config: Any) -> int:

@@ -33,6 +33,11 @@ class EngineCore:
         self.structured_output = StructuredOutputManager(config.model, self.runner.vocab_size)
         self.runner.logits_processors.append(self.structured_output.processor)
         self._failed: list[EngineCoreOutput] = []  # requests failed before scheduling
+        self.speculator = None
+        if config.speculative is not None:
+            from engine.spec_decode.speculator import Speculator
+            self.speculator = Speculator(config, self.runner.vocab_size,
+                                         self.runner.num_gpu_blocks)
         self._inflight: Optional[InFlight] = None
         self._seq_ids = itertools.count()
         self.prompt_tokens_total = 0
@@ -103,6 +108,8 @@ class EngineCore:
         self._admit_compiled()
         outputs, self._failed = self._failed, []
         if not self.async_scheduling:
+            if self.speculator is not None:
+                self.speculator.propose(self.scheduler.running)
             sched_out = self.scheduler.schedule()
             if sched_out.is_empty and not sched_out.has_block_ops:
                 return outputs
@@ -224,6 +231,12 @@ class EngineCore:
                 if not s.sample_seqs:
                     continue  # a prefill chunk: nothing sampled
                 seq = s.seq  # for one sequence, sample_seqs == [seq]
+                if seq.num_draft:
+                    num_sampled += self.speculator.apply(req, seq, result.verified[seq.seq_id],
+                                                         sched)
+                    if seq.is_finished:
+                        finished.append(req)
+                    continue
                 if not _apply_sample(seq, sampled, resolve):
                     continue
                 num_sampled += 1
@@ -343,6 +356,7 @@ class EngineCore:
             "weight_bytes": self.runner.weight_bytes,
             "kv_cache_dtype": str(self.runner.kv_dtype).removeprefix("torch."),
             "bytes_per_block": self.runner.bytes_per_block,
+            **(self.speculator.metrics.stats() if self.speculator is not None else {}),
         }
 
 

@@ -48,13 +48,15 @@ class InputProcessor:
     anything else is a ValueError naming the field, before any tokenizing that cannot help."""
 
     def __init__(self, model_config: ModelConfig, tokenizer, vocab_size: int,
-                 num_gpu_blocks: int, block_size: int, max_num_seqs: Optional[int] = None):
+                 num_gpu_blocks: int, block_size: int, max_num_seqs: Optional[int] = None,
+                 speculative: bool = False):
         self.model_config = model_config
         self.tokenizer = tokenizer
         self.vocab_size = vocab_size
         self.num_gpu_blocks = num_gpu_blocks
         self.block_size = block_size
         self.max_num_seqs = max_num_seqs  # the scheduler's batch limit on sequences
+        self.speculative = speculative  # speculative_config is set
         self.eos_token_id = self._eos_token_id()
         self._max_token_chars: Optional[int] = None
 
@@ -62,6 +64,9 @@ class InputProcessor:
         """The request's sequences must fit in one batch: the scheduler admits a request whole,
         so one asking for more sequences than max_num_seqs would wait forever (and block the
         FCFS queue behind it)."""
+        if self.speculative and params.use_beam_search:
+            raise ValueError("use_beam_search: beam search cannot run on an engine started with "
+                             "speculative_config")
         if self.max_num_seqs is None or params.num_seqs <= self.max_num_seqs:
             return
         field = "best_of" if params.best_of > params.n else "n"

@@ -28,7 +28,8 @@ class LLMEngine:
         self.input_processor = InputProcessor(config.model, self.tokenizer,
                                               self.core.runner.vocab_size,
                                               self.core.num_gpu_blocks, config.cache.block_size,
-                                              config.scheduler.max_num_seqs)
+                                              config.scheduler.max_num_seqs,
+                                              speculative=config.speculative is not None)
         self.output_processor = OutputProcessor(self.tokenizer)
 
     @classmethod

@@ -24,6 +24,9 @@ class ModelInputs:
     prompt_logprob_spans: list[tuple[int, int, int]]
     # (row, seq_id) of PLACEHOLDER tokens: filled on the device from the in-flight step's samples.
     placeholder_rows: list[tuple[int, int]] = field(default_factory=list)
+    # (scheduled index, first row, number of rows) of verify chunks: a sequence holding d draft
+    # tokens samples from all of its last d + 1 rows (see engine/spec_decode).
+    verify_spans: list[tuple[int, int, int]] = field(default_factory=list)
 
 
 def build_model_inputs(out: SchedulerOutput, block_size: int, device: torch.device,
@@ -100,9 +103,14 @@ def build_model_inputs(out: SchedulerOutput, block_size: int, device: torch.devi
         last_row[i] = base + n - 1
 
     sample_rows: list[int] = []
+    verify: list[tuple[int, int, int]] = []
     for i, s in enumerate(scheduled):
         k = len(s.sample_seqs)
         if k == 1:
+            d = s.seq.num_draft
+            if d:
+                verify.append((i, last_row[i] - d, d + 1))
+                continue
             sample_rows.append(last_row[i])
         elif k:
             sample_rows.extend([last_row[i]] * k)
@@ -126,6 +134,7 @@ def build_model_inputs(out: SchedulerOutput, block_size: int, device: torch.devi
         sample_rows=sample_rows,
         prompt_logprob_spans=spans,
         placeholder_rows=placeholders,
+        verify_spans=verify,
     )
 
 

@@ -32,6 +32,8 @@ class RunnerOutput:
     prompt_logprobs: dict[str, list[Optional[dict[int, float]]]] = field(default_factory=dict)
     # Beam search: seq_id -> (top 2*width token ids, their logprobs) of the raw distribution.
     beam_candidates: dict[int, tuple[list[int], list[float]]] = field(default_factory=dict)
+    # Speculative decoding: seq_id -> engine.spec_decode.verifier.Verified of its verify chunk.
+    verified: dict = field(default_factory=dict)
 
 
 @dataclass
@@ -66,6 +68,10 @@ class ModelRunner:
         self.sampler = Sampler(config.model.seed)
         # Hooks that transform logits before sampling (see SamplingMetadata.from_rows).
         self.logits_processors: list = []
+        self.verifier = None
+        if config.speculative is not None:
+            from engine.spec_decode.verifier import Verifier
+            self.verifier = Verifier(self.vocab_size)
         layers = attention_layers(self.model)
         if not layers:
             raise ValueError("model has no Attention layers")
@@ -206,7 +212,10 @@ class ModelRunner:
             self._fill_placeholders(inputs, prev)
         hidden = self._forward(inputs)
         self._prompt_logprobs(out, inputs, hidden, step.result)
-        step.rows = [(s.request, q) for s in out.scheduled for q in s.sample_seqs]
+        if inputs.verify_spans:
+            self._verify(out, inputs, hidden, step.result)
+        step.rows = [(s.request, q) for s in out.scheduled for q in s.sample_seqs
+                     if not q.num_draft]
         if not step.rows:
             return step
         idx = to_device(inputs.sample_rows, torch.int64, self.device)
@@ -236,6 +245,15 @@ class ModelRunner:
         dst = to_device(rows, torch.int64, self.device)
         inputs.input_ids.index_copy_(
             0, dst, prev.pending.tokens.index_select(0, to_device(src, torch.int64, self.device)))
+
+    def _verify(self, out: SchedulerOutput, inputs: ModelInputs, hidden: torch.Tensor,
+                result: RunnerOutput) -> None:
+        """Verify chunks: logits at every position of the chunk, through the verifier."""
+        rows = [r for _, first, n in inputs.verify_spans for r in range(first, first + n)]
+        idx = to_device(rows, torch.int64, self.device)
+        logits = self.model.compute_logits(hidden.index_select(0, idx)).float()
+        seqs = [(out.scheduled[i].request, out.scheduled[i].seq) for i, _, _ in inputs.verify_spans]
+        result.verified = self.verifier(logits, seqs)
 
     @staticmethod
     def _beam_candidates(rows, logits: torch.Tensor, result: RunnerOutput) -> None:

@@ -247,15 +247,7 @@ class Sampler:
 
     @staticmethod
     def _sample(logits: torch.Tensor, meta: SamplingMetadata) -> torch.Tensor:
-        # `logits` may be the caller's raw tensor: the first op here makes a new one.
-        logits = logits / meta.temperature
-        if meta.top_k is not None or meta.top_p is not None:
-            logits = apply_top_k_top_p(logits, meta.top_k, meta.top_p)
-        probs = torch.softmax(logits, dim=-1)
-        if meta.min_p is not None:
-            # Keep tokens with p >= min_p * max p; the race below needs no renormalisation.
-            thresh = probs.amax(dim=-1, keepdim=True) * meta.min_p
-            probs = probs.masked_fill(probs < thresh, 0.0)
+        probs = sampling_probs(logits, meta)  # unnormalised after min-p: the race needs none
         q = torch.empty_like(probs).exponential_()
         if meta.generators:
             rows = [r for r, _ in meta.generators]
@@ -339,6 +331,23 @@ def apply_penalties(logits: torch.Tensor, meta: SamplingMetadata) -> torch.Tenso
         logits = logits - meta.frequency_penalty * counts \
             - meta.presence_penalty * (counts > 0).float()
     return logits
+
+
+def sampling_probs(logits: torch.Tensor, meta: SamplingMetadata,
+                   normalize: bool = False) -> torch.Tensor:
+    """Step 6 of the module docstring up to the draw: temperature, top-k, top-p, softmax, min-p.
+    Rows masked by min-p sum to less than 1 unless `normalize`. `logits` is not modified."""
+    logits = logits / meta.temperature
+    if meta.top_k is not None or meta.top_p is not None:
+        logits = apply_top_k_top_p(logits, meta.top_k, meta.top_p)
+    probs = torch.softmax(logits, dim=-1)
+    if meta.min_p is not None:
+        # Keep tokens with p >= min_p * max p.
+        thresh = probs.amax(dim=-1, keepdim=True) * meta.min_p
+        probs = probs.masked_fill(probs < thresh, 0.0)
+        if normalize:
+            probs = probs / probs.sum(dim=-1, keepdim=True)
+    return probs
 
 
 def apply_top_k_top_p(logits: torch.Tensor, top_k: Optional[torch.Tensor],

@@ -93,6 +93,7 @@ class Scheduler:
     def finish_seq(self, req: Request, seq: Sequence, status: SequenceStatus) -> None:
         pool = self.bm.cpu if seq.status == SequenceStatus.SWAPPED else self.bm.gpu
         seq.drop_placeholders()
+        seq.drop_drafts()
         seq.status = status
         self.bm.free_seq(seq, pool)
 
@@ -135,6 +136,15 @@ class Scheduler:
                 seq = req.seqs[0]
                 computed, held = seq.num_computed_tokens, len(seq.token_ids)
                 n = min(held - computed, budget)
+                if seq.num_draft and (computed + n < held
+                                      or bm.blocks_needed(seq, n) > gpu.num_free):
+                    # Draft tokens are optional: those past the budget are dropped (not chunked),
+                    # and all of them rather than preempting anything for their slots.
+                    seq.drop_drafts(held - computed - n if computed + n < held else None)
+                    if bm.blocks_needed(seq, len(seq.token_ids) - computed) > gpu.num_free:
+                        seq.drop_drafts()
+                    held = len(seq.token_ids)
+                    n = min(held - computed, budget)
                 plan = ([ScheduledSeq(req, seq, n, [seq] if computed + n == held else [])]
                         if n > 0 and not seq.is_finished else [])
             else:
@@ -244,6 +254,8 @@ class Scheduler:
     # ---- preemption --------------------------------------------------------------------------
     def _preempt(self, req: Request, out: SchedulerOutput) -> None:
         live = req.live_seqs()
+        for seq in live:
+            seq.drop_drafts()  # they are proposed again once the request runs
         mode = self.config.preemption_mode
         if mode == "auto":
             blocks = self.bm.distinct_blocks(live)

@@ -47,7 +47,7 @@ class Sequence:
     __slots__ = ("seq_id", "index", "token_ids", "prompt_len", "num_computed_tokens",
                  "block_table", "_status", "is_finished", "cumulative_logprob",
                  "stop_reason", "generator", "num_new_outputs", "block_hashes",
-                 "new_logprobs", "finish_reported", "num_pending")
+                 "new_logprobs", "finish_reported", "num_pending", "num_draft")
 
     def __init__(self, seq_id: int, index: int, prompt_token_ids: list[int]):
         self.seq_id = seq_id
@@ -68,6 +68,9 @@ class Sequence:
         self.finish_reported = False
         # Trailing PLACEHOLDER tokens: sampled by a step still in flight (async scheduling).
         self.num_pending = 0
+        # Trailing draft tokens (speculative decoding): proposed before a step, scheduled with
+        # it as one verify chunk, and replaced by the accepted ones once the step ran.
+        self.num_draft = 0
 
     @property
     def output_token_ids(self) -> list[int]:
@@ -121,6 +124,21 @@ class Sequence:
         if self.num_pending:
             del self.token_ids[len(self.token_ids) - self.num_pending:]
             self.num_pending = 0
+
+    def add_drafts(self, draft_token_ids: list[int]) -> None:
+        assert not self.num_draft and not self.num_pending
+        self.token_ids.extend(draft_token_ids)
+        self.num_draft = len(draft_token_ids)
+
+    def drop_drafts(self, num: Optional[int] = None) -> list[int]:
+        """Remove the last `num` (default: all) draft tokens; returns them."""
+        num = self.num_draft if num is None else min(num, self.num_draft)
+        if num <= 0:
+            return []
+        dropped = self.token_ids[len(self.token_ids) - num:]
+        del self.token_ids[len(self.token_ids) - num:]
+        self.num_draft -= num
+        return dropped
 
     def reset_for_recompute(self) -> None:
         """Drop all KV state; the tokens (prompt and outputs) are recomputed on readmission."""

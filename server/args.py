@@ -40,6 +40,8 @@ _HELP = {
     "chat_template": "Jinja chat template: a file path or the template text",
     "max_queue_len": "answer 429 while more than this many requests wait",
     "hf_overrides": "JSON object of HF config overrides",
+    "speculative_config": "JSON object: speculative decoding, e.g. '{\"method\": \"ngram\", "
+                          "\"num_speculative_tokens\": 4}' (methods: ngram, draft_model)",
 }
 
 

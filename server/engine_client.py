@@ -161,7 +161,8 @@ class AsyncEngineClient(EngineClient):
         self._stats = dict(ready.stats)
         self.input_processor = InputProcessor(self.model_config, self.tokenizer, ready.vocab_size,
                                               ready.num_gpu_blocks, ready.block_size,
-                                              self._max_num_seqs)
+                                              self._max_num_seqs,
+                                              speculative=self.config.speculative is not None)
         self._watchdog.heard(idle=True)
         self._restart.core_started()
 

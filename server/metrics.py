@@ -32,6 +32,11 @@ _COUNTERS = {
     "prefix_cache_queries": ("prefix_cache_queries",
                              "Prefix cache queries, in tokens."),
     "prefix_cache_hits": ("prefix_cache_hits", "Prefix cache hits, in tokens."),
+    "spec_decode_num_drafts": ("spec_decode_num_drafts", "Speculative verify chunks run."),
+    "spec_decode_num_draft_tokens": ("spec_decode_num_draft_tokens",
+                                     "Draft tokens proposed and verified."),
+    "spec_decode_num_accepted_tokens": ("spec_decode_num_accepted_tokens",
+                                        "Draft tokens accepted by the target."),
 }
 _GAUGES = {
     "num_running": ("num_requests_running", "Number of requests in model execution batches."),
@@ -61,6 +66,10 @@ class ServerMetrics:
         self._counters = {key: Counter(PREFIX + name, doc, labels, registry=reg).labels(model_name)
                           for key, (name, doc) in _COUNTERS.items()}
         self._last_totals: dict[str, float] = {}
+        self._accepted_per_pos = Counter(
+            PREFIX + "spec_decode_num_accepted_tokens_per_pos",
+            "Accepted draft tokens by position in the draft (0 = first).",
+            labels + ["position"], registry=reg)
         self._success = Counter(PREFIX + "request_success", "Count of successfully processed "
                                 "requests.", labels + ["finished_reason"], registry=reg)
         self._ttft = Histogram(PREFIX + "time_to_first_token_seconds",
@@ -95,6 +104,13 @@ class ServerMetrics:
             if delta > 0:  # totals only grow; a smaller value would mean a restarted core
                 counter.inc(delta)
             self._last_totals[key] = max(total, self._last_totals.get(key, 0.0))
+
+        for pos, total in enumerate(stats.get("spec_decode_accepted_by_position") or []):
+            key = f"spec_decode_accepted_pos_{pos}"
+            delta = float(total) - self._last_totals.get(key, 0.0)
+            if delta > 0:
+                self._accepted_per_pos.labels(self.model_name, str(pos)).inc(delta)
+            self._last_totals[key] = max(float(total), self._last_totals.get(key, 0.0))
 
     def engine_restarted(self) -> None:
         """A fresh core counts its totals from zero: follow it from there."""
@@ -144,7 +160,10 @@ class StatsLogger:
                 f"Swapped: {stats.get('num_swapped', 0)} reqs, "
                 f"KV cache usage: {100 * float(stats.get('kv_cache_usage', 0)):.1f}%, "
                 f"Prompt throughput: {prompt_tps:.1f} tokens/s, "
-                f"Generation throughput: {gen_tps:.1f} tokens/s")
+                f"Generation throughput: {gen_tps:.1f} tokens/s"
+                + (f", Spec decode acceptance: "
+                   f"{100 * float(stats['spec_decode_acceptance_rate']):.1f}%"
+                   if "spec_decode_acceptance_rate" in stats else ""))
 
     async def run(self) -> None:
         while True:

@@ -1,0 +1,130 @@
+"""Speculative decoding benchmark: tokens/s with speculation on vs off, and acceptance.
+
+Cases (`--cases`, comma separated):
+  replay_ngram_bs1    greedy once, then prompts made of prompt + its continuation + prompt, so
+                      n-gram lookup can propose what the model said before (works with dummy
+                      weights); batch 1.
+  grounded_ngram_bs1  an input-grounded task (repeat/edit a passage given in the prompt); batch 1.
+  ngram_bs<N>         the replay prompts at batch N (throughput must not collapse).
+  draft_bs1           `--draft-model` drafting for the target on the replay prompts; batch 1.
+Each case runs the same prompts with speculation off and on, greedy, `--max-tokens` tokens each
+(EOS ignored), after a warm-up; greedy outputs must agree. Appends one record per case to
+benchmarks/results/spec_decode.jsonl (bench "spec_decode", params.case, metrics.speedup_vs_off,
+metrics.acceptance_rate). On the CPU this measures the mechanism, not the GPU targets.
+
+    python benchmarks/spec_decode.py [--model PATH] [--load-format dummy] [--k 4]
+        [--max-tokens 64] [--cases replay_ngram_bs1,grounded_ngram_bs1] [--device cpu]
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+from typing import Any, Optional
+
+if __package__ in (None, ""):
+    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+SEED_PROMPTS = ("Write a short story about a lighthouse keeper.",
+                "Explain how a hash table works.",
+                "Describe the water cycle in detail.",
+                "List ten facts about the moon.")
+PASSAGE = ("The committee met on Tuesday to review the budget. It approved funding for the new "
+           "library, postponed the decision on the swimming pool, and asked the treasurer to "
+           "prepare a revised estimate for road repairs before the next meeting in March.")
+GROUNDED = (f"Here is a paragraph:\n\n{PASSAGE}\n\nRepeat the paragraph exactly, but replace "
+            "'Tuesday' with 'Wednesday'.\n\n")
+
+
+def _engine(args, spec: Optional[dict]):
+    from engine import LLM
+    kw: dict[str, Any] = dict(model=args.model, device=args.device, seed=0)
+    if args.load_format:
+        kw["load_format"] = args.load_format
+    if spec is not None:
+        kw["speculative_config"] = spec
+    return LLM(**kw)
+
+
+def _run(llm, prompts: list[list[int]], max_tokens: int) -> tuple[float, list, dict]:
+    from engine import SamplingParams
+    params = SamplingParams(temperature=0.0, max_tokens=max_tokens, ignore_eos=True)
+    items = [{"prompt_token_ids": p} for p in prompts]
+    llm.generate(items[:1], SamplingParams(temperature=0.0, max_tokens=4), use_tqdm=False)
+    before = llm.stats()
+    t0 = time.perf_counter()
+    outs = llm.generate(items, params, use_tqdm=False)
+    elapsed = time.perf_counter() - t0
+    after = llm.stats()
+    delta = {k: after[k] - before.get(k, 0) for k in after
+             if isinstance(after[k], (int, float)) and k.startswith(("spec_decode_num", "num_steps"))}
+    return elapsed, [o.outputs[0].token_ids for o in outs], delta
+
+
+def main(argv: Optional[list[str]] = None) -> list[dict]:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--model", default=None, help="default: SmolLM2-135M-Instruct")
+    ap.add_argument("--load-format", default=None)
+    ap.add_argument("--draft-model", default=None)
+    ap.add_argument("--device", default="auto")
+    ap.add_argument("--k", type=int, default=4)
+    ap.add_argument("--max-tokens", type=int, default=64)
+    ap.add_argument("--cases", default="replay_ngram_bs1,grounded_ngram_bs1")
+    ap.add_argument("--no-record", action="store_true")
+    args = ap.parse_args(argv)
+    from benchmarks.record import append_result
+
+    off = _engine(args, None)
+    tok = off.get_tokenizer()
+    ngram = {"method": "ngram", "num_speculative_tokens": args.k, "prompt_lookup_min": 2,
+             "prompt_lookup_max": 5}
+    on = _engine(args, ngram)
+    draft = (_engine(args, {"method": "draft_model", "model": args.draft_model,
+                            "num_speculative_tokens": args.k}) if args.draft_model else None)
+
+    # Replay prompts: prompt + the model's own greedy continuation + prompt again.
+    seeds = [tok.encode(p) for p in SEED_PROMPTS]
+    _, conts, _ = _run(off, seeds, args.max_tokens)
+    replay = [s + c + s for s, c in zip(seeds, conts)]
+    records = []
+    for case in [c for c in args.cases.split(",") if c]:
+        if case == "grounded_ngram_bs1":
+            prompts, engine_on = [tok.encode(GROUNDED)], on
+        elif case.startswith("ngram_bs"):
+            bs = int(case.removeprefix("ngram_bs"))
+            prompts, engine_on = [replay[i % len(replay)] for i in range(bs)], on
+        elif case == "replay_ngram_bs1":
+            prompts, engine_on = replay[:1], on
+        elif case == "draft_bs1":
+            if draft is None:
+                raise SystemExit("draft_bs1 needs --draft-model")
+            prompts, engine_on = replay[:1], draft
+        else:
+            raise SystemExit(f"unknown case {case!r}")
+        t_off, out_off, s_off = _run(off, prompts, args.max_tokens)
+        t_on, out_on, s_on = _run(engine_on, prompts, args.max_tokens)
+        n_tok = sum(len(o) for o in out_on)
+        drafted = s_on.get("spec_decode_num_draft_tokens", 0)
+        metrics = {
+            "tok_s_off": n_tok / t_off, "tok_s_on": n_tok / t_on,
+            "speedup_vs_off": t_off / t_on,
+            "acceptance_rate": (s_on.get("spec_decode_num_accepted_tokens", 0) / drafted
+                                if drafted else 0.0),
+            "steps_off": s_off.get("num_steps", 0), "steps_on": s_on.get("num_steps", 0),
+            "step_ms_off": 1e3 * t_off / max(1, s_off.get("num_steps", 1)),
+            "step_ms_on": 1e3 * t_on / max(1, s_on.get("num_steps", 1)),
+            "greedy_match": float(out_on == out_off),
+        }
+        params = {"case": case, "model": args.model or "SmolLM2-135M-Instruct (default)",
+                  "load_format": args.load_format or "auto", "k": args.k,
+                  "max_tokens": args.max_tokens, "batch": len(prompts),
+                  "method": "draft_model" if engine_on is draft else "ngram"}
+        print(case, {k: round(v, 3) if isinstance(v, float) else v for k, v in metrics.items()})
+        if not args.no_record:
+            records.append(append_result("spec_decode", params, metrics))
+    return records
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,92 @@
+"""What the engine core sees of speculative decoding: propose before a step, apply after it.
+
+Before scheduling, `propose` appends draft tokens to each decoding sequence (as
+`Sequence.num_draft` trailing tokens). The scheduler needs no branch for them: the sequence
+simply holds more uncomputed tokens, so its next chunk is the k+1-token verify (last real token
+and drafts), counted in the token budget and given KV slots like any chunk; drafts that do not
+fit the budget are dropped. The runner hands the chunk's per-position logits to the `Verifier`,
+and `apply` keeps the accepted tokens, rolls `num_computed_tokens` back to the KV that is valid
+and frees the blocks only rejected drafts used.
+"""
+from __future__ import annotations
+
+from engine.config import EngineConfig
+from engine.sequence import Request, Sequence, SequenceStatus
+from engine.spec_decode.config import SpeculativeConfig
+from engine.spec_decode.metrics import SpecDecodeMetrics
+from engine.spec_decode.proposer import Proposer
+from engine.spec_decode.verifier import Verified
+
+
+def build_proposer(config: EngineConfig, target_vocab_size: int, num_gpu_blocks: int) -> Proposer:
+    spec: SpeculativeConfig = config.speculative
+    if spec.method == "ngram":
+        from engine.spec_decode.ngram import NgramProposer
+        return NgramProposer(spec.prompt_lookup_min, spec.prompt_lookup_max)
+    if spec.method == "draft_model":
+        from engine.spec_decode.draft_model import DraftModelProposer
+        return DraftModelProposer(config, target_vocab_size, num_gpu_blocks)
+    raise ValueError(f"speculative_config.method: {spec.method!r} is not implemented yet "
+                     "(available: ngram, draft_model)")
+
+
+class Speculator:
+    def __init__(self, config: EngineConfig, target_vocab_size: int, num_gpu_blocks: int):
+        self.k = config.speculative.num_speculative_tokens
+        self.max_model_len = config.scheduler.max_model_len
+        self.proposer = build_proposer(config, target_vocab_size, num_gpu_blocks)
+        self.metrics = SpecDecodeMetrics(self.k)
+
+    @staticmethod
+    def eligible(req: Request) -> bool:
+        """Requests that speculate: one sequence, not beam search (n > 1 decodes plainly), no
+        output grammar (its mask advances token by token; constrained requests decode plainly)."""
+        return req.single_seq and req.beam_state is None and req.grammar is None
+
+    def propose(self, running: list[Request]) -> None:
+        seqs: list[Sequence] = []
+        limits: list[int] = []
+        live: set[int] = set()
+        for req in running:
+            if not self.eligible(req):
+                continue
+            seq = req.seqs[0]
+            if seq.is_finished or seq.status != SequenceStatus.RUNNING:
+                continue
+            live.add(seq.seq_id)
+            seq.drop_drafts()  # stale ones from a step that did not schedule this sequence
+            n = len(seq.token_ids)
+            if seq.num_computed_tokens != n - 1 or seq.num_pending:
+                continue  # still prefilling
+            # Drafts past max_tokens or max_model_len could never be emitted.
+            limit = min(self.k, self.max_model_len - n)
+            max_tokens = req.params.max_tokens
+            if max_tokens is not None:
+                limit = min(limit, max_tokens - seq.num_output_tokens - 1)
+            if limit > 0:
+                seqs.append(seq)
+                limits.append(limit)
+        self.proposer.release(live)
+        if not seqs:
+            return
+        for seq, draft in zip(seqs, self.proposer.propose(seqs, limits)):
+            if draft:
+                seq.add_drafts(draft)
+
+    def apply(self, req: Request, seq: Sequence, verified: Verified, scheduler) -> int:
+        """Replace `seq`'s drafts by the verified tokens, stopping where a stop condition hits;
+        returns the number of tokens appended."""
+        self.metrics.record(verified.num_draft, verified.num_accepted)
+        seq.drop_drafts()
+        computed = len(seq.token_ids) + verified.num_accepted  # last real token + accepted drafts
+        n = 0
+        for tok, lp, top in verified.samples:
+            seq.append_token(tok, lp)
+            if top is not None:
+                seq.new_logprobs.append(top)
+            n += 1
+            if scheduler.check_stop(req, seq):
+                return n  # finished: its blocks are already freed
+        seq.num_computed_tokens = computed
+        scheduler.bm.trim_to_computed(seq)
+        return n
