@@ -167,3 +167,19 @@ def test_penalties_apply_per_position(spec_llm, plain):
                             logit_bias={17: 3.0})
     want = _tokens(plain.generate(PROMPTS[:2], params, use_tqdm=False))
     assert _tokens(spec_llm.generate(PROMPTS[:2], params, use_tqdm=False)) == want
+
+
+def test_constrained_requests_decode_plainly_beside_speculating_ones(spec_llm, plain):
+    """A request with an output grammar takes no drafts (its mask advances token by token):
+    its output is the same as without speculation and matches the regex, while unconstrained
+    requests in the same batch keep speculating."""
+    from engine.structured_output import StructuredOutputsParams
+    constrained = SamplingParams(temperature=0, max_tokens=24,
+                                 structured_outputs=StructuredOutputsParams(regex=r"[0-9]{3}-x"))
+    before = spec_llm.stats()["spec_decode_num_draft_tokens"]
+    outs = spec_llm.generate(PROMPTS[:2], [constrained, GREEDY], use_tqdm=False)
+    ref = plain.generate(PROMPTS[:2], [constrained, GREEDY], use_tqdm=False)
+    assert _tokens(outs) == _tokens(ref)
+    assert __import__("re").fullmatch(r"[0-9]{3}-x", outs[0].outputs[0].text)
+    assert spec_llm.stats()["spec_decode_num_draft_tokens"] > before
+    _no_leak(spec_llm)
