@@ -134,6 +134,11 @@ def _validation_message(err: dict) -> tuple[str, Optional[str]]:
     msg = err.get("msg", "invalid value")
     if param is None and err.get("type") == "model_attributes_type":
         return "The request body must be a JSON object.", None
+    if err.get("type") == "extra_forbidden":
+        from server.protocol import IGNORED_FIELDS
+        return (f"{param}: unknown field: pagedserve does not implement it, and rejects it rather "
+                f"than ignore it silently (fields accepted and ignored: "
+                f"{', '.join(IGNORED_FIELDS)})"), param
     return (f"{param}: {msg}" if param else msg), param
 
 

@@ -16,12 +16,21 @@ from server.serving_base import (MAX_LOGPROBS, SSE_DONE, OpenAIServing, close_al
 
 
 def render_chat(tokenizer: Any, messages: list[ChatMessage], chat_template: Optional[str],
-                add_generation_prompt: bool = True) -> str:
-    """The prompt text for `messages`; ValueError (-> 400) when the model has no template."""
+                add_generation_prompt: bool = True, continue_final_message: bool = False,
+                chat_template_kwargs: Optional[dict[str, Any]] = None) -> str:
+    """The prompt text for `messages`; APIError 400 naming the field when the model has no
+    template or the template options do not fit together."""
     from engine.chat import apply_chat_template
     conversation = [{"role": m.role, "content": m.text()} for m in messages]
-    return apply_chat_template(tokenizer, conversation, chat_template,
-                               add_generation_prompt=add_generation_prompt)
+    try:
+        return apply_chat_template(tokenizer, conversation, chat_template,
+                                   add_generation_prompt=add_generation_prompt,
+                                   continue_final_message=continue_final_message,
+                                   chat_template_kwargs=chat_template_kwargs)
+    except ValueError as exc:
+        raise from_value_error(exc, "messages") from exc
+    except Exception as exc:  # a template error (jinja raise_exception, undefined variable...)
+        raise bad_request(f"messages: the chat template failed: {exc}", "messages") from exc
 
 
 class OpenAIServingChat(OpenAIServing):
@@ -41,6 +50,9 @@ class OpenAIServingChat(OpenAIServing):
             raise bad_request("top_logprobs: requires logprobs to be true", "top_logprobs")
         if top is not None and not 0 <= top <= MAX_LOGPROBS:
             raise bad_request(f"top_logprobs: must be in [0, {MAX_LOGPROBS}]", "top_logprobs")
+        if req.stream and req.prompt_logprobs is not None:
+            raise bad_request("prompt_logprobs: not available with stream=true on chat "
+                              "completions (as in vLLM)", "prompt_logprobs")
         logprobs = (top or 0) if req.logprobs else None
         max_tokens = req.max_completion_tokens if req.max_completion_tokens is not None \
             else req.max_tokens
@@ -48,12 +60,10 @@ class OpenAIServingChat(OpenAIServing):
         if max_tokens is not None and max_tokens < 1:
             raise bad_request(f"{param}: must be at least 1, got {max_tokens}", param)
         self.require_tokenizer("messages")
-        params = self.make_sampling_params(req, max_tokens, logprobs)
-        try:
-            prompt = render_chat(self.tokenizer, req.messages, self.chat_template,
-                                 req.add_generation_prompt)
-        except ValueError as exc:
-            raise bad_request(str(exc), "messages") from exc
+        params = self.make_sampling_params(req, max_tokens, logprobs, req.prompt_logprobs)
+        prompt = render_chat(self.tokenizer, req.messages, self.chat_template,
+                             req.add_generation_prompt, req.continue_final_message,
+                             req.chat_template_kwargs)
         # The template already holds any BOS token, as in the offline LLM.chat().
         try:
             prompt_ids = await self.engine.tokenize(prompt, add_special_tokens=False,
@@ -74,35 +84,41 @@ class OpenAIServingChat(OpenAIServing):
             final = await last_output(streams[0])
         finally:
             close_all(streams)
-        return JSONResponse(self._response(rid, final, logprobs))
+        return JSONResponse(self._response(req, rid, final, logprobs))
 
-    def _response(self, rid: str, out: RequestOutput, logprobs: Optional[int]) -> dict:
+    def _response(self, req: ChatCompletionRequest, rid: str, out: RequestOutput,
+                  logprobs: Optional[int]) -> dict:
         choices = []
+        as_ids = req.return_tokens_as_token_ids
         for c in sorted(out.outputs, key=lambda c: c.index):
             lp = None
             if logprobs is not None:
-                lp = {"content": self._logprobs(c.token_ids, c.logprobs, logprobs)}
+                lp = {"content": self._logprobs(c.token_ids, c.logprobs, logprobs, as_ids)}
             choices.append({"index": c.index,
                             "message": {"role": "assistant", "content": c.text},
                             "logprobs": lp, "finish_reason": c.finish_reason,
                             "stop_reason": c.stop_reason})
         completion_tokens = sum(len(c.token_ids) for c in out.outputs)
-        return {"id": rid, "object": "chat.completion", "created": int(time.time()),
+        body = {"id": rid, "object": "chat.completion", "created": int(time.time()),
                 "model": self.model_name, "choices": choices,
                 "usage": usage_dict(len(out.prompt_token_ids), completion_tokens)}
+        if req.prompt_logprobs is not None:  # vLLM puts them beside the choices
+            body["prompt_logprobs"] = self.prompt_logprobs_json(
+                out.prompt_logprobs, req.prompt_logprobs, req.prompt_logprobs, as_ids)
+        return body
 
     def _logprobs(self, token_ids: list[int], logprobs: Optional[list[dict[int, float]]],
-                  k: int) -> list[dict]:
+                  k: int, as_ids: bool = False) -> list[dict]:
         """OpenAI's chat logprobs `content` list: one entry per sampled token."""
         content = []
         for i, tid in enumerate(token_ids):
             pos = logprobs[i] if logprobs is not None and i < len(logprobs) else {}
-            tok = self.token_str(tid)
+            tok = self.token_str(tid, as_ids)
             content.append({
                 "token": tok, "logprob": pos.get(tid, float("-inf")) if pos else 0.0,
                 "bytes": list(tok.encode("utf-8")),
-                "top_logprobs": [{"token": self.token_str(t), "logprob": v,
-                                  "bytes": list(self.token_str(t).encode("utf-8"))}
+                "top_logprobs": [{"token": self.token_str(t, as_ids), "logprob": v,
+                                  "bytes": list(self.token_str(t, as_ids).encode("utf-8"))}
                                  for t, v in self.top_entries(pos, k)],
             })
         return content
@@ -126,7 +142,8 @@ class OpenAIServingChat(OpenAIServing):
                 for d in tracker.update(out):
                     lp = None
                     if logprobs is not None:
-                        lp = {"content": self._logprobs(d.token_ids, d.logprobs, logprobs)}
+                        lp = {"content": self._logprobs(d.token_ids, d.logprobs, logprobs,
+                                                        req.return_tokens_as_token_ids)}
                     delta = {"content": d.text} if d.text or not d.finish_reason else {}
                     yield chunk({"index": d.index, "delta": delta, "logprobs": lp,
                                  "finish_reason": d.finish_reason,
