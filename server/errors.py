@@ -152,7 +152,9 @@ def install_exception_handlers(app: FastAPI) -> None:
     @app.exception_handler(RequestValidationError)
     async def _validation(request: Request, exc: RequestValidationError) -> JSONResponse:
         errors = exc.errors()
-        message, param = _validation_message(errors[0]) if errors else ("Invalid request", None)
+        # The deepest location is the most specific (a union reports each member's failure).
+        worst = max(errors, key=lambda e: len(e.get("loc", ()))) if errors else None
+        message, param = _validation_message(worst) if worst else ("Invalid request", None)
         return error_response(400, message, "invalid_request_error", param, None)
 
     @app.exception_handler(StarletteHTTPException)
