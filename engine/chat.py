@@ -61,7 +61,10 @@ def apply_chat_template(tokenizer, messages: list[dict[str, Any]],
     if clash:
         raise ValueError(f"chat_template_kwargs: {clash[0]!r} is set by the request itself, not "
                          "a template variable")
-    return tokenizer.apply_chat_template(normalize_messages(messages), chat_template=template,
+    text = tokenizer.apply_chat_template(normalize_messages(messages), chat_template=template,
                                          tokenize=False,
                                          add_generation_prompt=add_generation_prompt,
                                          continue_final_message=continue_final_message, **extra)
+    if not isinstance(text, str):  # a template kwarg asked for another return shape
+        raise ValueError("chat_template_kwargs: the template must render to text")
+    return text

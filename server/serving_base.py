@@ -79,6 +79,10 @@ class OpenAIServing:
         if logprobs is not None and logprobs > MAX_LOGPROBS:
             raise bad_request(f"logprobs: at most {MAX_LOGPROBS} are supported, got {logprobs}",
                               "logprobs")
+        asked = getattr(req, "prompt_logprobs", None)
+        if asked is not None and not 0 <= asked <= MAX_LOGPROBS:
+            raise bad_request(f"prompt_logprobs: must be in [0, {MAX_LOGPROBS}], got {asked}",
+                              "prompt_logprobs")
         logit_bias = None
         if req.logit_bias:
             logit_bias = {}
