@@ -75,3 +75,24 @@ def test_prefix_cache_hit_keeps_every_prompt_logprob(llama_path, reference):
     assert hit.num_cached_tokens >= 8
     stats = llm.stats()
     assert stats["num_free_blocks"] == stats["num_total_blocks"]
+
+
+def test_prompt_logprobs_survive_recompute_preemption(llama_path):
+    """A long prompt preempted (recompute) in the middle of its chunked prefill computes it
+    again: its prompt logprobs are still one entry per position, as without preemption."""
+    prompts = [f"Short {i} says hi" for i in range(4)] + ["long " * 120]
+    params = SamplingParams(temperature=0, max_tokens=40, ignore_eos=True, prompt_logprobs=1)
+    ref = LLM(model=llama_path, device="cpu").generate(prompts, params, use_tqdm=False)
+    llm = LLM(model=llama_path, device="cpu", num_kv_blocks=10, preemption_mode="recompute",
+              max_num_batched_tokens=16)
+    outs = llm.generate(prompts, params, use_tqdm=False)
+    assert llm.stats()["num_preemptions"] > 0
+    for got, want in zip(outs, ref):
+        assert len(got.prompt_logprobs) == len(want.prompt_logprobs) == len(want.prompt_token_ids)
+        assert got.prompt_logprobs[0] is None
+        for a, b in zip(got.prompt_logprobs[1:], want.prompt_logprobs[1:]):
+            assert a.keys() == b.keys()
+            assert all(abs(a[t] - b[t]) < 1e-4 for t in a)
+        assert got.outputs[0].token_ids == want.outputs[0].token_ids
+    stats = llm.stats()
+    assert stats["num_free_blocks"] == stats["num_total_blocks"]
