@@ -31,17 +31,42 @@ def normalize_messages(messages: list[dict[str, Any]]) -> list[dict[str, str]]:
     return out
 
 
+_RESERVED_KWARGS = ("conversation", "messages", "chat_template", "tokenize",
+                    "add_generation_prompt", "continue_final_message", "tools", "documents",
+                    "return_dict", "return_tensors", "padding", "truncation", "max_length")
+
+
 def apply_chat_template(tokenizer, messages: list[dict[str, Any]],
                         chat_template: Optional[str] = None,
                         add_generation_prompt: bool = True,
-                        tools: Optional[list[dict[str, Any]]] = None) -> str:
+                        tools: Optional[list[dict[str, Any]]] = None,
+                        continue_final_message: bool = False,
+                        chat_template_kwargs: Optional[dict[str, Any]] = None) -> str:
     """Render `messages` into a prompt (with `tools` for templates that show them). Raises
-    ValueError when no template is available."""
+    ValueError ("<field>: ...") when no template is available or the options do not fit together.
+
+    `continue_final_message` leaves the last (assistant) message open, so the model continues it;
+    `chat_template_kwargs` become extra variables of the template (e.g. enable_thinking).
+    """
     template = chat_template or getattr(tokenizer, "chat_template", None)
     if not template:
         raise ValueError("This model has no chat template: the tokenizer defines none. Pass one "
                          "with --chat-template FILE (or chat_template=...) to use chat.")
-    return tokenizer.apply_chat_template(normalize_messages(messages), chat_template=template,
+    if continue_final_message and add_generation_prompt:
+        raise ValueError("continue_final_message: cannot be combined with "
+                         "add_generation_prompt=true (set it to false)")
+    if continue_final_message and (not messages or messages[-1].get("role") != "assistant"):
+        raise ValueError("continue_final_message: the last message must be an assistant message")
+    extra = dict(chat_template_kwargs or {})
+    clash = [k for k in extra if k in _RESERVED_KWARGS]
+    if clash:
+        raise ValueError(f"chat_template_kwargs: {clash[0]!r} is set by the request itself, not "
+                         "a template variable")
+    text = tokenizer.apply_chat_template(normalize_messages(messages), chat_template=template,
                                          tokenize=False,
                                          add_generation_prompt=add_generation_prompt,
-                                         **({"tools": tools} if tools else {}))
+                                         continue_final_message=continue_final_message,
+                                         **({"tools": tools} if tools else {}), **extra)
+    if not isinstance(text, str):  # a template kwarg asked for another return shape
+        raise ValueError("chat_template_kwargs: the template must render to text")
+    return text

@@ -213,8 +213,13 @@ class EngineCore:
         if result.prompt_logprobs:
             plp = result.prompt_logprobs
             for s in out.scheduled:  # once per scheduled sequence, as each carries the chunk
-                if s.request.request_id in plp:
-                    s.request.prompt_logprobs.extend(plp[s.request.request_id])
+                rid = s.request.request_id
+                if rid in plp:
+                    # A prompt recomputed after preemption (or a prefix-cache hit shorter than
+                    # what was gathered) repeats positions already held: keep the first values.
+                    have = len(s.request.prompt_logprobs)
+                    first = result.prompt_logprobs_first.get(rid, have)
+                    s.request.prompt_logprobs.extend(plp[rid][max(0, have - first):])
         # Requests with several sequences (or beams): all of their scheduled sequences together.
         groups: dict[str, list[ScheduledSeq]] = {}
         for s in out.scheduled:

@@ -28,8 +28,9 @@ GiB = 1 << 30
 class RunnerOutput:
     # seq_id -> (token id, logprob of the token, {token: logprob} incl. top-k or None)
     sampled: dict[int, tuple[int, float, Optional[dict[int, float]]]] = field(default_factory=dict)
-    # request_id -> new prompt_logprobs entries
+    # request_id -> new prompt_logprobs entries, and the prompt position of the first of them
     prompt_logprobs: dict[str, list[Optional[dict[int, float]]]] = field(default_factory=dict)
+    prompt_logprobs_first: dict[str, int] = field(default_factory=dict)
     # Beam search: seq_id -> (top 2*width token ids, their logprobs) of the raw distribution.
     beam_candidates: dict[int, tuple[list[int], list[float]]] = field(default_factory=dict)
     # Speculative decoding: seq_id -> engine.spec_decode.verifier.Verified of its verify chunk.
@@ -281,6 +282,7 @@ class ModelRunner:
                 targets = req.prompt_token_ids[start + 1:start + 1 + num]
                 entries += compute_prompt_logprobs(logits, targets, req.params.prompt_logprobs)
             result.prompt_logprobs[req.request_id] = entries
+            result.prompt_logprobs_first[req.request_id] = 0 if start == 0 else start + 1
 
 
 def _raw(cache: torch.Tensor) -> torch.Tensor:

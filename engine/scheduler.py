@@ -193,7 +193,7 @@ class Scheduler:
             leader = req.leader
             hit, limit = 0, 0
             if not leader.block_table:
-                limit = req.prompt_len if len(req.live_seqs()) > 1 else leader.num_tokens
+                limit = req.prefix_match_limit()
                 hit = self.bm.match_prefix(leader, limit)
             plan = self._plan(req, budget)
             need = sum(self.bm.blocks_needed(s.seq, s.num_tokens) for s in plan)

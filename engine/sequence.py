@@ -203,6 +203,19 @@ class Request:
         # Structured outputs: a RequestGrammar (engine.structured_output), set once compiled.
         self.grammar = None
 
+    def prefix_match_limit(self) -> int:
+        """How many leading tokens a prefix-cache lookup may cover: the prompt when siblings will
+        share it, else every token; never positions whose prompt logprobs are still needed
+        (a cached position computes no logits), so a hit stops where those begin."""
+        leader = self.leader
+        limit = self.prompt_len if len(self.live_seqs()) > 1 else leader.num_tokens
+        if self.params.prompt_logprobs is not None and \
+                len(self.prompt_logprobs) < self.prompt_len:
+            # Entry p comes from the logits of position p - 1: a hit of h tokens is safe when
+            # entries up to h are held (match_prefix leaves at least one token of `limit`).
+            limit = min(limit, len(self.prompt_logprobs))
+        return limit
+
     @property
     def leader(self) -> Sequence:
         """The first unfinished sequence: it computes the prompt that its siblings then share."""

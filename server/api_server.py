@@ -23,13 +23,16 @@ from server.dashboard import DashboardMetrics, install_dashboard
 from server.engine_client import AsyncEngineClient, EngineClient
 from server.engine_health import RestartPolicy
 from server.errors import (bad_request, engine_unavailable, install_exception_handlers,
-                           shutting_down)
+                           model_not_found, shutting_down)
 from server.limits import BodyLimitMiddleware
 from server.metrics import CONTENT_TYPE_LATEST, ServerMetrics, StatsLogger
+from server.openapi import install_openapi
 from server.protocol import (ChatCompletionRequest, CompletionRequest, DetokenizeRequest,
                              ModelCard, ModelList, TokenizeRequest, dump)
 from server.serving_chat import OpenAIServingChat, render_chat
 from server.serving_completions import OpenAIServingCompletion
+from server.serving_responses import OpenAIServingResponses
+from server.protocol_responses import ResponseRequest
 
 logger = logging.getLogger("pagedserve.server")
 
@@ -102,6 +105,7 @@ def build_app(engine: EngineClient, args: ServerArgs, served_model_names: list[s
     app = FastAPI(title="pagedserve", version=VERSION, lifespan=lifespan, docs_url=None,
                   redoc_url=None)
     install_exception_handlers(app)
+    install_openapi(app)
     app.add_middleware(BodyLimitMiddleware, max_body_bytes=args.max_request_body_bytes)
     app.add_middleware(APIKeyMiddleware, api_key=args.api_key)
     app.add_middleware(RequestIdMiddleware)
@@ -109,6 +113,8 @@ def build_app(engine: EngineClient, args: ServerArgs, served_model_names: list[s
     chat = OpenAIServingChat(engine, served_model_names, args.max_queue_len, args.chat_template,
                              enable_auto_tool_choice=args.enable_auto_tool_choice,
                              tool_call_parser=args.tool_call_parser)
+    responses = OpenAIServingResponses(engine, served_model_names, args.max_queue_len,
+                                       args.chat_template)
     app.state.engine = engine
     app.state.metrics = metrics
     install_dashboard(app, engine, metrics)
@@ -121,11 +127,22 @@ def build_app(engine: EngineClient, args: ServerArgs, served_model_names: list[s
     async def create_chat_completion(body: ChatCompletionRequest, request: Request):
         return await run_until_disconnect(request, chat.create(body))
 
+    @app.post("/v1/responses")
+    async def create_response(body: ResponseRequest, request: Request):
+        return await run_until_disconnect(request, responses.create(body))
+
+    def card(name: str) -> ModelCard:
+        return ModelCard(id=name, root=engine.model_config.model, max_model_len=max_model_len)
+
     @app.get("/v1/models")
     async def list_models():
-        cards = [ModelCard(id=name, root=engine.model_config.model, max_model_len=max_model_len)
-                 for name in served_model_names]
-        return dump(ModelList(data=cards))
+        return dump(ModelList(data=[card(name) for name in served_model_names]))
+
+    @app.get("/v1/models/{model_id:path}")
+    async def retrieve_model(model_id: str):
+        if model_id not in served_model_names:
+            raise model_not_found(model_id)
+        return dump(card(model_id))
 
     @app.get("/health")
     async def health():
@@ -150,11 +167,10 @@ def build_app(engine: EngineClient, args: ServerArgs, served_model_names: list[s
         if (body.prompt is None) == (body.messages is None):
             raise bad_request("Give exactly one of 'prompt' or 'messages'.", "prompt")
         if body.messages is not None:
-            try:
-                text = render_chat(engine.tokenizer, body.messages, args.chat_template,
-                                   body.add_generation_prompt)
-            except ValueError as exc:
-                raise bad_request(str(exc), "messages") from exc
+            text = render_chat(engine.tokenizer, body.messages, args.chat_template,
+                               body.add_generation_prompt,
+                               continue_final_message=body.continue_final_message,
+                               chat_template_kwargs=body.chat_template_kwargs)
             ids = await engine.tokenize(text, add_special_tokens=False)
         else:
             ids = await engine.tokenize(body.prompt, add_special_tokens=body.add_special_tokens)

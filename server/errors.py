@@ -134,6 +134,11 @@ def _validation_message(err: dict) -> tuple[str, Optional[str]]:
     msg = err.get("msg", "invalid value")
     if param is None and err.get("type") == "model_attributes_type":
         return "The request body must be a JSON object.", None
+    if err.get("type") == "extra_forbidden":
+        from server.protocol import IGNORED_FIELDS
+        return (f"{param}: unknown field: pagedserve does not implement it, and rejects it rather "
+                f"than ignore it silently (fields accepted and ignored: "
+                f"{', '.join(IGNORED_FIELDS)})"), param
     return (f"{param}: {msg}" if param else msg), param
 
 
@@ -147,7 +152,9 @@ def install_exception_handlers(app: FastAPI) -> None:
     @app.exception_handler(RequestValidationError)
     async def _validation(request: Request, exc: RequestValidationError) -> JSONResponse:
         errors = exc.errors()
-        message, param = _validation_message(errors[0]) if errors else ("Invalid request", None)
+        # The deepest location is the most specific (a union reports each member's failure).
+        worst = max(errors, key=lambda e: len(e.get("loc", ()))) if errors else None
+        message, param = _validation_message(worst) if worst else ("Invalid request", None)
         return error_response(400, message, "invalid_request_error", param, None)
 
     @app.exception_handler(StarletteHTTPException)

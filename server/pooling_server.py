@@ -19,6 +19,7 @@ from prometheus_client import CONTENT_TYPE_LATEST
 from server.args import ServerArgs
 from server.auth import APIKeyMiddleware, RequestIdMiddleware
 from server.errors import from_value_error, install_exception_handlers
+from server.openapi import install_openapi
 from server.metrics import PREFIX
 from server.protocol import ModelCard, ModelList, TokenizeRequest, dump
 from server.serving_embeddings import EmbeddingRequest, OpenAIServingEmbedding
@@ -64,6 +65,7 @@ def build_pooling_app(engine: Any, args: ServerArgs, served_model_names: list[st
 
     app = FastAPI(title="pagedserve (pooling)", lifespan=lifespan, docs_url=None, redoc_url=None)
     install_exception_handlers(app)
+    install_openapi(app)
     app.add_middleware(APIKeyMiddleware, api_key=args.api_key)
     app.add_middleware(RequestIdMiddleware)
     app.state.serving_embeddings = serving

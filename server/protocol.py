@@ -1,7 +1,10 @@
 """Request and response bodies of the HTTP API, following the OpenAI API reference.
 
-Requests ignore unknown fields (clients written for newer OpenAI versions keep working); range checks
-are left to `SamplingParams`, whose `ValueError("<field>: ...")` becomes a 400 naming that field.
+Requests reject what they do not declare (no field is silently dropped): an unknown field, a value of
+the wrong type (strict: "yes" is not a bool, 1.5 not an int) or a declared but not yet implemented
+field with a non-default value is a 400 naming it. The few fields in `IGNORED_FIELDS` are accepted
+and ignored because ignoring them changes no output. Range checks are left to `SamplingParams`, whose
+`ValueError("<field>: ...")` becomes a 400 naming that field.
 Response models document the exact shapes sent (nulls included, as OpenAI sends them) and forbid
 extra fields; the hot streaming path builds the same shapes as dicts, and the tests validate every
 response and chunk against these models.
@@ -13,8 +16,13 @@ import uuid
 from typing import Any, Literal, Optional, Union
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic_core import PydanticCustomError
 
 from server.validation import check_field
+
+# Accepted and ignored: bookkeeping that changes no output (documented in README).
+IGNORED_FIELDS = ("user", "metadata", "store", "service_tier", "safety_identifier",
+                  "prompt_cache_key")
 
 
 def random_id(prefix: str) -> str:
@@ -22,9 +30,9 @@ def random_id(prefix: str) -> str:
 
 
 class _Request(BaseModel):
-    """Base of request bodies: unknown fields are dropped, not rejected."""
+    """Base of request bodies: unknown fields and wrong types are rejected, not dropped or coerced."""
 
-    model_config = ConfigDict(extra="ignore")
+    model_config = ConfigDict(extra="forbid", strict=True)
 
     @field_validator("*", mode="after")
     @classmethod
@@ -39,9 +47,37 @@ class _Response(BaseModel):
 
 class StreamOptions(_Request):
     include_usage: Optional[bool] = False
+    continuous_usage_stats: Optional[bool] = False  # accepted (vLLM's); usage comes at the end
+
+    @field_validator("continuous_usage_stats")
+    @classmethod
+    def _not_yet(cls, value: Any) -> Any:
+        if value:
+            raise PydanticCustomError("not_supported", "not supported yet")
+        return value
 
 
-class _SamplingFields(_Request):
+class _IgnoredAndStructured(_Request):
+    """The safe-to-ignore fields, and the output-constraint fields of both endpoints
+    (server/structured_request.py: OpenAI's response_format, vLLM's structured_outputs extra and
+    its older guided_* names)."""
+
+    user: Optional[str] = None
+    metadata: Optional[dict[str, str]] = None
+    store: Optional[bool] = None
+    service_tier: Optional[str] = None
+    safety_identifier: Optional[str] = None
+    prompt_cache_key: Optional[str] = None
+
+    response_format: Optional[dict[str, Any]] = None
+    structured_outputs: Optional[dict[str, Any]] = None
+    guided_json: Optional[Union[str, dict[str, Any]]] = None
+    guided_regex: Optional[str] = None
+    guided_choice: Optional[list[str]] = None
+    guided_grammar: Optional[str] = None
+
+
+class _SamplingFields(_IgnoredAndStructured):
     """Sampling fields shared by both endpoints, OpenAI's plus vLLM's extras."""
 
     model: Optional[str] = None
@@ -67,22 +103,15 @@ class _SamplingFields(_Request):
     spaces_between_special_tokens: bool = True
     stream: Optional[bool] = False
     stream_options: Optional[StreamOptions] = None
-    user: Optional[str] = None  # accepted and ignored
-    # Structured outputs (server/structured_request.py): OpenAI's response_format, vLLM's
-    # structured_outputs extra and its older guided_* names.
-    response_format: Optional[dict[str, Any]] = None
-    structured_outputs: Optional[dict[str, Any]] = None
-    guided_json: Optional[Union[str, dict[str, Any]]] = None
-    guided_regex: Optional[str] = None
-    guided_choice: Optional[list[str]] = None
-    guided_grammar: Optional[str] = None
+    prompt_logprobs: Optional[int] = None  # vLLM's extra: logprobs of every prompt token
+    return_tokens_as_token_ids: bool = False  # logprobs name tokens "token_id:<id>" (vLLM)
 
 
 class CompletionRequest(_SamplingFields):
     """POST /v1/completions."""
 
     prompt: Union[str, list[str], list[int], list[list[int]]]
-    max_tokens: Optional[int] = 16
+    max_tokens: Optional[int] = 16  # 0 only with echo: score the prompt, generate nothing
     echo: Optional[bool] = False
     logprobs: Optional[int] = None
     suffix: Optional[str] = None
@@ -122,7 +151,8 @@ class ChatCompletionRequest(_SamplingFields):
     tools: Optional[list[dict[str, Any]]] = None
     tool_choice: Optional[Union[str, dict[str, Any]]] = None
     parallel_tool_calls: Optional[bool] = None
-    # Ignored OpenAI fields that clients commonly send are simply dropped by extra="ignore".
+    continue_final_message: bool = False
+    chat_template_kwargs: Optional[dict[str, Any]] = None
 
 
 class TokenizeRequest(_Request):
@@ -133,6 +163,8 @@ class TokenizeRequest(_Request):
     messages: Optional[list[ChatMessage]] = None
     add_special_tokens: bool = True
     add_generation_prompt: bool = True
+    continue_final_message: bool = False
+    chat_template_kwargs: Optional[dict[str, Any]] = None
 
 
 class DetokenizeRequest(_Request):
@@ -159,12 +191,21 @@ class CompletionLogprobs(_Response):
     text_offset: list[int] = Field(default_factory=list)
 
 
+class PromptLogprob(_Response):
+    """One entry of vLLM's `prompt_logprobs` (keyed by token id)."""
+
+    logprob: float
+    rank: Optional[int] = None
+    decoded_token: Optional[str] = None
+
+
 class CompletionChoice(_Response):
     index: int
     text: str
     logprobs: Optional[CompletionLogprobs] = None
     finish_reason: Optional[str] = None
     stop_reason: Union[int, str, None] = None
+    prompt_logprobs: Optional[list[Optional[dict[str, PromptLogprob]]]] = None
 
 
 class CompletionResponse(_Response):
@@ -236,6 +277,7 @@ class ChatCompletionResponse(_Response):
     choices: list[ChatChoice]
     usage: UsageInfo
     system_fingerprint: Optional[str] = None
+    prompt_logprobs: Optional[list[Optional[dict[str, PromptLogprob]]]] = None
 
 
 class DeltaMessage(_Response):

@@ -92,6 +92,10 @@ class OpenAIServing:
         if logprobs is not None and logprobs > MAX_LOGPROBS:
             raise bad_request(f"logprobs: at most {MAX_LOGPROBS} are supported, got {logprobs}",
                               "logprobs")
+        asked = getattr(req, "prompt_logprobs", None)
+        if asked is not None and not 0 <= asked <= MAX_LOGPROBS:
+            raise bad_request(f"prompt_logprobs: must be in [0, {MAX_LOGPROBS}], got {asked}",
+                              "prompt_logprobs")
         logit_bias = None
         if req.logit_bias:
             logit_bias = {}
@@ -157,8 +161,11 @@ class OpenAIServing:
             self.engine.reserve(-reserved)
         return streams
 
-    def token_str(self, token_id: int) -> str:
-        """The text of one token as logprobs show it (cached; vocabularies are fixed)."""
+    def token_str(self, token_id: int, as_id: bool = False) -> str:
+        """The text of one token as logprobs show it (cached; vocabularies are fixed);
+        `as_id` (return_tokens_as_token_ids) gives vLLM's "token_id:<id>" form."""
+        if as_id:
+            return f"token_id:{token_id}"
         s = self._token_strs.get(token_id)
         if s is None and self.tokenizer is None:
             return f"token_id:{token_id}"  # no tokenizer: vLLM's form for tokens as ids
@@ -171,6 +178,26 @@ class OpenAIServing:
     def top_entries(self, lp: dict[int, float], k: int) -> list[tuple[int, float]]:
         """The k most likely entries of one position's logprobs, most likely first."""
         return sorted(lp.items(), key=lambda kv: -kv[1])[:k]
+
+    def prompt_logprobs_json(self, entries: Optional[list], k: int, computed_k: int,
+                             as_ids: bool = False) -> Optional[list]:
+        """vLLM's `prompt_logprobs`: per prompt position None (the first) or
+        {token id: {logprob, rank, decoded_token}} holding the prompt token and the top `k`.
+        The engine computed the top `computed_k` >= k, so ranks within those are exact; a prompt
+        token outside them has rank null."""
+        if entries is None:
+            return None
+        out: list = []
+        for pos in entries:
+            if not pos:
+                out.append(None)
+                continue
+            prompt_token = next(iter(pos))  # the engine puts the prompt token first
+            ranked = sorted(pos.items(), key=lambda kv: -kv[1])
+            out.append({str(t): {"logprob": v, "rank": i + 1 if i < computed_k else None,
+                                 "decoded_token": self.token_str(t, as_ids)}
+                        for i, (t, v) in enumerate(ranked) if i < k or t == prompt_token})
+        return out
 
 
 def close_all(streams: list[RequestStream]) -> None:

@@ -19,11 +19,22 @@ from server.tool_stream import ToolCallStreamer
 
 def render_chat(tokenizer: Any, messages: list[ChatMessage], chat_template: Optional[str],
                 add_generation_prompt: bool = True,
-                tools: Optional[list[dict[str, Any]]] = None) -> str:
-    """The prompt text for `messages`; ValueError (-> 400) when the model has no template."""
+                tools: Optional[list[dict[str, Any]]] = None,
+                continue_final_message: bool = False,
+                chat_template_kwargs: Optional[dict[str, Any]] = None) -> str:
+    """The prompt text for `messages` (with `tools` for templates that show them); APIError 400
+    naming the field when the model has no template or the template options do not fit
+    together."""
     from engine.chat import apply_chat_template
-    return apply_chat_template(tokenizer, template_messages(messages), chat_template,
-                               add_generation_prompt=add_generation_prompt, tools=tools)
+    try:
+        return apply_chat_template(tokenizer, template_messages(messages), chat_template,
+                                   add_generation_prompt=add_generation_prompt, tools=tools,
+                                   continue_final_message=continue_final_message,
+                                   chat_template_kwargs=chat_template_kwargs)
+    except ValueError as exc:
+        raise from_value_error(exc, "messages") from exc
+    except Exception as exc:  # a template error (jinja raise_exception, undefined variable...)
+        raise bad_request(f"messages: the chat template failed: {exc}", "messages") from exc
 
 
 class OpenAIServingChat(OpenAIServing):
@@ -46,6 +57,9 @@ class OpenAIServingChat(OpenAIServing):
             raise bad_request("top_logprobs: requires logprobs to be true", "top_logprobs")
         if top is not None and not 0 <= top <= MAX_LOGPROBS:
             raise bad_request(f"top_logprobs: must be in [0, {MAX_LOGPROBS}]", "top_logprobs")
+        if req.stream and req.prompt_logprobs is not None:
+            raise bad_request("prompt_logprobs: not available with stream=true on chat "
+                              "completions (as in vLLM)", "prompt_logprobs")
         logprobs = (top or 0) if req.logprobs else None
         max_tokens = req.max_completion_tokens if req.max_completion_tokens is not None \
             else req.max_tokens
@@ -54,13 +68,11 @@ class OpenAIServingChat(OpenAIServing):
             raise bad_request(f"{param}: must be at least 1, got {max_tokens}", param)
         self.require_tokenizer("messages")
         plan = plan_tools(req, self.enable_auto_tool_choice, self.tool_call_parser)
-        params = self.make_sampling_params(req, max_tokens, logprobs,
+        params = self.make_sampling_params(req, max_tokens, logprobs, req.prompt_logprobs,
                                            tool_grammar=plan.structured if plan else None)
-        try:
-            prompt = render_chat(self.tokenizer, req.messages, self.chat_template,
-                                 req.add_generation_prompt, tools=plan.tools if plan else None)
-        except ValueError as exc:
-            raise bad_request(str(exc), "messages") from exc
+        prompt = render_chat(self.tokenizer, req.messages, self.chat_template,
+                             req.add_generation_prompt, plan.tools if plan else None,
+                             req.continue_final_message, req.chat_template_kwargs)
         # The template already holds any BOS token, as in the offline LLM.chat().
         try:
             prompt_ids = await self.engine.tokenize(prompt, add_special_tokens=False,
@@ -81,15 +93,16 @@ class OpenAIServingChat(OpenAIServing):
             final = await last_output(streams[0])
         finally:
             close_all(streams)
-        return JSONResponse(self._response(rid, final, logprobs, plan))
+        return JSONResponse(self._response(req, rid, final, logprobs, plan))
 
-    def _response(self, rid: str, out: RequestOutput, logprobs: Optional[int],
-                  plan: Optional[ToolPlan] = None) -> dict:
+    def _response(self, req: ChatCompletionRequest, rid: str, out: RequestOutput,
+                  logprobs: Optional[int], plan: Optional[ToolPlan] = None) -> dict:
         choices = []
+        as_ids = req.return_tokens_as_token_ids
         for c in sorted(out.outputs, key=lambda c: c.index):
             lp = None
             if logprobs is not None:
-                lp = {"content": self._logprobs(c.token_ids, c.logprobs, logprobs)}
+                lp = {"content": self._logprobs(c.token_ids, c.logprobs, logprobs, as_ids)}
             message: dict[str, Any] = {"role": "assistant", "content": c.text}
             finish_reason = c.finish_reason
             if plan is not None and plan.mode != "none" and c.finish_reason == "stop":
@@ -102,22 +115,26 @@ class OpenAIServingChat(OpenAIServing):
                             "logprobs": lp, "finish_reason": finish_reason,
                             "stop_reason": c.stop_reason})
         completion_tokens = sum(len(c.token_ids) for c in out.outputs)
-        return {"id": rid, "object": "chat.completion", "created": int(time.time()),
+        body = {"id": rid, "object": "chat.completion", "created": int(time.time()),
                 "model": self.model_name, "choices": choices,
                 "usage": usage_dict(len(out.prompt_token_ids), completion_tokens)}
+        if req.prompt_logprobs is not None:  # vLLM puts them beside the choices
+            body["prompt_logprobs"] = self.prompt_logprobs_json(
+                out.prompt_logprobs, req.prompt_logprobs, req.prompt_logprobs, as_ids)
+        return body
 
     def _logprobs(self, token_ids: list[int], logprobs: Optional[list[dict[int, float]]],
-                  k: int) -> list[dict]:
+                  k: int, as_ids: bool = False) -> list[dict]:
         """OpenAI's chat logprobs `content` list: one entry per sampled token."""
         content = []
         for i, tid in enumerate(token_ids):
             pos = logprobs[i] if logprobs is not None and i < len(logprobs) else {}
-            tok = self.token_str(tid)
+            tok = self.token_str(tid, as_ids)
             content.append({
                 "token": tok, "logprob": pos.get(tid, float("-inf")) if pos else 0.0,
                 "bytes": list(tok.encode("utf-8")),
-                "top_logprobs": [{"token": self.token_str(t), "logprob": v,
-                                  "bytes": list(self.token_str(t).encode("utf-8"))}
+                "top_logprobs": [{"token": self.token_str(t, as_ids), "logprob": v,
+                                  "bytes": list(self.token_str(t, as_ids).encode("utf-8"))}
                                  for t, v in self.top_entries(pos, k)],
             })
         return content
@@ -144,7 +161,8 @@ class OpenAIServingChat(OpenAIServing):
                 for d in tracker.update(out):
                     lp = None
                     if logprobs is not None:
-                        lp = {"content": self._logprobs(d.token_ids, d.logprobs, logprobs)}
+                        lp = {"content": self._logprobs(d.token_ids, d.logprobs, logprobs,
+                                                        req.return_tokens_as_token_ids)}
                     if tools:
                         st = streamers[d.index]
                         pieces = st.delta(d.text, d.finish_reason is not None)

@@ -26,7 +26,9 @@ EmbeddingInput = Union[str, list[str], list[int], list[list[int]]]
 
 
 class EmbeddingRequest(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    """Strict like the generation requests (server/protocol.py): no unknown field, no coercion."""
+
+    model_config = ConfigDict(extra="forbid", strict=True)
 
     input: EmbeddingInput
     model: Optional[str] = None

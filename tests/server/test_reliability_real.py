@@ -100,12 +100,14 @@ def _cap(case) -> None:
     body = case.body
     if not isinstance(body, dict):
         return
-    for key in ("max_tokens", "max_completion_tokens"):
+    for key in ("max_tokens", "max_completion_tokens", "max_output_tokens"):
         if isinstance(body.get(key), int) and not isinstance(body[key], bool) and body[key] > 2:
             body[key] = 2
     if case.path == "/v1/chat/completions" and body.get("max_tokens") is None \
             and body.get("max_completion_tokens") is None:
         body["max_tokens"] = 2
+    if case.path == "/v1/responses" and body.get("max_output_tokens") is None:
+        body["max_output_tokens"] = 2
     for key in ("n", "best_of"):
         if isinstance(body.get(key), int) and not isinstance(body[key], bool) and body[key] > 4:
             body[key] = 4

@@ -1,0 +1,208 @@
+"""POST /v1/responses: OpenAI's Responses API, stateless (nothing is stored).
+
+`input` (a string or a list of messages) and `instructions` (a leading system message) go through
+the chat template; the answer is one assistant `message` output item holding one `output_text`
+part. Streaming sends typed server-sent events (`event: <type>` + JSON data carrying `type` and
+`sequence_number`): response.created, response.in_progress, response.output_item.added,
+response.content_part.added, response.output_text.delta (one per new text), the matching
+.done events and response.completed. Fields that need state or the structured-output backend are
+400s naming them.
+"""
+from __future__ import annotations
+
+import json
+import time
+import uuid
+from typing import Any, AsyncIterator, Optional
+
+from fastapi.responses import JSONResponse, StreamingResponse
+
+from engine.output_processor import DeltaTracker
+from engine.outputs import RequestOutput
+from engine.sampling_params import SamplingParams
+from server.engine_client import EngineClient, RequestStream
+from server.errors import APIError, EngineDeadError, bad_request, engine_unavailable, \
+    from_value_error
+from server.protocol import ChatMessage
+from server.protocol_responses import ResponseRequest
+from server.serving_base import OpenAIServing, close_all, last_output
+from server.serving_chat import render_chat
+
+
+def _check_supported(req: ResponseRequest) -> None:
+    """400 for every field whose meaning this stateless server cannot honour."""
+    if req.previous_response_id is not None:
+        raise bad_request("previous_response_id: this server keeps no state between requests "
+                          "(stateless Responses API); send the whole conversation as `input`",
+                          "previous_response_id")
+    if req.store:
+        raise bad_request("store: this server keeps no state (stateless Responses API); "
+                          "set store to false or leave it out", "store")
+    if req.background:
+        raise bad_request("background: not supported (responses are not stored)", "background")
+    fmt = (req.text or {}).get("format")
+    extra = [k for k in (req.text or {}) if k != "format"]
+    if extra:
+        raise bad_request(f"text.{extra[0]}: not supported", f"text.{extra[0]}")
+    if fmt is not None and fmt != {"type": "text"}:
+        raise bad_request("text.format: only {\"type\": \"text\"} is supported yet (structured "
+                          "output is not available on this server)", "text.format")
+    if req.tools:
+        raise bad_request("tools: not supported yet (no tool calling on this server)", "tools")
+    if req.tool_choice not in (None, "none", "auto"):
+        raise bad_request("tool_choice: not supported yet (no tool calling on this server)",
+                          "tool_choice")
+    if req.reasoning:
+        raise bad_request("reasoning: not supported", "reasoning")
+    if req.include:
+        raise bad_request(f"include: {req.include[0]!r} is not supported", "include")
+    if req.truncation == "auto":
+        raise bad_request("truncation: only 'disabled' is supported (a prompt longer than the "
+                          "context is a 400)", "truncation")
+
+
+def _messages(req: ResponseRequest) -> list[ChatMessage]:
+    out = []
+    if req.instructions:
+        out.append(ChatMessage(role="system", content=req.instructions))
+    if isinstance(req.input, str):
+        out.append(ChatMessage(role="user", content=req.input))
+    else:
+        for m in req.input:
+            role = "system" if m.role == "developer" else m.role
+            out.append(ChatMessage(role=role, content=m.text()))
+    return out
+
+
+class OpenAIServingResponses(OpenAIServing):
+
+    def __init__(self, engine: EngineClient, served_model_names: list[str],
+                 max_queue_len: Optional[int] = None, chat_template: Optional[str] = None):
+        super().__init__(engine, served_model_names, max_queue_len)
+        self.chat_template = chat_template
+
+    async def create(self, req: ResponseRequest):
+        self.check_model(req.model)
+        _check_supported(req)
+        self.require_tokenizer("input")
+        if req.max_output_tokens is not None and req.max_output_tokens < 1:
+            raise bad_request(f"max_output_tokens: must be at least 1, got "
+                              f"{req.max_output_tokens}", "max_output_tokens")
+        prompt = render_chat(self.tokenizer, _messages(req), self.chat_template)
+        try:
+            prompt_ids = await self.engine.tokenize(prompt, add_special_tokens=False,
+                                                    check_length=True, field="input")
+        except ValueError as exc:
+            raise from_value_error(exc, "input") from exc
+        max_tokens = req.max_output_tokens
+        if max_tokens is None:
+            max_tokens = self.engine.default_max_tokens(len(prompt_ids), 1)
+        try:
+            params = SamplingParams(
+                temperature=1.0 if req.temperature is None else req.temperature,
+                top_p=1.0 if req.top_p is None else req.top_p, max_tokens=max_tokens)
+        except ValueError as exc:
+            err = from_value_error(exc)
+            if err.param == "max_tokens":
+                err.param = "max_output_tokens"
+            raise err from exc
+        rid = f"resp_{uuid.uuid4().hex}"
+        streams = await self.submit([rid], [(prompt, prompt_ids)], params, "input")
+        shell = self._shell(req, rid, params)
+        if req.stream:
+            return StreamingResponse(self._stream(shell, streams[0]),
+                                     media_type="text/event-stream")
+        try:
+            final = await last_output(streams[0])
+        finally:
+            close_all(streams)
+        return JSONResponse(self._finish(shell, final, f"msg_{uuid.uuid4().hex}"))
+
+    def _shell(self, req: ResponseRequest, rid: str, params: SamplingParams) -> dict[str, Any]:
+        """The response object before any output (what response.created carries)."""
+        return {
+            "id": rid, "object": "response", "created_at": int(time.time()),
+            "status": "in_progress", "error": None, "incomplete_details": None,
+            "instructions": req.instructions, "max_output_tokens": req.max_output_tokens,
+            "model": self.model_name, "output": [], "parallel_tool_calls": True,
+            "previous_response_id": None, "reasoning": None, "store": False,
+            "temperature": params.temperature, "top_p": params.top_p,
+            "text": {"format": {"type": "text"}}, "tool_choice": "auto", "tools": [],
+            "truncation": "disabled", "usage": None, "user": req.user,
+            "metadata": req.metadata or {},
+        }
+
+    @staticmethod
+    def _message(item_id: str, text: str, status: str) -> dict[str, Any]:
+        content = [] if status == "in_progress" else [_text_part(text)]
+        return {"type": "message", "id": item_id, "status": status, "role": "assistant",
+                "content": content}
+
+    def _finish(self, shell: dict[str, Any], out: RequestOutput, item_id: str) -> dict[str, Any]:
+        c = out.outputs[0]
+        incomplete = c.finish_reason == "length"
+        body = dict(shell)
+        body["status"] = "incomplete" if incomplete else "completed"
+        body["incomplete_details"] = {"reason": "max_output_tokens"} if incomplete else None
+        body["output"] = [self._message(item_id, c.text,
+                                        "incomplete" if incomplete else "completed")]
+        n_in, n_out = len(out.prompt_token_ids), len(c.token_ids)
+        body["usage"] = {"input_tokens": n_in,
+                         "input_tokens_details": {"cached_tokens": out.num_cached_tokens},
+                         "output_tokens": n_out,
+                         "output_tokens_details": {"reasoning_tokens": 0},
+                         "total_tokens": n_in + n_out}
+        return body
+
+    async def _stream(self, shell: dict[str, Any], stream: RequestStream) -> AsyncIterator[str]:
+        seq = 0
+        item_id = f"msg_{uuid.uuid4().hex}"
+
+        def event(kind: str, **data: Any) -> str:
+            nonlocal seq
+            payload = {"type": kind, "sequence_number": seq, **data}
+            seq += 1
+            return (f"event: {kind}\n"
+                    f"data: {json.dumps(payload, ensure_ascii=False, separators=(',', ':'))}\n\n")
+
+        where = {"item_id": item_id, "output_index": 0, "content_index": 0}
+        try:
+            yield event("response.created", response=shell)
+            yield event("response.in_progress", response=shell)
+            yield event("response.output_item.added", output_index=0,
+                        item=self._message(item_id, "", "in_progress"))
+            yield event("response.content_part.added", part=_text_part(""), **where)
+            final: Optional[RequestOutput] = None
+            tracker = DeltaTracker(1)
+            async for out in stream:
+                for d in tracker.update(out):
+                    if d.text:
+                        yield event("response.output_text.delta", delta=d.text, logprobs=[],
+                                    **where)
+                if out.finished:
+                    final = out
+            assert final is not None, "a stream ends with a finished output"
+            body = self._finish(shell, final, item_id)
+            text = final.outputs[0].text
+            yield event("response.output_text.done", text=text, logprobs=[], **where)
+            yield event("response.content_part.done", part=_text_part(text), **where)
+            yield event("response.output_item.done", output_index=0, item=body["output"][0])
+            kind = "response.completed" if body["status"] == "completed" \
+                else "response.incomplete"
+            yield event(kind, response=body)
+        except Exception as exc:  # headers are sent: report in-band, then end the stream
+            err = exc if isinstance(exc, APIError) else engine_error(exc)
+            yield event("error", code=err.code, message=err.message, param=err.param)
+        finally:
+            close_all([stream])
+
+
+def engine_error(exc: BaseException) -> APIError:
+    if isinstance(exc, EngineDeadError):
+        return engine_unavailable(str(exc))
+    return APIError(500, f"Internal server error: {exc!r}", "server_error", None,
+                    "internal_error")
+
+
+def _text_part(text: str) -> dict[str, Any]:
+    return {"type": "output_text", "text": text, "annotations": [], "logprobs": []}
