@@ -71,6 +71,11 @@ def all_reduce(x: torch.Tensor) -> torch.Tensor:
     return x
 
 
+def all_reduce_min(x: torch.Tensor) -> torch.Tensor:
+    dist.all_reduce(x, op=dist.ReduceOp.MIN)
+    return x
+
+
 def all_gather_last_dim(x: torch.Tensor) -> torch.Tensor:
     """Concatenate every rank's `x` along the last dim, in rank order."""
     parts = [torch.empty_like(x) for _ in range(tp_size())]
