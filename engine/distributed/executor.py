@@ -92,13 +92,28 @@ class TPModelRunner:
     def launch(self, out, prev: Optional[Any] = None):
         step_id = next(self._step_ids)
         self._broadcast(("launch", step_id, out, getattr(prev, "tp_step_id", None)))
-        step = self.runner.launch(out, prev)
+        try:
+            step = self.runner.launch(out, prev)
+        except RuntimeError as e:
+            raise self._failure(e) from e
         step.tp_step_id = step_id
         return step
 
     def finish(self, step):
         self._broadcast(("finish", step.tp_step_id))
-        return self.runner.finish(step)
+        try:
+            return self.runner.finish(step)
+        except RuntimeError as e:
+            raise self._failure(e) from e
+
+    def _failure(self, error: Exception) -> RuntimeError:
+        """A collective failed: name the ranks that are gone (a peer may still be exiting)."""
+        for proc in self._procs:
+            proc.join(timeout=1.0)
+        dead = [f"rank {r} (exit code {p.exitcode})"
+                for r, p in enumerate(self._procs, start=1) if not p.is_alive()]
+        who = ", ".join(dead) if dead else "a peer timed out or failed"
+        return RuntimeError(f"tensor-parallel step failed: {who}: {error}")
 
     def execute(self, out):
         return self.finish(self.launch(out))
