@@ -57,12 +57,19 @@ def test_tp2_equals_tp1(arch, tiny_model_dir):
         assert set(a) == set(b) and all(abs(a[t] - b[t]) < 1e-4 for t in a)
 
 
-def test_dead_worker_fails_the_next_step(tiny_model_dir):
-    llm = LLM(model=tiny_model_dir("llama"), device="cpu", tensor_parallel_size=2,
+def test_async_scheduling_then_dead_worker_fails_the_next_step(tiny_model_dir):
+    """Workers resolve async scheduling's placeholder tokens themselves; then a killed worker
+    makes the next step raise, naming the rank."""
+    path = tiny_model_dir("llama")
+    params = SamplingParams(temperature=0, max_tokens=6, ignore_eos=True)
+    prompts = PROMPTS[2:]
+    ref = [o.outputs[0].token_ids for o in
+           LLM(model=path, device="cpu").generate(prompts, params, use_tqdm=False)]
+    llm = LLM(model=path, device="cpu", tensor_parallel_size=2, async_scheduling=True,
               distributed_timeout_s=60)
     try:
-        params = SamplingParams(temperature=0, max_tokens=3, ignore_eos=True)
-        assert len(llm.generate(["Hello"], params, use_tqdm=False)[0].outputs[0].token_ids) == 3
+        outs = llm.generate(prompts, params, use_tqdm=False)
+        assert [o.outputs[0].token_ids for o in outs] == ref
         (pid,) = llm.llm_engine.core.runner.worker_pids()
         os.kill(pid, signal.SIGKILL)
         with pytest.raises(RuntimeError, match="tensor-parallel step failed: rank 1"):
