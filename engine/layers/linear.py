@@ -106,6 +106,8 @@ class LinearBase(nn.Module):
             in_dim = getattr(param, "input_dim", None)
             if self.split_input and in_dim is not None:
                 loaded = self._rank_slice(loaded, dst, in_dim)
+                if getattr(param, "group_index_size", None):
+                    loaded = self._local_groups(loaded, param.group_index_size)
             if out_dim is None and idx is not None:
                 return self._load_shared(param, dst, loaded)
         _check_shape(dst, loaded)
@@ -118,6 +120,17 @@ class LinearBase(nn.Module):
             raise ValueError(f"has shape {tuple(loaded.shape)}, expected {tuple(dst.shape)} "
                              f"with dim {dim} times tp_size {self.tp_size}")
         return loaded.narrow(dim, self.tp_rank * size, size)
+
+    def _local_groups(self, g_idx: torch.Tensor, group_size: int) -> torch.Tensor:
+        """A row-parallel shard of a group index (GPTQ g_idx): renumber its groups from this
+        rank's first one; act-order indices that reach outside the shard cannot be split."""
+        k = g_idx.shape[0]
+        first, groups = self.tp_rank * k // group_size, -(-k // group_size)
+        local = g_idx - first
+        if local.numel() and (int(local.min()) < 0 or int(local.max()) >= groups):
+            raise ValueError("group index (act-order g_idx) reaches outside this rank's input "
+                             "shard; such checkpoints cannot be split over tensor parallel ranks")
+        return local
 
     def _load_shared(self, param: nn.Parameter, dst: torch.Tensor, loaded: torch.Tensor) -> int:
         """A parameter every fused shard carries a copy of (e.g. g_idx): the copies must agree."""

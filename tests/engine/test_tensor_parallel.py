@@ -76,3 +76,22 @@ def test_async_scheduling_then_dead_worker_fails_the_next_step(tiny_model_dir):
             llm.generate(["Hello again"], params, use_tqdm=False)
     finally:
         llm.shutdown()
+
+
+def test_gptq_checkpoint_tp2_equals_tp1(tiny_model_dir, tmp_path):
+    """A 4-bit GPTQ checkpoint (group 32): packed weights, scales and zeros shard along their
+    group boundaries; the sharded model generates what the one-rank model generates."""
+    from tests.engine.quantization._reference import quantize
+
+    path = str(quantize(tiny_model_dir("llama"), tmp_path, "auto_gptq", 4, 32, True))
+    params = SamplingParams(temperature=0, max_tokens=8, ignore_eos=True)
+    got = {}
+    for tp in (1, 2):
+        llm = LLM(model=path, device="cpu", tensor_parallel_size=tp, distributed_timeout_s=120)
+        try:
+            assert "gptq" in llm.stats()["quantization"]
+            outs = llm.generate(PROMPTS[2:], params, use_tqdm=False)
+            got[tp] = [o.outputs[0].token_ids for o in outs]
+        finally:
+            llm.shutdown()
+    assert got[2] == got[1]
