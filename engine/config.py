@@ -148,6 +148,23 @@ class RunnerConfig:
 
 
 @dataclass(frozen=True)
+class ParallelConfig:
+    """Tensor parallelism inside one engine core (one worker process per rank, rank 0 in the
+    core's own process) and data parallelism across cores (one API server routing to
+    `data_parallel_size` cores). A collective that waits on a peer for `distributed_timeout_s`
+    fails the engine instead of hanging it."""
+
+    tensor_parallel_size: int = 1
+    data_parallel_size: int = 1
+    distributed_timeout_s: float = 300.0
+
+    def __post_init__(self) -> None:
+        _require(self.tensor_parallel_size >= 1, "tensor_parallel_size", "must be >= 1")
+        _require(self.data_parallel_size >= 1, "data_parallel_size", "must be >= 1")
+        _require(self.distributed_timeout_s > 0, "distributed_timeout_s", "must be > 0 seconds")
+
+
+@dataclass(frozen=True)
 class EngineConfig:
     model: ModelConfig
     cache: CacheConfig
@@ -155,6 +172,7 @@ class EngineConfig:
     runner: RunnerConfig
     # engine.spec_decode.config.SpeculativeConfig, or None: no speculative decoding.
     speculative: Any = None
+    parallel: ParallelConfig = field(default_factory=ParallelConfig)
 
 
 @dataclass
@@ -192,6 +210,9 @@ class EngineArgs:
     hf_overrides: dict = field(default_factory=dict)
     # {"method": "ngram" | "draft_model" | "eagle3", "num_speculative_tokens": k, ...}
     speculative_config: Optional[dict] = None
+    tensor_parallel_size: int = 1
+    data_parallel_size: int = 1
+    distributed_timeout_s: float = 300.0
 
     @classmethod
     def field_names(cls) -> list[str]:
@@ -256,8 +277,15 @@ class EngineArgs:
                                   async_scheduling=(on_gpu and speculative is None
                                                     if self.async_scheduling is None
                                                     else self.async_scheduling))
+        parallel_cfg = ParallelConfig(tensor_parallel_size=self.tensor_parallel_size,
+                                      data_parallel_size=self.data_parallel_size,
+                                      distributed_timeout_s=self.distributed_timeout_s)
+        if parallel_cfg.tensor_parallel_size > 1 and device.type == "cuda":
+            _require(torch.cuda.device_count() >= parallel_cfg.tensor_parallel_size,
+                     "tensor_parallel_size", f"{parallel_cfg.tensor_parallel_size} ranks need as "
+                     f"many GPUs; {torch.cuda.device_count()} visible")
         return EngineConfig(model=model_cfg, cache=cache_cfg, scheduler=sched_cfg, runner=runner_cfg,
-                            speculative=speculative)
+                            parallel=parallel_cfg, speculative=speculative)
 
 
 def max_len_from_hf_config(hf_config: Any) -> int:

@@ -10,7 +10,8 @@ from typing import Optional
 
 from engine.block_manager import BlockManager
 from engine.config import EngineConfig
-from engine.model_runner import InFlight, ModelRunner, RunnerOutput
+from engine.distributed.executor import make_model_runner
+from engine.model_runner import InFlight, RunnerOutput
 from engine.outputs import EngineCoreOutput, EngineCoreRequest, SeqDelta
 from engine.sampling_params import SamplingParams
 from engine.scheduler import PreemptionCost, Scheduler
@@ -24,7 +25,7 @@ logger = logging.getLogger(__name__)
 class EngineCore:
     def __init__(self, config: EngineConfig):
         self.config = config
-        self.runner = ModelRunner(config)
+        self.runner = make_model_runner(config)  # rank 0's executor under tensor parallelism
         self.block_manager = BlockManager(
             self.runner.num_gpu_blocks, self.runner.num_cpu_blocks, config.cache.block_size,
             enable_prefix_caching=config.cache.enable_prefix_caching)
@@ -94,6 +95,12 @@ class EngineCore:
 
     def stop_seqs(self, request_id: str, indices: list[int]) -> None:
         self.scheduler.stop_seqs(request_id, indices)
+
+    def shutdown(self) -> None:
+        """Stop the tensor-parallel workers (nothing to do for one rank)."""
+        stop = getattr(self.runner, "shutdown", None)
+        if stop is not None:
+            stop()
 
     def has_unfinished_requests(self) -> bool:
         return (self.scheduler.has_unfinished_requests() or self._inflight is not None

@@ -56,6 +56,11 @@ class LLM:
     def get_tokenizer(self):
         return self.llm_engine.get_tokenizer()
 
+    def shutdown(self) -> None:
+        """Stop the engine's tensor-parallel worker processes (they also stop when this process
+        exits)."""
+        self.llm_engine.core.shutdown()
+
     def stats(self) -> dict:
         """Engine counters: preemptions, free/total blocks, swapped blocks, cache hits, KV usage."""
         return self.llm_engine.stats()

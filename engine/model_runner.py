@@ -13,6 +13,7 @@ import torch
 
 from engine.attention.backend import get_attention_backend
 from engine.config import EngineConfig
+from engine.distributed import parallel_state
 from engine.layers.attention import attention_layers, bind_kv_caches
 from engine.model_inputs import ModelInputs, build_model_inputs
 from engine.sampler import PendingSample, Sampler, SamplingMetadata, compute_prompt_logprobs
@@ -113,6 +114,8 @@ class ModelRunner:
         used_now = total - free
         budget = total * cache.gpu_memory_utilization - used_now - peak
         num = int(budget // self.bytes_per_block)
+        if parallel_state.tp_size() > 1:  # every rank holds the same block ids: the smallest pool
+            num = int(parallel_state.all_reduce_min(torch.tensor([num], device=self.device)))
         if num < 1:
             raise ValueError(
                 "gpu_memory_utilization: no memory left for the KV cache after weights and "

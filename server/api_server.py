@@ -256,14 +256,23 @@ def run_server(engine_args: Any, args: ServerArgs) -> int:
         names.append(config.model.model)  # the resolved path/id works as an alias
     metrics = DashboardMetrics(names[0])
     holder: dict[str, _Server] = {}
-    engine = AsyncEngineClient(
-        config, mode=args.engine_mode, core_factory=args.core_factory, metrics=metrics,
-        log_level=args.log_level, cpu_threads=args.cpu_threads,
-        restart=RestartPolicy(enabled=args.engine_restart,
-                              max_retries=args.engine_restart_retries),
-        step_timeout_s=args.engine_step_timeout,
-        skip_tokenizer_init=engine_args.skip_tokenizer_init,
-        on_fatal=lambda reason: holder["server"].on_fatal(reason))
+    def make_client(index: int, core_metrics: Any) -> AsyncEngineClient:
+        return AsyncEngineClient(
+            config, mode=args.engine_mode, core_factory=args.core_factory, metrics=core_metrics,
+            log_level=args.log_level, cpu_threads=args.cpu_threads,
+            restart=RestartPolicy(enabled=args.engine_restart,
+                                  max_retries=args.engine_restart_retries),
+            step_timeout_s=args.engine_step_timeout,
+            skip_tokenizer_init=engine_args.skip_tokenizer_init,
+            on_fatal=lambda reason: holder["server"].on_fatal(f"engine {index}: {reason}"))
+
+    engine: EngineClient
+    if config.parallel.data_parallel_size > 1:
+        from server.data_parallel import DataParallelEngineClient
+        engine = DataParallelEngineClient(make_client, config.parallel.data_parallel_size,
+                                          metrics)
+    else:
+        engine = make_client(0, metrics)
     app = build_app(engine, args, names, metrics)
     # Uvicorn's own graceful timeout is the backstop; ours ends streams cleanly first.
     uv_config = uvicorn.Config(app, host=args.host, port=args.port,

@@ -183,7 +183,9 @@ class ProcessCoreClient(CoreClient):
 
     async def start(self) -> OutputMsg:
         mp = multiprocessing.get_context("spawn")
-        self.proc = mp.Process(target=run_core_process, name="pagedserve-core", daemon=True,
+        # A tensor-parallel core spawns its rank workers, which a daemonic process may not.
+        daemon = getattr(getattr(self._config, "parallel", None), "tensor_parallel_size", 1) == 1
+        self.proc = mp.Process(target=run_core_process, name="pagedserve-core", daemon=daemon,
                                args=(self._config, self.input_addr, self.output_addr,
                                      self._factory, self._log_level, self._cpu_threads))
         self.proc.start()

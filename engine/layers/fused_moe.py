@@ -2,7 +2,8 @@
 
 `w13_weight` [E, 2I, H] holds each expert's [gate | up] rows and `w2_weight` [E, H, I] its down
 projection, so one fused kernel (kernels/fused_moe.py) runs all experts; on the CPU and in fp32
-the pure-torch reference runs instead. `expert_weight_target` maps checkpoint names onto the
+the pure-torch reference runs instead. Under tensor parallelism the experts are replicated on
+every rank (each computes the whole block on the replicated residual stream; no collective). `expert_weight_target` maps checkpoint names onto the
 stacked tensors: per-expert names (Mixtral's `experts.{e}.w1/w2/w3`, Qwen's
 `experts.{e}.gate_proj/up_proj/down_proj`) and transformers 5.x's already stacked
 `experts.gate_up_proj` / `experts.down_proj`.
@@ -15,6 +16,7 @@ from typing import Callable, Optional
 import torch
 from torch import nn
 
+from engine.layers.linear import ReplicatedLinear
 from kernels.fused_moe_ref import fused_moe_ref, select_experts
 
 # Per-expert checkpoint names -> (our stacked parameter, shard: 0 gate, 1 up, None whole).
@@ -56,7 +58,7 @@ class SparseMoeBlock(nn.Module):
             raise ValueError(f"num_experts_per_tok ({top_k}) must be in [1, {num_experts}]")
         self.top_k = top_k
         self.renormalize = renormalize
-        self.gate = nn.Linear(hidden_size, num_experts, bias=False)
+        self.gate = ReplicatedLinear(hidden_size, num_experts, bias=False)
         self.experts = FusedMoEExperts(num_experts, hidden_size, intermediate_size)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

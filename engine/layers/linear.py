@@ -4,8 +4,9 @@ themselves.
 `ReplicatedLinear` (whole weight on every rank), `ColumnParallelLinear` (output features split
 over ranks), `MergedColumnParallelLinear` (gate/up fused along the output), `QKVParallelLinear`
 (q/k/v fused, heads split over ranks) and `RowParallelLinear` (input features split; each rank's
-output is its partial sum, which the tensor-parallel all-reduce adds up). Until tensor parallelism
-lands every layer runs with tp_size 1 / tp_rank 0; the shard arithmetic is already in the loader.
+output is its partial sum, which its forward all-reduces over the group). `tp_size` / `tp_rank`
+default to this process's tensor-parallel group (engine/distributed/parallel_state.py): size 1
+and rank 0 without one, and then no collective runs.
 
 Every parameter has `weight_loader(param, tensor, shard_id=None) -> int` (elements written).
 Which tensor dim is the output/input dim, and whether it is packed (several quantized values per
@@ -19,6 +20,7 @@ from typing import Optional, Union
 import torch
 from torch import nn
 
+from engine.distributed import parallel_state
 from engine.quantization.base import LinearMethod, QuantizationConfig
 from engine.quantization.unquantized import UnquantizedLinearMethod
 
@@ -30,9 +32,12 @@ class LinearBase(nn.Module):
 
     def __init__(self, input_size: int, output_sizes: list[int], bias: bool,
                  quant_config: Optional[QuantizationConfig], prefixes: list[str],
-                 tp_size: int = 1, tp_rank: int = 0, split_input: bool = False,
-                 split_output: bool = False, params_dtype: Optional[torch.dtype] = None):
+                 tp_size: Optional[int] = None, tp_rank: Optional[int] = None,
+                 split_input: bool = False, split_output: bool = False,
+                 params_dtype: Optional[torch.dtype] = None):
         super().__init__()
+        tp_size = parallel_state.tp_size() if tp_size is None else tp_size
+        tp_rank = parallel_state.tp_rank() if tp_rank is None else tp_rank
         if not 0 <= tp_rank < tp_size:
             raise ValueError(f"tp_rank {tp_rank} outside tp_size {tp_size}")
         for size, what in [(input_size, "input")] * split_input + [
@@ -41,6 +46,7 @@ class LinearBase(nn.Module):
                 raise ValueError(f"{prefixes[0]}: {what} size {size} not divisible by tp_size "
                                  f"{tp_size}")
         self.tp_size, self.tp_rank = tp_size, tp_rank
+        self.checkpoint_sizes = list(output_sizes)  # the fused shards' full (unsplit) sizes
         self.split_input, self.split_output = split_input, split_output
         self.input_size = input_size // tp_size if split_input else input_size
         self.output_sizes = [s // tp_size for s in output_sizes] if split_output else list(output_sizes)
@@ -100,6 +106,8 @@ class LinearBase(nn.Module):
             in_dim = getattr(param, "input_dim", None)
             if self.split_input and in_dim is not None:
                 loaded = self._rank_slice(loaded, dst, in_dim)
+                if getattr(param, "group_index_size", None):
+                    loaded = self._local_groups(loaded, param.group_index_size)
             if out_dim is None and idx is not None:
                 return self._load_shared(param, dst, loaded)
         _check_shape(dst, loaded)
@@ -112,6 +120,17 @@ class LinearBase(nn.Module):
             raise ValueError(f"has shape {tuple(loaded.shape)}, expected {tuple(dst.shape)} "
                              f"with dim {dim} times tp_size {self.tp_size}")
         return loaded.narrow(dim, self.tp_rank * size, size)
+
+    def _local_groups(self, g_idx: torch.Tensor, group_size: int) -> torch.Tensor:
+        """A row-parallel shard of a group index (GPTQ g_idx): renumber its groups from this
+        rank's first one; act-order indices that reach outside the shard cannot be split."""
+        k = g_idx.shape[0]
+        first, groups = self.tp_rank * k // group_size, -(-k // group_size)
+        local = g_idx - first
+        if local.numel() and (int(local.min()) < 0 or int(local.max()) >= groups):
+            raise ValueError("group index (act-order g_idx) reaches outside this rank's input "
+                             "shard; such checkpoints cannot be split over tensor parallel ranks")
+        return local
 
     def _load_shared(self, param: nn.Parameter, dst: torch.Tensor, loaded: torch.Tensor) -> int:
         """A parameter every fused shard carries a copy of (e.g. g_idx): the copies must agree."""
@@ -143,7 +162,7 @@ class ReplicatedLinear(LinearBase):
 
     def __init__(self, input_size: int, output_size: int, bias: bool = True,
                  quant_config: Optional[QuantizationConfig] = None, prefix: str = ""):
-        super().__init__(input_size, [output_size], bias, quant_config, [prefix])
+        super().__init__(input_size, [output_size], bias, quant_config, [prefix], 1, 0)
 
 
 class ColumnParallelLinear(LinearBase):
@@ -151,7 +170,7 @@ class ColumnParallelLinear(LinearBase):
 
     def __init__(self, input_size: int, output_size: int, bias: bool = True,
                  quant_config: Optional[QuantizationConfig] = None, prefix: str = "",
-                 tp_size: int = 1, tp_rank: int = 0):
+                 tp_size: Optional[int] = None, tp_rank: Optional[int] = None):
         super().__init__(input_size, [output_size], bias, quant_config, [prefix], tp_size,
                          tp_rank, split_output=True)
 
@@ -162,7 +181,8 @@ class MergedColumnParallelLinear(LinearBase):
 
     def __init__(self, input_size: int, output_sizes: list[int], bias: bool = True,
                  quant_config: Optional[QuantizationConfig] = None,
-                 prefixes: Optional[list[str]] = None, tp_size: int = 1, tp_rank: int = 0):
+                 prefixes: Optional[list[str]] = None, tp_size: Optional[int] = None,
+                 tp_rank: Optional[int] = None):
         super().__init__(input_size, output_sizes, bias, quant_config,
                          prefixes or [""] * len(output_sizes), tp_size, tp_rank, split_output=True)
 
@@ -173,7 +193,9 @@ class QKVParallelLinear(LinearBase):
 
     def __init__(self, hidden_size: int, head_dim: int, num_heads: int, num_kv_heads: int,
                  bias: bool = True, quant_config: Optional[QuantizationConfig] = None,
-                 prefixes: Optional[list[str]] = None, tp_size: int = 1, tp_rank: int = 0):
+                 prefixes: Optional[list[str]] = None, tp_size: Optional[int] = None,
+                 tp_rank: Optional[int] = None):
+        tp_size = parallel_state.tp_size() if tp_size is None else tp_size
         if num_heads % tp_size:
             raise ValueError(f"num_heads {num_heads} not divisible by tp_size {tp_size}")
         if num_kv_heads < tp_size and tp_size % num_kv_heads:
@@ -183,6 +205,7 @@ class QKVParallelLinear(LinearBase):
         sizes = [num_heads * head_dim, kv_heads_total * head_dim, kv_heads_total * head_dim]
         super().__init__(hidden_size, sizes, bias, quant_config, prefixes or ["", "", ""],
                          tp_size, tp_rank, split_output=True)
+        self.checkpoint_sizes = [num_heads * head_dim] + [num_kv_heads * head_dim] * 2
 
     def shard_index(self, shard_id: ShardId) -> Optional[int]:
         if shard_id is None:
@@ -204,9 +227,16 @@ class RowParallelLinear(LinearBase):
 
     def __init__(self, input_size: int, output_size: int, bias: bool = True,
                  quant_config: Optional[QuantizationConfig] = None, prefix: str = "",
-                 tp_size: int = 1, tp_rank: int = 0):
+                 tp_size: Optional[int] = None, tp_rank: Optional[int] = None):
         super().__init__(input_size, [output_size], bias, quant_config, [prefix], tp_size,
                          tp_rank, split_input=True)
+        # The all-reduce runs only inside a group of this size (a layer built with an explicit
+        # tp_size outside one, as in loader tests, returns its partial sum).
+        self.reduce = self.tp_size > 1 and parallel_state.tp_size() == self.tp_size
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = super().forward(x)
+        return parallel_state.all_reduce(out) if self.reduce else out
 
 
 def linear_layers(model: nn.Module) -> list[LinearBase]:

@@ -27,8 +27,11 @@ from engine.layers.activation import get_act_fn
 from engine.layers.attention import Attention
 from engine.layers.layernorm import GemmaRMSNorm
 from engine.layers.rotary import get_rope, rope_settings
-from engine.models.qwen3 import head_dim_of
-from engine.models.stacked_loading import QKV_GATE_UP, load_stacked, qkv_sizes
+from engine.distributed.parallel_state import heads_per_rank, kv_heads_per_rank
+from engine.layers.linear import MergedColumnParallelLinear, QKVParallelLinear, RowParallelLinear
+from engine.layers.vocab_parallel import ParallelLMHead, VocabParallelEmbedding
+from engine.models.qwen3 import head_dim_of, kv_heads_of
+from engine.models.stacked_loading import QKV_GATE_UP, load_stacked
 
 
 def is_gemma2(config: Any) -> bool:
@@ -58,14 +61,17 @@ def rope_for(config: Any, kind: str, head_dim: int) -> nn.Module:
 class Gemma3Attention(nn.Module):
     def __init__(self, config: Any, kind: str, rotary_emb: nn.Module):
         super().__init__()
-        self.num_heads = config.num_attention_heads
-        self.num_kv_heads = getattr(config, "num_key_value_heads", None) or self.num_heads
+        self.num_heads = heads_per_rank(config.num_attention_heads)  # this rank's heads
+        self.num_kv_heads = kv_heads_per_rank(kv_heads_of(config))
         self.head_dim = head_dim_of(config)
         self.q_size = self.num_heads * self.head_dim
         self.kv_size = self.num_kv_heads * self.head_dim
         bias = bool(getattr(config, "attention_bias", False))
-        self.qkv_proj = nn.Linear(config.hidden_size, self.q_size + 2 * self.kv_size, bias=bias)
-        self.o_proj = nn.Linear(self.q_size, config.hidden_size, bias=bias)
+        self.qkv_proj = QKVParallelLinear(config.hidden_size, self.head_dim,
+                                          config.num_attention_heads, kv_heads_of(config),
+                                          bias=bias)
+        self.o_proj = RowParallelLinear(config.num_attention_heads * self.head_dim,
+                                        config.hidden_size, bias=bias)
         self.qk_norm = not is_gemma2(config)
         if self.qk_norm:
             self.q_norm = GemmaRMSNorm(self.head_dim, config.rms_norm_eps)
@@ -93,9 +99,10 @@ class Gemma3MLP(nn.Module):
         super().__init__()
         act = getattr(config, "hidden_activation", None) or config.hidden_act
         self.act_fn = get_act_fn(act)
-        self.gate_up_proj = nn.Linear(config.hidden_size, 2 * config.intermediate_size,
-                                      bias=False)
-        self.down_proj = nn.Linear(config.intermediate_size, config.hidden_size, bias=False)
+        self.gate_up_proj = MergedColumnParallelLinear(config.hidden_size,
+                                                       [config.intermediate_size] * 2, bias=False)
+        self.down_proj = RowParallelLinear(config.intermediate_size, config.hidden_size,
+                                           bias=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         gate, up = self.gate_up_proj(x).chunk(2, dim=-1)
@@ -124,7 +131,7 @@ class Gemma3Model(nn.Module):
     def __init__(self, config: Any):
         super().__init__()
         self.hidden_size = config.hidden_size
-        self.embed_tokens = nn.Embedding(config.vocab_size, config.hidden_size)
+        self.embed_tokens = VocabParallelEmbedding(config.vocab_size, config.hidden_size)
         kinds = layer_types(config)
         head_dim = head_dim_of(config)
         ropes = {kind: rope_for(config, kind, head_dim) for kind in sorted(set(kinds))}
@@ -152,10 +159,10 @@ class Gemma3ForCausalLM(nn.Module):
                              "is not supported")
         self.config = hf_config
         self.model = Gemma3Model(hf_config)
-        self.lm_head = nn.Linear(hf_config.hidden_size, hf_config.vocab_size, bias=False)
+        self.lm_head = ParallelLMHead(hf_config.vocab_size, hf_config.hidden_size)
         self.tie_word_embeddings = bool(getattr(hf_config, "tie_word_embeddings", True))
         if self.tie_word_embeddings:
-            self.lm_head.weight = self.model.embed_tokens.weight
+            self.lm_head.tie(self.model.embed_tokens)
         self.softcap: Optional[float] = getattr(hf_config, "final_logit_softcapping", None)
 
     def forward(self, input_ids: torch.Tensor, positions: torch.Tensor,
@@ -172,5 +179,4 @@ class Gemma3ForCausalLM(nn.Module):
 
     def load_weights(self, weights: Iterable[tuple[str, torch.Tensor]]) -> None:
         """Load HF-named tensors; raises ValueError on unknown names or missing parameters."""
-        load_stacked(self, weights, QKV_GATE_UP, qkv_sizes(self.config),
-                     tied_head=self.tie_word_embeddings)
+        load_stacked(self, weights, QKV_GATE_UP, tied_head=self.tie_word_embeddings)

@@ -13,10 +13,11 @@ import torch
 from torch import nn
 
 from engine.attention.metadata import AttentionMetadata
+from engine.distributed.parallel_state import heads_per_rank
 from engine.layers.activation import Activation
 from engine.layers.attention import Attention
-from engine.layers.linear import (ColumnParallelLinear, QKVParallelLinear, ReplicatedLinear,
-                                  RowParallelLinear)
+from engine.layers.linear import ColumnParallelLinear, QKVParallelLinear, RowParallelLinear
+from engine.layers.vocab_parallel import ParallelLMHead, VocabParallelEmbedding
 from engine.models.utils import WeightLoader, is_ignored
 from engine.quantization.base import QuantizationConfig
 
@@ -38,7 +39,7 @@ class GPT2Attention(nn.Module):
                                         prefixes=[f"{prefix}.c_attn"] * 3)  # rows: [q | k | v]
         self.c_proj = RowParallelLinear(hidden, hidden, quant_config=quant_config,
                                         prefix=f"{prefix}.c_proj")
-        self.attn = Attention(self.num_heads, self.head_dim, scale)
+        self.attn = Attention(heads_per_rank(self.num_heads), self.head_dim, scale)
 
     def forward(self, x: torch.Tensor, meta: AttentionMetadata) -> torch.Tensor:
         q, k, v = self.c_attn(x).chunk(3, dim=-1)
@@ -77,7 +78,7 @@ class GPT2Block(nn.Module):
 class GPT2Model(nn.Module):
     def __init__(self, config: Any, quant_config: Optional[QuantizationConfig]):
         super().__init__()
-        self.wte = nn.Embedding(config.vocab_size, config.hidden_size)
+        self.wte = VocabParallelEmbedding(config.vocab_size, config.hidden_size)
         self.wpe = nn.Embedding(config.max_position_embeddings, config.hidden_size)
         self.h = nn.ModuleList(GPT2Block(config, i, quant_config, f"transformer.h.{i}")
                                for i in range(config.num_hidden_layers))
@@ -100,11 +101,10 @@ class GPT2LMHeadModel(nn.Module):
         super().__init__()
         self.config = hf_config
         self.transformer = GPT2Model(hf_config, quant_config)
-        self.lm_head = ReplicatedLinear(hf_config.hidden_size, hf_config.vocab_size, bias=False,
-                                        prefix="lm_head")
+        self.lm_head = ParallelLMHead(hf_config.vocab_size, hf_config.hidden_size)
         self.tie_word_embeddings = bool(getattr(hf_config, "tie_word_embeddings", True))
         if self.tie_word_embeddings:
-            self.lm_head.weight = self.transformer.wte.weight
+            self.lm_head.tie(self.transformer.wte)
 
     def forward(self, input_ids: torch.Tensor, positions: torch.Tensor,
                 meta: AttentionMetadata) -> torch.Tensor:

@@ -15,10 +15,12 @@ import torch
 from torch import nn
 
 from engine.attention.metadata import AttentionMetadata
+from engine.distributed.parallel_state import heads_per_rank
 from engine.layers.activation import Activation
 from engine.layers.attention import Attention
-from engine.layers.linear import ColumnParallelLinear, ReplicatedLinear, RowParallelLinear
+from engine.layers.linear import ColumnParallelLinear, RowParallelLinear
 from engine.layers.rotary import get_rope
+from engine.layers.vocab_parallel import ParallelLMHead, VocabParallelEmbedding
 from engine.models.utils import WeightLoader, is_ignored
 from engine.quantization.base import QuantizationConfig
 
@@ -36,7 +38,8 @@ class GPTNeoXAttention(nn.Module):
                                                     f"{prefix}.query_key_value")
         self.dense = RowParallelLinear(hidden, hidden, bias, quant_config, f"{prefix}.dense")
         self.rotary_emb = rotary_emb  # shared by every layer
-        self.attn = Attention(self.num_heads, self.head_size, self.head_size ** -0.5)
+        self.attn = Attention(heads_per_rank(self.num_heads), self.head_size,
+                              self.head_size ** -0.5)
 
     def forward(self, positions: torch.Tensor, x: torch.Tensor,
                 meta: AttentionMetadata) -> torch.Tensor:
@@ -82,7 +85,7 @@ class GPTNeoXLayer(nn.Module):
 class GPTNeoXModel(nn.Module):
     def __init__(self, config: Any, quant_config: Optional[QuantizationConfig]):
         super().__init__()
-        self.embed_in = nn.Embedding(config.vocab_size, config.hidden_size)
+        self.embed_in = VocabParallelEmbedding(config.vocab_size, config.hidden_size)
         rotary_emb = get_rope(config, config.hidden_size // config.num_attention_heads)
         self.layers = nn.ModuleList(GPTNeoXLayer(config, rotary_emb, quant_config,
                                                  f"gpt_neox.layers.{i}")
@@ -106,11 +109,10 @@ class GPTNeoXForCausalLM(nn.Module):
         super().__init__()
         self.config = hf_config
         self.gpt_neox = GPTNeoXModel(hf_config, quant_config)
-        self.lm_head = ReplicatedLinear(hf_config.hidden_size, hf_config.vocab_size, bias=False,
-                                        prefix="lm_head")
+        self.lm_head = ParallelLMHead(hf_config.vocab_size, hf_config.hidden_size)
         self.tie_word_embeddings = bool(getattr(hf_config, "tie_word_embeddings", False))
         if self.tie_word_embeddings:
-            self.lm_head.weight = self.gpt_neox.embed_in.weight
+            self.lm_head.tie(self.gpt_neox.embed_in)
 
     def forward(self, input_ids: torch.Tensor, positions: torch.Tensor,
                 meta: AttentionMetadata) -> torch.Tensor:

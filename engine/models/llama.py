@@ -14,12 +14,13 @@ import torch
 from torch import nn
 
 from engine.attention.metadata import AttentionMetadata
+from engine.distributed.parallel_state import heads_per_rank, kv_heads_per_rank
 from engine.layers.activation import SiluAndMul
 from engine.layers.attention import Attention
 from engine.layers.layernorm import RMSNorm
-from engine.layers.linear import (MergedColumnParallelLinear, QKVParallelLinear, ReplicatedLinear,
-                                  RowParallelLinear)
+from engine.layers.linear import MergedColumnParallelLinear, QKVParallelLinear, RowParallelLinear
 from engine.layers.rotary import get_rope
+from engine.layers.vocab_parallel import ParallelLMHead, VocabParallelEmbedding
 from engine.models.utils import WeightLoader, is_ignored
 from engine.quantization.base import QuantizationConfig
 
@@ -42,16 +43,18 @@ class LlamaAttention(nn.Module):
     def __init__(self, config: Any, layer_idx: int, qkv_bias: bool, o_bias: bool,
                  rotary_emb: nn.Module, quant_config: Optional[QuantizationConfig], prefix: str):
         super().__init__()
-        self.num_heads = config.num_attention_heads
-        self.num_kv_heads = getattr(config, "num_key_value_heads", None) or self.num_heads
-        self.head_dim = getattr(config, "head_dim", None) or config.hidden_size // self.num_heads
+        heads = config.num_attention_heads
+        kv_heads = getattr(config, "num_key_value_heads", None) or heads
+        self.head_dim = getattr(config, "head_dim", None) or config.hidden_size // heads
+        # This rank's heads (KV heads replicated when there are fewer than ranks).
+        self.num_heads, self.num_kv_heads = heads_per_rank(heads), kv_heads_per_rank(kv_heads)
         self.q_size = self.num_heads * self.head_dim
         self.kv_size = self.num_kv_heads * self.head_dim
         # Rows of qkv_proj: [q (q_size) | k (kv_size) | v (kv_size)].
         self.qkv_proj = QKVParallelLinear(
-            config.hidden_size, self.head_dim, self.num_heads, self.num_kv_heads, bias=qkv_bias,
+            config.hidden_size, self.head_dim, heads, kv_heads, bias=qkv_bias,
             quant_config=quant_config, prefixes=[f"{prefix}.{p}_proj" for p in "qkv"])
-        self.o_proj = RowParallelLinear(self.q_size, config.hidden_size, bias=o_bias,
+        self.o_proj = RowParallelLinear(heads * self.head_dim, config.hidden_size, bias=o_bias,
                                         quant_config=quant_config, prefix=f"{prefix}.o_proj")
         self.rotary_emb = rotary_emb  # shared by every layer
         self.attn = Attention(self.num_heads, self.head_dim, self.head_dim ** -0.5,
@@ -110,7 +113,7 @@ class LlamaModel(nn.Module):
     def __init__(self, config: Any, qkv_bias: bool, o_bias: bool,
                  quant_config: Optional[QuantizationConfig]):
         super().__init__()
-        self.embed_tokens = nn.Embedding(config.vocab_size, config.hidden_size)
+        self.embed_tokens = VocabParallelEmbedding(config.vocab_size, config.hidden_size)
         head_dim = (getattr(config, "head_dim", None)
                     or config.hidden_size // config.num_attention_heads)
         rotary_emb = get_rope(config, head_dim)
@@ -149,11 +152,10 @@ class LlamaForCausalLM(nn.Module):
         else:
             qkv_bias = o_bias = bool(getattr(hf_config, "attention_bias", False))
         self.model = LlamaModel(hf_config, qkv_bias, o_bias, quant_config)
-        self.lm_head = ReplicatedLinear(hf_config.hidden_size, hf_config.vocab_size, bias=False,
-                                        prefix="lm_head")
+        self.lm_head = ParallelLMHead(hf_config.vocab_size, hf_config.hidden_size)
         self.tie_word_embeddings = bool(getattr(hf_config, "tie_word_embeddings", False))
         if self.tie_word_embeddings:
-            self.lm_head.weight = self.model.embed_tokens.weight
+            self.lm_head.tie(self.model.embed_tokens)
 
     def forward(self, input_ids: torch.Tensor, positions: torch.Tensor,
                 meta: AttentionMetadata) -> torch.Tensor:

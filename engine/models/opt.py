@@ -13,9 +13,11 @@ import torch
 from torch import nn
 
 from engine.attention.metadata import AttentionMetadata
+from engine.distributed.parallel_state import heads_per_rank
 from engine.layers.activation import Activation
 from engine.layers.attention import Attention
 from engine.layers.linear import ColumnParallelLinear, ReplicatedLinear, RowParallelLinear
+from engine.layers.vocab_parallel import ParallelLMHead, VocabParallelEmbedding
 from engine.models.utils import WeightLoader, is_ignored
 from engine.quantization.base import QuantizationConfig
 
@@ -35,7 +37,7 @@ class OPTAttention(nn.Module):
         self.v_proj = ColumnParallelLinear(hidden, hidden, bias, q, f"{prefix}.v_proj")
         self.out_proj = RowParallelLinear(hidden, hidden, bias, q, f"{prefix}.out_proj")
         # HF scales q before the product (original fairseq order), so attention's scale is 1.
-        self.attn = Attention(self.num_heads, self.head_dim, 1.0)
+        self.attn = Attention(heads_per_rank(self.num_heads), self.head_dim, 1.0)
 
     def forward(self, x: torch.Tensor, meta: AttentionMetadata) -> torch.Tensor:
         q = self.q_proj(x) * self.scaling
@@ -71,7 +73,7 @@ class OPTDecoder(nn.Module):
         super().__init__()
         hidden, proj = config.hidden_size, config.word_embed_proj_dim
         affine = getattr(config, "layer_norm_elementwise_affine", True)
-        self.embed_tokens = nn.Embedding(config.vocab_size, proj)
+        self.embed_tokens = VocabParallelEmbedding(config.vocab_size, proj)
         self.embed_positions = nn.Embedding(config.max_position_embeddings + POSITION_OFFSET, hidden)
         self.project_in = (ReplicatedLinear(proj, hidden, False, prefix="model.decoder.project_in")
                            if proj != hidden else None)
@@ -114,11 +116,10 @@ class OPTForCausalLM(nn.Module):
         super().__init__()
         self.config = hf_config
         self.model = OPTModel(hf_config, quant_config)
-        self.lm_head = ReplicatedLinear(hf_config.word_embed_proj_dim, hf_config.vocab_size,
-                                        bias=False, prefix="lm_head")
+        self.lm_head = ParallelLMHead(hf_config.vocab_size, hf_config.word_embed_proj_dim)
         self.tie_word_embeddings = bool(getattr(hf_config, "tie_word_embeddings", True))
         if self.tie_word_embeddings:
-            self.lm_head.weight = self.model.decoder.embed_tokens.weight
+            self.lm_head.tie(self.model.decoder.embed_tokens)
 
     def forward(self, input_ids: torch.Tensor, positions: torch.Tensor,
                 meta: AttentionMetadata) -> torch.Tensor:

@@ -17,20 +17,26 @@ from engine.attention.metadata import AttentionMetadata
 from engine.layers.activation import Activation
 from engine.layers.attention import Attention
 from engine.layers.rotary import get_rope
-from engine.models.qwen3 import head_dim_of, layer_sliding_window
-from engine.models.stacked_loading import QKV_GATE_UP, load_stacked, qkv_sizes
+from engine.distributed.parallel_state import heads_per_rank, kv_heads_per_rank
+from engine.layers.linear import ColumnParallelLinear, QKVParallelLinear, RowParallelLinear
+from engine.layers.vocab_parallel import ParallelLMHead, VocabParallelEmbedding
+from engine.models.qwen3 import head_dim_of, kv_heads_of, layer_sliding_window
+from engine.models.stacked_loading import QKV_GATE_UP, load_stacked
 
 
 class PhiAttention(nn.Module):
     def __init__(self, config: Any, layer_idx: int, rotary_emb: nn.Module):
         super().__init__()
-        self.num_heads = config.num_attention_heads
-        self.num_kv_heads = getattr(config, "num_key_value_heads", None) or self.num_heads
+        self.num_heads = heads_per_rank(config.num_attention_heads)  # this rank's heads
+        self.num_kv_heads = kv_heads_per_rank(kv_heads_of(config))
         self.head_dim = head_dim_of(config)
         self.q_size = self.num_heads * self.head_dim
         self.kv_size = self.num_kv_heads * self.head_dim
-        self.qkv_proj = nn.Linear(config.hidden_size, self.q_size + 2 * self.kv_size, bias=True)
-        self.dense = nn.Linear(self.q_size, config.hidden_size, bias=True)
+        self.qkv_proj = QKVParallelLinear(config.hidden_size, self.head_dim,
+                                          config.num_attention_heads, kv_heads_of(config),
+                                          bias=True)
+        self.dense = RowParallelLinear(config.num_attention_heads * self.head_dim,
+                                       config.hidden_size, bias=True)
         self.qk_layernorm = bool(getattr(config, "qk_layernorm", False))
         if self.qk_layernorm:
             self.q_layernorm = nn.LayerNorm(self.head_dim, eps=config.layer_norm_eps)
@@ -53,8 +59,8 @@ class PhiAttention(nn.Module):
 class PhiMLP(nn.Module):
     def __init__(self, config: Any):
         super().__init__()
-        self.fc1 = nn.Linear(config.hidden_size, config.intermediate_size)
-        self.fc2 = nn.Linear(config.intermediate_size, config.hidden_size)
+        self.fc1 = ColumnParallelLinear(config.hidden_size, config.intermediate_size)
+        self.fc2 = RowParallelLinear(config.intermediate_size, config.hidden_size)
         self.activation_fn = Activation(config.hidden_act)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -77,7 +83,7 @@ class PhiDecoderLayer(nn.Module):
 class PhiModel(nn.Module):
     def __init__(self, config: Any):
         super().__init__()
-        self.embed_tokens = nn.Embedding(config.vocab_size, config.hidden_size)
+        self.embed_tokens = VocabParallelEmbedding(config.vocab_size, config.hidden_size)
         rotary_emb = get_rope(config, head_dim_of(config))
         self.layers = nn.ModuleList(PhiDecoderLayer(config, i, rotary_emb)
                                     for i in range(config.num_hidden_layers))
@@ -98,10 +104,10 @@ class PhiForCausalLM(nn.Module):
         super().__init__()
         self.config = hf_config
         self.model = PhiModel(hf_config)
-        self.lm_head = nn.Linear(hf_config.hidden_size, hf_config.vocab_size, bias=True)
+        self.lm_head = ParallelLMHead(hf_config.vocab_size, hf_config.hidden_size, bias=True)
         self.tie_word_embeddings = bool(getattr(hf_config, "tie_word_embeddings", False))
         if self.tie_word_embeddings:
-            self.lm_head.weight = self.model.embed_tokens.weight
+            self.lm_head.tie(self.model.embed_tokens)
 
     def forward(self, input_ids: torch.Tensor, positions: torch.Tensor,
                 meta: AttentionMetadata) -> torch.Tensor:
@@ -114,5 +120,4 @@ class PhiForCausalLM(nn.Module):
 
     def load_weights(self, weights: Iterable[tuple[str, torch.Tensor]]) -> None:
         """Load HF-named tensors; raises ValueError on unknown names or missing parameters."""
-        load_stacked(self, weights, QKV_GATE_UP, qkv_sizes(self.config),
-                     tied_head=self.tie_word_embeddings)
+        load_stacked(self, weights, QKV_GATE_UP, tied_head=self.tie_word_embeddings)

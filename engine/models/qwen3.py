@@ -4,8 +4,10 @@ A Qwen3 layer is a Llama layer whose queries and keys pass a per-head RMSNorm (`
 `k_norm`, over head_dim) before RoPE. `Qwen3Model` takes the MLP from its causal-LM class
 (`make_mlp`), so Phi-3 (no q/k norm, checkpoint-fused projections) and the mixture-of-experts
 models (Mixtral, Qwen3-MoE, Qwen2-MoE: a sparse block instead of the dense MLP) reuse it.
-q/k/v are fused into `qkv_proj` and gate/up into `gate_up_proj`; loading routes HF's separate
-tensors into their row shards (engine/models/stacked_loading.py).
+q/k/v are fused into `qkv_proj` and gate/up into `gate_up_proj` (engine/layers/linear.py, each
+parameter loading its tensor-parallel shard); loading routes HF's separate tensors into their fused
+shards (engine/models/stacked_loading.py). Heads, KV heads, the MLP and the vocabulary are split
+over the tensor-parallel ranks.
 """
 from __future__ import annotations
 
@@ -17,9 +19,12 @@ from torch import nn
 from engine.attention.metadata import AttentionMetadata
 from engine.layers.activation import SiluAndMul
 from engine.layers.attention import Attention
+from engine.distributed.parallel_state import heads_per_rank, kv_heads_per_rank
 from engine.layers.layernorm import RMSNorm
+from engine.layers.linear import MergedColumnParallelLinear, QKVParallelLinear, RowParallelLinear
 from engine.layers.rotary import get_rope
-from engine.models.stacked_loading import QKV_GATE_UP, load_stacked, qkv_sizes
+from engine.layers.vocab_parallel import ParallelLMHead, VocabParallelEmbedding
+from engine.models.stacked_loading import QKV_GATE_UP, load_stacked
 
 
 def layer_sliding_window(config: Any, layer_idx: int) -> Optional[int]:
@@ -38,19 +43,26 @@ def head_dim_of(config: Any) -> int:
     return getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
 
 
+def kv_heads_of(config: Any) -> int:
+    return getattr(config, "num_key_value_heads", None) or config.num_attention_heads
+
+
 class Qwen3Attention(nn.Module):
     def __init__(self, config: Any, layer_idx: int, rotary_emb: nn.Module, qk_norm: bool,
                  qkv_bias: bool, o_bias: bool):
         super().__init__()
-        self.num_heads = config.num_attention_heads
-        self.num_kv_heads = getattr(config, "num_key_value_heads", None) or self.num_heads
+        # This rank's heads (KV heads replicated when there are fewer than ranks).
+        self.num_heads = heads_per_rank(config.num_attention_heads)
+        self.num_kv_heads = kv_heads_per_rank(kv_heads_of(config))
         self.head_dim = head_dim_of(config)
         self.q_size = self.num_heads * self.head_dim
         self.kv_size = self.num_kv_heads * self.head_dim
         # Rows of qkv_proj: [q (q_size) | k (kv_size) | v (kv_size)].
-        self.qkv_proj = nn.Linear(config.hidden_size, self.q_size + 2 * self.kv_size,
-                                  bias=qkv_bias)
-        self.o_proj = nn.Linear(self.q_size, config.hidden_size, bias=o_bias)
+        self.qkv_proj = QKVParallelLinear(config.hidden_size, self.head_dim,
+                                          config.num_attention_heads, kv_heads_of(config),
+                                          bias=qkv_bias)
+        self.o_proj = RowParallelLinear(config.num_attention_heads * self.head_dim,
+                                        config.hidden_size, bias=o_bias)
         self.qk_norm = qk_norm
         if qk_norm:
             self.q_norm = RMSNorm(self.head_dim, config.rms_norm_eps)
@@ -79,8 +91,9 @@ class Qwen3MLP(nn.Module):
         super().__init__()
         if hidden_act != "silu":
             raise ValueError(f"gated MLP supports hidden_act 'silu', got '{hidden_act}'")
-        self.gate_up_proj = nn.Linear(hidden_size, 2 * intermediate_size, bias=bias)
-        self.down_proj = nn.Linear(intermediate_size, hidden_size, bias=bias)
+        self.gate_up_proj = MergedColumnParallelLinear(hidden_size, [intermediate_size] * 2,
+                                                       bias=bias)
+        self.down_proj = RowParallelLinear(intermediate_size, hidden_size, bias=bias)
         self.act_fn = SiluAndMul()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -112,7 +125,7 @@ class Qwen3DecoderLayer(nn.Module):
 class Qwen3Model(nn.Module):
     def __init__(self, config: Any, lm: "Qwen3ForCausalLM"):
         super().__init__()
-        self.embed_tokens = nn.Embedding(config.vocab_size, config.hidden_size)
+        self.embed_tokens = VocabParallelEmbedding(config.vocab_size, config.hidden_size)
         rotary_emb = get_rope(config, head_dim_of(config))
         self.layers = nn.ModuleList(
             Qwen3DecoderLayer(config, Qwen3Attention(config, i, rotary_emb, lm.qk_norm,
@@ -135,17 +148,17 @@ class Qwen3ForCausalLM(nn.Module):
 
     qk_norm = True
     mlp_name = "mlp"
-    # HF name fragment -> (our fused parameter fragment, shard index).
-    stacked_params: dict[str, tuple[str, int]] = QKV_GATE_UP
+    # HF name fragment -> (our fused layer fragment, shard id).
+    stacked_params: dict[str, tuple[str, object]] = QKV_GATE_UP
 
     def __init__(self, hf_config: Any):
         super().__init__()
         self.config = hf_config
         self.model = Qwen3Model(hf_config, self)
-        self.lm_head = nn.Linear(hf_config.hidden_size, hf_config.vocab_size, bias=False)
+        self.lm_head = ParallelLMHead(hf_config.vocab_size, hf_config.hidden_size)
         self.tie_word_embeddings = bool(getattr(hf_config, "tie_word_embeddings", False))
         if self.tie_word_embeddings:
-            self.lm_head.weight = self.model.embed_tokens.weight
+            self.lm_head.tie(self.model.embed_tokens)
 
     # ---- hooks -------------------------------------------------------------------------------
     def qkv_bias(self, config: Any) -> bool:
@@ -173,5 +186,5 @@ class Qwen3ForCausalLM(nn.Module):
 
     def load_weights(self, weights: Iterable[tuple[str, torch.Tensor]]) -> None:
         """Load HF-named tensors; raises ValueError on unknown names or missing parameters."""
-        load_stacked(self, weights, self.stacked_params, qkv_sizes(self.config),
-                     experts=self.expert_mapper(), tied_head=self.tie_word_embeddings)
+        load_stacked(self, weights, self.stacked_params, experts=self.expert_mapper(),
+                     tied_head=self.tie_word_embeddings)

@@ -14,6 +14,7 @@ import torch
 from torch import nn
 
 from engine.layers.fused_moe import SparseMoeBlock, expert_weight_target
+from engine.layers.linear import ReplicatedLinear
 from engine.models.qwen3 import Qwen3ForCausalLM, Qwen3MLP
 
 
@@ -21,7 +22,6 @@ def is_sparse_layer(config: Any, layer_idx: int) -> bool:
     step = getattr(config, "decoder_sparse_step", 1) or 1
     return (layer_idx not in (getattr(config, "mlp_only_layers", None) or [])
             and config.num_experts > 0 and (layer_idx + 1) % step == 0)
-
 
 class Qwen2MoeSparseMoeBlock(SparseMoeBlock):
     """Routed experts plus a sigmoid-gated shared expert (HF module names)."""
@@ -31,12 +31,11 @@ class Qwen2MoeSparseMoeBlock(SparseMoeBlock):
                          config.moe_intermediate_size, bool(config.norm_topk_prob))
         self.shared_expert = Qwen3MLP(config.hidden_size, config.shared_expert_intermediate_size,
                                       config.hidden_act)
-        self.shared_expert_gate = nn.Linear(config.hidden_size, 1, bias=False)
+        self.shared_expert_gate = ReplicatedLinear(config.hidden_size, 1, bias=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         shared = torch.sigmoid(self.shared_expert_gate(x)) * self.shared_expert(x)
         return super().forward(x) + shared
-
 
 class Qwen3MoeForCausalLM(Qwen3ForCausalLM):
     qk_norm = True
@@ -49,7 +48,6 @@ class Qwen3MoeForCausalLM(Qwen3ForCausalLM):
 
     def expert_mapper(self):
         return expert_weight_target(self)
-
 
 class Qwen2MoeForCausalLM(Qwen3MoeForCausalLM):
     qk_norm = False

@@ -1,7 +1,7 @@
 """Loading HF checkpoints into models whose projections are stacked (fused) along rows.
 
 The newer model files (Phi, Phi-3, Qwen3, Gemma 3, the MoE models) share one loading loop: a
-checkpoint tensor either maps onto a row shard of a fused parameter (`q_proj` -> the q rows of
+checkpoint tensor either maps onto a shard of a fused linear layer (`q_proj` -> the q shard of
 `qkv_proj`), onto one expert's slice of a stacked expert tensor (see engine/layers/fused_moe.py),
 or onto a parameter of the same name. `WeightLoader` checks shapes and completeness.
 """
@@ -12,11 +12,13 @@ from typing import Callable, Iterable, Optional
 import torch
 from torch import nn
 
+from engine.layers.linear import LinearBase, QKVParallelLinear
 from engine.models.utils import WeightLoader, is_ignored
 
-# HF name fragment -> (our fused parameter fragment, shard index); a model passes its own table.
+# HF name fragment -> (our fused layer fragment, shard id); a model passes its own table.
 QKV_GATE_UP = {
-    ".q_proj.": (".qkv_proj.", 0), ".k_proj.": (".qkv_proj.", 1), ".v_proj.": (".qkv_proj.", 2),
+    ".q_proj.": (".qkv_proj.", "q"), ".k_proj.": (".qkv_proj.", "k"),
+    ".v_proj.": (".qkv_proj.", "v"),
     ".gate_proj.": (".gate_up_proj.", 0), ".up_proj.": (".gate_up_proj.", 1),
 }
 
@@ -24,26 +26,20 @@ QKV_GATE_UP = {
 ExpertMapper = Callable[[str], Optional[tuple[str, tuple]]]
 
 
-def qkv_sizes(config) -> list[int]:
-    """Row sizes of a fused qkv projection: [q, k, v]."""
-    heads = config.num_attention_heads
-    kv_heads = getattr(config, "num_key_value_heads", None) or heads
-    head_dim = getattr(config, "head_dim", None) or config.hidden_size // heads
-    return [heads * head_dim, kv_heads * head_dim, kv_heads * head_dim]
-
-
 def load_stacked(model: nn.Module, weights: Iterable[tuple[str, torch.Tensor]],
-                 stacked: dict[str, tuple[str, int]], qkv_rows: list[int],
+                 stacked: dict[str, tuple[str, object]],
                  rename: Callable[[str], Optional[str]] = lambda n: n,
                  experts: Optional[ExpertMapper] = None,
                  tied_head: bool = False) -> None:
     """Copy HF-named `weights` into `model`; ValueError on unknown names or missing parameters.
 
-    `rename` maps a checkpoint name to ours first (None skips the tensor). gate/up shards split
-    their fused parameter's rows in half; qkv shards use `qkv_rows`.
+    `rename` maps a checkpoint name to ours first (None skips the tensor). A separate q/k/v or
+    gate/up tensor loads into its shard of the fused layer; a tensor the checkpoint already
+    fuses (Phi-3's `qkv_proj`) is split into its shards first, so every parameter's loader takes
+    its tensor-parallel slice of each shard.
     """
     loader = WeightLoader(model)
-    params = dict(model.named_parameters())
+    modules = dict(model.named_modules())
     for src, tensor in weights:
         if is_ignored(src):
             continue
@@ -56,17 +52,30 @@ def load_stacked(model: nn.Module, weights: Iterable[tuple[str, torch.Tensor]],
             continue
         for hf_part, (fused, shard) in stacked.items():
             if hf_part in name:
-                dst = name.replace(hf_part, fused)
-                if dst not in params:
-                    raise ValueError(f"checkpoint weight '{src}' does not match any model "
-                                     "parameter")
-                if fused == ".qkv_proj.":
-                    sizes = qkv_rows
-                else:
-                    sizes = [params[dst].shape[0] // 2] * 2
-                start = sum(sizes[:shard])
-                loader.copy(dst, tensor, slice(start, start + sizes[shard]), src_name=src)
+                loader.copy(name.replace(hf_part, fused), tensor, src_name=src, shard_id=shard)
                 break
         else:
-            loader.copy(name, tensor, src_name=src)
+            layer = modules.get(name.rpartition(".")[0])
+            if isinstance(layer, LinearBase) and len(layer.checkpoint_sizes) > 1:
+                for shard, part in _split_fused(layer, name, tensor, src):
+                    loader.copy(name, part, src_name=src, shard_id=shard)
+            else:
+                loader.copy(name, tensor, src_name=src)
     loader.finish()
+
+
+def _split_fused(layer: LinearBase, name: str, tensor: torch.Tensor, src: str):
+    """(shard id, rows) of a checkpoint tensor holding every shard of a fused layer."""
+    param = getattr(layer, name.rpartition(".")[2], None)
+    dim = getattr(param, "output_dim", None)
+    if dim is None:
+        raise ValueError(f"checkpoint weight '{src}': cannot split a fused tensor without an "
+                         "output dim")
+    sizes = list(layer.checkpoint_sizes)
+    if getattr(param, "packed_dim", None) == dim:
+        sizes = [s // param.pack_factor for s in sizes]
+    if tensor.shape[dim] != sum(sizes):
+        raise ValueError(f"checkpoint weight '{src}' has {tensor.shape[dim]} rows along dim "
+                         f"{dim}, expected {sum(sizes)} (fused {sizes})")
+    ids = ["q", "k", "v"] if isinstance(layer, QKVParallelLinear) else range(len(sizes))
+    return zip(ids, tensor.split(sizes, dim=dim))

@@ -76,7 +76,8 @@ class GPTQLinearMethod(LinearMethod):
         layer.qzeros = param((g, n // pf), torch.int32, input_dim=0, output_dim=1,
                              packed_dim=1, pack_factor=pf)
         layer.scales = param((g, n), params_dtype, input_dim=0, output_dim=1)
-        layer.g_idx = param((k,), torch.int32, input_dim=0, optional=True)
+        layer.g_idx = param((k,), torch.int32, input_dim=0, optional=True,
+                            group_index_size=self.p.group(k))
         layer.g_idx.data.copy_(torch.arange(k) // self.p.group(k))
 
     def process_weights_after_loading(self, layer: nn.Module) -> None:
