@@ -229,6 +229,9 @@ class EngineArgs:
             # A verify step's accepted count decides the next step's input: no overlap.
             _require(not self.async_scheduling, "async_scheduling",
                      "cannot be combined with speculative_config")
+            # The draft model and verify chunks are not sharded across ranks yet.
+            _require(self.tensor_parallel_size == 1, "speculative_config",
+                     "cannot be combined with tensor_parallel_size > 1 yet")
         device = resolve_device(self.device)
         dtype = resolve_dtype(self.dtype, device)
         resolved = resolve_model(self.model, self.tokenizer, self.load_format,

@@ -26,6 +26,11 @@ class RequestGrammar:
         self._accepted: dict[int, int] = {}
         self._rejected: set[int] = set()
 
+    def __reduce__(self):
+        """Tensor-parallel workers receive requests pickled with each step; they sample only to
+        mirror rank 0 (whose samples are the ones reported), so they get no grammar."""
+        return (_no_grammar, ())
+
     def _matcher(self, seq: Sequence) -> Any:
         m = self._matchers.get(seq.seq_id)
         if m is None:
@@ -54,3 +59,7 @@ class RequestGrammar:
         """Row `row` of `bitmask` := the tokens the grammar allows next for `seq`."""
         self.advance(seq)
         self._matcher(seq).fill_next_token_bitmask(bitmask, row)
+
+
+def _no_grammar() -> None:
+    return None

@@ -63,13 +63,19 @@ def test_async_scheduling_then_dead_worker_fails_the_next_step(tiny_model_dir):
     path = tiny_model_dir("llama")
     params = SamplingParams(temperature=0, max_tokens=6, ignore_eos=True)
     prompts = PROMPTS[2:]
-    ref = [o.outputs[0].token_ids for o in
-           LLM(model=path, device="cpu").generate(prompts, params, use_tqdm=False)]
+    # A constrained request too: its grammar stays with rank 0 (workers get requests without it).
+    constrained = SamplingParams(temperature=0, max_tokens=8,
+                                 structured_outputs={"regex": "[0-9]{2}-[a-z]{2}"})
+    one = LLM(model=path, device="cpu")
+    ref = [o.outputs[0].token_ids for o in one.generate(prompts, params, use_tqdm=False)]
+    ref_constrained = one.generate(prompts[:1], constrained, use_tqdm=False)[0].outputs[0]
     llm = LLM(model=path, device="cpu", tensor_parallel_size=2, async_scheduling=True,
               distributed_timeout_s=60)
     try:
         outs = llm.generate(prompts, params, use_tqdm=False)
         assert [o.outputs[0].token_ids for o in outs] == ref
+        got = llm.generate(prompts[:1], constrained, use_tqdm=False)[0].outputs[0]
+        assert got.token_ids == ref_constrained.token_ids and len(got.text) == 5
         (pid,) = llm.llm_engine.core.runner.worker_pids()
         os.kill(pid, signal.SIGKILL)
         with pytest.raises(RuntimeError, match="tensor-parallel step failed: rank 1"):
@@ -95,3 +101,10 @@ def test_gptq_checkpoint_tp2_equals_tp1(tiny_model_dir, tmp_path):
         finally:
             llm.shutdown()
     assert got[2] == got[1]
+
+
+def test_speculation_with_tensor_parallelism_is_refused(tiny_model_dir):
+    with pytest.raises(ValueError, match="speculative_config: cannot be combined with "
+                                         "tensor_parallel_size"):
+        LLM(model=tiny_model_dir("llama"), device="cpu", tensor_parallel_size=2,
+            speculative_config={"method": "ngram", "num_speculative_tokens": 2})
