@@ -1,6 +1,6 @@
 """The async engine client the HTTP handlers talk to.
 
-`EngineClient` is the interface; `AsyncEngineClient` implements it over a `CoreClient` transport:
+`EngineClient` is the interface (server/engine_client_api.py); `AsyncEngineClient` implements it over a `CoreClient` transport:
 `mode="process"` runs the engine core in its own process (ZeroMQ), `mode="inproc"` in a thread of
 this process (tests). Either way this (HTTP) process tokenizes and validates requests
 (`InputProcessor`), detokenizes and applies stop strings (`OutputProcessor`), and hands each
@@ -17,7 +17,6 @@ import functools
 import itertools
 import logging
 import time
-from abc import ABC, abstractmethod
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Callable, Optional
 
@@ -27,77 +26,13 @@ from engine.outputs import EngineCoreOutput, RequestOutput
 from engine.sampling_params import SamplingParams
 from server.core_client import CoreClient, ProcessCoreClient, ThreadCoreClient
 from server.core_protocol import BlockMapReply, OutputBatch, Ready, StatsReply
+from server.engine_client_api import EngineClient  # noqa: F401 (re-exported)
 from server.engine_health import RestartBudget, RestartPolicy, StepWatchdog, restart_core
 from server.errors import EngineDeadError, from_value_error
 from server.metrics import ServerMetrics
 from server.request_stream import RequestState, RequestStream
 
 logger = logging.getLogger("pagedserve.server")
-
-
-class EngineClient(ABC):
-    """What the serving layer needs from an engine, whatever runs it."""
-
-    model_config: Any
-    tokenizer: Any
-
-    @abstractmethod
-    async def start(self) -> None: ...
-
-    @abstractmethod
-    async def shutdown(self) -> None: ...
-
-    @abstractmethod
-    async def add_request(self, request_id: str, prompt: Optional[str],
-                          prompt_token_ids: Optional[list[int]],
-                          params: SamplingParams,
-                          add_special_tokens: bool = True) -> "RequestStream":
-        """Validate, tokenize (off the event loop) and submit one request; iterate the returned
-        stream for its outputs.
-
-        Raises ValueError (invalid or over-long request, before anything is allocated) or
-        EngineDeadError. The caller must `close()` the stream when done with it (in a
-        `finally`): closing an unfinished stream aborts the request.
-        """
-
-    @abstractmethod
-    def abort(self, request_id: str) -> None: ...
-
-    @abstractmethod
-    async def tokenize(self, text: str, add_special_tokens: bool = True,
-                       check_length: bool = False, field: str = "prompt") -> list[int]:
-        """Token ids of `text` (in a worker thread); with `check_length`, text that cannot fit
-        the context is a ValueError naming `field`, refused as early as possible."""
-
-    @abstractmethod
-    def default_max_tokens(self, prompt_len: int, num_seqs: int) -> Optional[int]:
-        """max_tokens for a request that gives none (chat): as many as context and pool allow."""
-
-    @abstractmethod
-    async def get_stats(self) -> dict: ...
-
-    @abstractmethod
-    def health_problem(self) -> Optional[str]:
-        """Why the engine cannot serve now (dead, restarting, stuck in a step), or None."""
-
-    def is_healthy(self) -> bool:
-        return self.health_problem() is None
-
-    @abstractmethod
-    def num_waiting(self, adding: int = 0) -> int:
-        """Engine requests (one per prompt) that would wait for the scheduler if `adding` more
-        were submitted now: submitted but not yet scheduled, beyond the free batch slots."""
-
-    def reserve(self, num_prompts: int) -> None:
-        """Count prompts admitted past the queue limit that are still being tokenized (they
-        wait too); negative to release."""
-
-    def fail_in_flight(self, error: BaseException) -> None:
-        """End every in-flight request with `error` (shutdown timeout)."""
-
-    @property
-    def num_in_flight(self) -> int:
-        return 0
 
 
 class AsyncEngineClient(EngineClient):
