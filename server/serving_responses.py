@@ -20,6 +20,7 @@ from fastapi.responses import JSONResponse, StreamingResponse
 from engine.output_processor import DeltaTracker
 from engine.outputs import RequestOutput
 from engine.sampling_params import SamplingParams
+from engine.structured_output import StructuredOutputsParams
 from server.engine_client import EngineClient, RequestStream
 from server.errors import APIError, EngineDeadError, bad_request, engine_unavailable, \
     from_value_error
@@ -44,9 +45,6 @@ def _check_supported(req: ResponseRequest) -> None:
     extra = [k for k in (req.text or {}) if k != "format"]
     if extra:
         raise bad_request(f"text.{extra[0]}: not supported", f"text.{extra[0]}")
-    if fmt is not None and fmt != {"type": "text"}:
-        raise bad_request("text.format: only {\"type\": \"text\"} is supported yet (structured "
-                          "output is not available on this server)", "text.format")
     if req.tools:
         raise bad_request("tools: not supported yet (no tool calling on this server)", "tools")
     if req.tool_choice not in (None, "none", "auto"):
@@ -59,6 +57,26 @@ def _check_supported(req: ResponseRequest) -> None:
     if req.truncation == "auto":
         raise bad_request("truncation: only 'disabled' is supported (a prompt longer than the "
                           "context is a 400)", "truncation")
+
+
+def _text_format(req: ResponseRequest) -> Optional[StructuredOutputsParams]:
+    """`text.format`: text (no constraint), json_object, or json_schema (Responses' flat shape:
+    `{"type": "json_schema", "name", "schema", "strict"}`) -> the output constraint."""
+    fmt = (req.text or {}).get("format")
+    if fmt is None:
+        return None
+    kind = fmt.get("type") if isinstance(fmt, dict) else None
+    if kind == "text":
+        return None
+    if kind == "json_object":
+        return StructuredOutputsParams(json_object=True, field="text.format")
+    if kind == "json_schema":
+        schema = fmt.get("schema")
+        if not isinstance(schema, dict):
+            raise bad_request("text.format: json_schema needs a 'schema' object", "text.format")
+        return StructuredOutputsParams(json=schema, field="text.format")
+    raise bad_request(f"text.format: type must be 'text', 'json_object' or 'json_schema', got "
+                      f"{kind!r}", "text.format")
 
 
 def _messages(req: ResponseRequest) -> list[ChatMessage]:
@@ -84,6 +102,10 @@ class OpenAIServingResponses(OpenAIServing):
     async def create(self, req: ResponseRequest):
         self.check_model(req.model)
         _check_supported(req)
+        try:
+            structured = _text_format(req)
+        except ValueError as exc:
+            raise bad_request(str(exc), "text.format") from exc
         self.require_tokenizer("input")
         if req.max_output_tokens is not None and req.max_output_tokens < 1:
             raise bad_request(f"max_output_tokens: must be at least 1, got "
@@ -100,7 +122,8 @@ class OpenAIServingResponses(OpenAIServing):
         try:
             params = SamplingParams(
                 temperature=1.0 if req.temperature is None else req.temperature,
-                top_p=1.0 if req.top_p is None else req.top_p, max_tokens=max_tokens)
+                top_p=1.0 if req.top_p is None else req.top_p, max_tokens=max_tokens,
+                structured_outputs=structured)
         except ValueError as exc:
             err = from_value_error(exc)
             if err.param == "max_tokens":
@@ -127,7 +150,8 @@ class OpenAIServingResponses(OpenAIServing):
             "model": self.model_name, "output": [], "parallel_tool_calls": True,
             "previous_response_id": None, "reasoning": None, "store": False,
             "temperature": params.temperature, "top_p": params.top_p,
-            "text": {"format": {"type": "text"}}, "tool_choice": "auto", "tools": [],
+            "text": {"format": (req.text or {}).get("format") or {"type": "text"}},
+            "tool_choice": "auto", "tools": [],
             "truncation": "disabled", "usage": None, "user": req.user,
             "metadata": req.metadata or {},
         }

@@ -212,8 +212,9 @@ async def test_responses_api_with_the_sdk(sdk):
 async def test_responses_api_refuses_state_and_pending_features(fake_client):
     for body, param in (({"previous_response_id": "resp_1"}, "previous_response_id"),
                         ({"store": True}, "store"),
-                        ({"text": {"format": {"type": "json_schema", "name": "x",
-                                              "schema": {}}}}, "text.format"),
+                        ({"text": {"format": {"type": "xml"}}}, "text.format"),
+                        ({"text": {"format": {"type": "json_schema", "name": "x"}}},
+                         "text.format"),
                         ({"tools": [{"type": "function", "name": "f"}]}, "tools"),
                         ({"reasoning": {"effort": "low"}}, "reasoning"),
                         ({"input": [{"type": "function_call_output", "call_id": "c",

@@ -115,6 +115,21 @@ def test_openai_sdk_parse(server):
     assert isinstance(done.choices[0].message.parsed, Weather)
 
 
+def test_responses_api_text_format_json_schema(server):
+    """/v1/responses' `text.format` (its flat json_schema shape) constrains the output too."""
+    from openai import OpenAI
+    client = OpenAI(base_url=server.base_url + "/v1", api_key="none")
+    schema = Weather.model_json_schema()
+    resp = client.responses.create(
+        model="SmolLM2-135M-Instruct", input="What is the weather in Paris?", temperature=0,
+        max_output_tokens=64,
+        text={"format": {"type": "json_schema", "name": "weather", "schema": schema,
+                         "strict": True}})
+    assert resp.status == "completed"
+    Weather.model_validate_json(resp.output_text)
+    assert resp.text.format.type == "json_schema"
+
+
 def _langchain(server):
     from langchain_openai import ChatOpenAI
     return ChatOpenAI(base_url=server.base_url + "/v1", api_key="none", temperature=0,
