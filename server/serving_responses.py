@@ -28,6 +28,7 @@ from server.protocol import ChatMessage
 from server.protocol_responses import ResponseRequest
 from server.serving_base import OpenAIServing, close_all, last_output
 from server.serving_chat import render_chat
+from server.structured_request import format_constraint
 
 
 def _check_supported(req: ResponseRequest) -> None:
@@ -65,18 +66,9 @@ def _text_format(req: ResponseRequest) -> Optional[StructuredOutputsParams]:
     fmt = (req.text or {}).get("format")
     if fmt is None:
         return None
-    kind = fmt.get("type") if isinstance(fmt, dict) else None
-    if kind == "text":
-        return None
-    if kind == "json_object":
-        return StructuredOutputsParams(json_object=True, field="text.format")
-    if kind == "json_schema":
-        schema = fmt.get("schema")
-        if not isinstance(schema, dict):
-            raise bad_request("text.format: json_schema needs a 'schema' object", "text.format")
-        return StructuredOutputsParams(json=schema, field="text.format")
-    raise bad_request(f"text.format: type must be 'text', 'json_object' or 'json_schema', got "
-                      f"{kind!r}", "text.format")
+    if not isinstance(fmt, dict):
+        raise bad_request("text.format: must be an object", "text.format")
+    return format_constraint(fmt.get("type"), fmt.get("schema"), "text.format")
 
 
 def _messages(req: ResponseRequest) -> list[ChatMessage]:

@@ -15,24 +15,32 @@ from server.errors import bad_request
 _SO_KEYS = {"json", "regex", "choice", "grammar", "json_object", "disable_any_whitespace"}
 
 
-def _response_format(rf: dict[str, Any]) -> Optional[StructuredOutputsParams]:
-    kind = rf.get("type")
+def format_constraint(kind: Any, schema: Any, field: str,
+                      missing_schema_is_any_object: bool = False
+                      ) -> Optional[StructuredOutputsParams]:
+    """An OpenAI output format (`text`, `json_object`, `json_schema` + its schema) -> the
+    constraint; a 400 naming `field` for anything else. Chat's response_format lets a missing
+    schema mean "any JSON object"; the Responses API's text.format requires one."""
     if kind == "text":
         return None
-    if kind == "json_object":
-        return StructuredOutputsParams(json_object=True, field="response_format")
+    if kind == "json_object" or (kind == "json_schema" and schema is None
+                                 and missing_schema_is_any_object):
+        return StructuredOutputsParams(json_object=True, field=field)
     if kind == "json_schema":
-        js = rf.get("json_schema")
-        if not isinstance(js, dict) or not isinstance(js.get("schema", {}), dict):
-            raise bad_request("response_format: json_schema must be an object with a 'schema' "
-                              "object", "response_format")
-        # OpenAI lets a missing schema mean "any JSON object".
-        schema = js.get("schema")
-        if schema is None:
-            return StructuredOutputsParams(json_object=True, field="response_format")
-        return StructuredOutputsParams(json=schema, field="response_format")
-    raise bad_request(f"response_format: type must be 'text', 'json_object' or 'json_schema', "
-                      f"got {kind!r}", "response_format")
+        if not isinstance(schema, dict):
+            raise bad_request(f"{field}: json_schema needs a 'schema' object", field)
+        return StructuredOutputsParams(json=schema, field=field)
+    raise bad_request(f"{field}: type must be 'text', 'json_object' or 'json_schema', "
+                      f"got {kind!r}", field)
+
+
+def _response_format(rf: dict[str, Any]) -> Optional[StructuredOutputsParams]:
+    js = rf.get("json_schema")
+    if rf.get("type") == "json_schema" and not isinstance(js, dict):
+        raise bad_request("response_format: json_schema must be an object with a 'schema' "
+                          "object", "response_format")
+    return format_constraint(rf.get("type"), (js or {}).get("schema"), "response_format",
+                             missing_schema_is_any_object=True)
 
 
 def structured_outputs_from_request(req: Any) -> Optional[StructuredOutputsParams]:

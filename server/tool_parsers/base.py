@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import uuid
+from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from typing import Any, Optional
 
@@ -47,7 +48,7 @@ def call_from_obj(obj: Any) -> Optional[ParsedToolCall]:
     return ParsedToolCall(name=obj["name"], arguments=arguments_text(args))
 
 
-class ToolParser:
+class ToolParser(ABC):
     """Finds tool calls in a model's complete output.
 
     `start_markers`: text that begins a tool call in this format; while streaming, text from the
@@ -59,8 +60,9 @@ class ToolParser:
     # The marker counts only at the very start of the output (JSON/pythonic formats).
     markers_at_start_only = False
 
+    @abstractmethod
     def extract(self, text: str) -> ExtractedToolCalls:
-        raise NotImplementedError
+        """The tool calls in a finished output, and the content around them."""
 
     def content_end(self, text: str) -> int:
         """How much of a partial output is surely plain content (safe to stream)."""
