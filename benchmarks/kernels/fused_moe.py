@@ -1,4 +1,4 @@
-"""Microbenchmark: fused MoE (kernels/fused_moe.py) against the per-expert torch loop.
+"""Microbenchmark: fused MoE (gpu_kernels/fused_moe.py) against the per-expert torch loop.
 
 Mixtral-8x7B expert shape by default (hidden 4096, expert intermediate 14336, 8 experts, top-2,
 bf16) over a sweep of token counts. Reports milliseconds of both, the kernel's speedup and its
@@ -19,8 +19,8 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspa
 
 from benchmarks.kernels._common import bench_ms  # noqa: E402
 from benchmarks.record import append_result  # noqa: E402
-from kernels.fused_moe import fused_moe  # noqa: E402
-from kernels.fused_moe_ref import fused_moe_ref, select_experts  # noqa: E402
+from gpu_kernels.fused_moe import fused_moe  # noqa: E402
+from gpu_kernels.fused_moe_ref import fused_moe_ref, select_experts  # noqa: E402
 
 
 def measure(tokens: int, hidden: int, inter: int, experts: int, top_k: int,

@@ -21,7 +21,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspa
 
 from benchmarks.kernels._common import bench_ms, random_block_tables  # noqa: E402
 from benchmarks.record import append_result  # noqa: E402
-from kernels.prefill_attention import prefill_attention  # noqa: E402
+from gpu_kernels.prefill_attention import prefill_attention  # noqa: E402
 
 
 def _sdpa_fn(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> tuple[Callable, str]:

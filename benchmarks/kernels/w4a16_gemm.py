@@ -1,4 +1,4 @@
-"""Microbenchmark: the W4A16 GEMM (kernels/w4a16_gemm.py) at Llama-3-8B projection shapes.
+"""Microbenchmark: the W4A16 GEMM (gpu_kernels/w4a16_gemm.py) at Llama-3-8B projection shapes.
 
 Per batch size M: kernel time, the weight floor (packed int4 weight + scales + zeros bytes over
 the measured copy bandwidth) -> `over_floor` (time / floor; the target is <= 1.3 at M = 1), and
@@ -21,7 +21,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspa
 from benchmarks.kernels._common import bench_ms, copy_bandwidth  # noqa: E402
 from benchmarks.record import append_result  # noqa: E402
 from engine.quantization.base import pack_int32  # noqa: E402
-from kernels.w4a16_gemm import w4a16_gemm  # noqa: E402
+from gpu_kernels.w4a16_gemm import w4a16_gemm  # noqa: E402
 
 # (name, K, N) of Llama-3-8B's linear layers: fused qkv, o, fused gate_up, down.
 SHAPES = [("qkv", 4096, 6144), ("o", 4096, 4096), ("gate_up", 4096, 28672),

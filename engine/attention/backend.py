@@ -11,8 +11,8 @@ from typing import Optional, Protocol
 import torch
 
 from engine.attention.metadata import AttentionMetadata
-from kernels.paged_attention_ref import paged_attention_ref
-from kernels.reshape_and_cache_ref import reshape_and_cache_ref
+from gpu_kernels.paged_attention_ref import paged_attention_ref
+from gpu_kernels.reshape_and_cache_ref import reshape_and_cache_ref
 
 
 class AttentionBackend(Protocol):

@@ -13,9 +13,9 @@ from typing import Optional
 import torch
 
 from engine.attention.metadata import AttentionMetadata
-from kernels.paged_attention import paged_attention_decode
-from kernels.prefill_attention import prefill_attention
-from kernels.reshape_and_cache import reshape_and_cache
+from gpu_kernels.paged_attention import paged_attention_decode
+from gpu_kernels.prefill_attention import prefill_attention
+from gpu_kernels.reshape_and_cache import reshape_and_cache
 
 
 # Below this many leading decodes a mixed step stays in one prefill launch.

@@ -15,7 +15,7 @@ from torch import nn
 def silu_and_mul(x: torch.Tensor) -> torch.Tensor:
     """x [..., 2*d] = [gate | up] -> silu(gate) * up, [..., d]."""
     if x.is_cuda and x.dtype != torch.float32:
-        from kernels.activation import silu_and_mul as fused_silu_and_mul
+        from gpu_kernels.activation import silu_and_mul as fused_silu_and_mul
         return fused_silu_and_mul(x)
     d = x.shape[-1] // 2
     return F.silu(x[..., :d]) * x[..., d:]

@@ -1,7 +1,7 @@
 """Mixture-of-experts MLP layer: a router plus every expert's weights stacked in two tensors.
 
 `w13_weight` [E, 2I, H] holds each expert's [gate | up] rows and `w2_weight` [E, H, I] its down
-projection, so one fused kernel (kernels/fused_moe.py) runs all experts; on the CPU and in fp32
+projection, so one fused kernel (gpu_kernels/fused_moe.py) runs all experts; on the CPU and in fp32
 the pure-torch reference runs instead. Under tensor parallelism the experts are replicated on
 every rank (each computes the whole block on the replicated residual stream; no collective). `expert_weight_target` maps checkpoint names onto the
 stacked tensors: per-expert names (Mixtral's `experts.{e}.w1/w2/w3`, Qwen's
@@ -17,7 +17,7 @@ import torch
 from torch import nn
 
 from engine.layers.linear import ReplicatedLinear
-from kernels.fused_moe_ref import fused_moe_ref, select_experts
+from gpu_kernels.fused_moe_ref import fused_moe_ref, select_experts
 
 # Per-expert checkpoint names -> (our stacked parameter, shard: 0 gate, 1 up, None whole).
 _PER_EXPERT = re.compile(r"^(?P<prefix>.*\.experts)\.(?P<e>\d+)\."
@@ -42,7 +42,7 @@ class FusedMoEExperts(nn.Module):
     def forward(self, x: torch.Tensor, topk_weights: torch.Tensor,
                 topk_ids: torch.Tensor) -> torch.Tensor:
         if x.is_cuda and x.dtype != torch.float32:
-            from kernels.fused_moe import fused_moe
+            from gpu_kernels.fused_moe import fused_moe
             return fused_moe(x, self.w13_weight, self.w2_weight, topk_weights.to(x.dtype),
                              topk_ids)
         return fused_moe_ref(x, self.w13_weight, self.w2_weight, topk_weights, topk_ids)

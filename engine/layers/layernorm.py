@@ -16,7 +16,7 @@ def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float,
     `(rms_norm(x + residual), x + residual)`; without it returns the normalised tensor.
     """
     if x.is_cuda and x.dtype != torch.float32:
-        from kernels.rms_norm import rms_norm as fused_rms_norm
+        from gpu_kernels.rms_norm import rms_norm as fused_rms_norm
         out, new_residual = fused_rms_norm(x, weight, eps, residual)
         return out if residual is None else (out, new_residual)
     if residual is not None:

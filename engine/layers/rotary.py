@@ -206,7 +206,7 @@ class RotaryEmbedding(nn.Module):
             self.cos_sin_cache = self._build(int(positions.max()) * 2 + 1)
         if q.is_cuda and q.dtype != torch.float32:
             # Fused Triton kernel, in place on the q/k views (one launch for both).
-            from kernels.rotary import rotary_embedding
+            from gpu_kernels.rotary import rotary_embedding
             rotary_embedding(positions, q, k, self.head_dim, self.cos_sin_cache,
                              self.is_neox_style)
             return q, k

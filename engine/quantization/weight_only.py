@@ -11,7 +11,7 @@ the kernel reads:
 - `perm` int64 [K] or None: act-order (GPTQ desc_act) checkpoints are permuted along K at load so
   that groups are contiguous; the forward pass then reads x[:, perm].
 
-The CPU path dequantizes (the reference); CUDA runs `kernels/w4a16_gemm.py`.
+The CPU path dequantizes (the reference); CUDA runs `gpu_kernels/w4a16_gemm.py`.
 """
 from __future__ import annotations
 
@@ -94,7 +94,7 @@ def apply_weight_only(layer: nn.Module, x: torch.Tensor,
     if layer.w_perm is not None:
         x = x.index_select(1, layer.w_perm)
     if x.is_cuda:
-        from kernels.w4a16_gemm import w4a16_gemm
+        from gpu_kernels.w4a16_gemm import w4a16_gemm
         out = w4a16_gemm(x, layer.w_qweight, layer.w_scales, layer.w_zeros, layer.w_bits,
                          layer.w_group)
     else:

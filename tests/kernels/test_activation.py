@@ -4,7 +4,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from kernels.activation import silu_and_mul, silu_and_mul_ref
+from gpu_kernels.activation import silu_and_mul, silu_and_mul_ref
 from tests.kernels._paged import rel_err
 
 

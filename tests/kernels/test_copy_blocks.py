@@ -4,7 +4,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from kernels.copy_blocks import copy_blocks, copy_blocks_ref, swap_blocks, swap_blocks_ref
+from gpu_kernels.copy_blocks import copy_blocks, copy_blocks_ref, swap_blocks, swap_blocks_ref
 
 
 def _caches(layers, shape, dtype, device):

@@ -10,11 +10,11 @@ from __future__ import annotations
 import pytest
 import torch
 
-from kernels.paged_attention import paged_attention_decode
-from kernels.paged_attention_ref import paged_attention_ref
-from kernels.prefill_attention import prefill_attention
-from kernels.reshape_and_cache import reshape_and_cache
-from kernels.reshape_and_cache_ref import reshape_and_cache_ref
+from gpu_kernels.paged_attention import paged_attention_decode
+from gpu_kernels.paged_attention_ref import paged_attention_ref
+from gpu_kernels.prefill_attention import prefill_attention
+from gpu_kernels.reshape_and_cache import reshape_and_cache
+from gpu_kernels.reshape_and_cache_ref import reshape_and_cache_ref
 from tests.kernels._paged import rel_err
 
 F8 = torch.float8_e4m3fn

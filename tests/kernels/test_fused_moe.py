@@ -4,8 +4,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from kernels.fused_moe import fused_moe, moe_align_block_size
-from kernels.fused_moe_ref import fused_moe_ref, select_experts
+from gpu_kernels.fused_moe import fused_moe, moe_align_block_size
+from gpu_kernels.fused_moe_ref import fused_moe_ref, select_experts
 from tests.kernels._paged import rel_err
 
 HIDDEN, INTER = 48, 40  # not powers of two: exercises the column and K masks

@@ -4,7 +4,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from kernels.paged_attention import paged_attention_decode, paged_attention_decode_ref
+from gpu_kernels.paged_attention import paged_attention_decode, paged_attention_decode_ref
 from tests.kernels._paged import make_paged_case, poisoned_like, rel_err
 
 F32_TOL = 1e-4

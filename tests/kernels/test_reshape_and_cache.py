@@ -4,7 +4,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from kernels.reshape_and_cache import reshape_and_cache, reshape_and_cache_ref
+from gpu_kernels.reshape_and_cache import reshape_and_cache, reshape_and_cache_ref
 
 
 def _run(num_tokens, kv_heads, head_dim, block_size, dtype, device, pad=0):

@@ -4,7 +4,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from kernels.rms_norm import rms_norm, rms_norm_ref
+from gpu_kernels.rms_norm import rms_norm, rms_norm_ref
 from tests.kernels._paged import rel_err
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from kernels.rotary import rotary_embedding, rotary_embedding_ref
+from gpu_kernels.rotary import rotary_embedding, rotary_embedding_ref
 from tests.kernels._paged import rel_err
 
 

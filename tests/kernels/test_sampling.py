@@ -6,7 +6,7 @@ import math
 import pytest
 import torch
 
-from kernels.sampling import sample_tokens, sample_tokens_ref
+from gpu_kernels.sampling import sample_tokens, sample_tokens_ref
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])

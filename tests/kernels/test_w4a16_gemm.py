@@ -9,7 +9,7 @@ import torch
 
 from engine.quantization.base import pack_int32
 from engine.quantization.weight_only import WeightOnlyParams, to_canonical
-from kernels.w4a16_gemm import w4a16_gemm, w4a16_gemm_ref
+from gpu_kernels.w4a16_gemm import w4a16_gemm, w4a16_gemm_ref
 from tests.kernels._paged import rel_err
 
 

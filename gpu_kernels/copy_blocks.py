@@ -13,7 +13,7 @@ from typing import Optional, Sequence
 
 import torch
 
-from kernels._triton_utils import cdiv, require_triton, tl, triton
+from gpu_kernels._triton_utils import cdiv, require_triton, tl, triton
 
 _TILE = 2048  # elements per program: a block of 16 x 8 heads x 128 is 8 tiles
 

@@ -11,11 +11,11 @@ from typing import Optional
 
 import torch
 
-from kernels._triton_utils import (FLOAT_DTYPES, check_dtype, next_pow2, require_triton,
+from gpu_kernels._triton_utils import (FLOAT_DTYPES, check_dtype, next_pow2, require_triton,
                                    same_device, tl, triton)
 
 if triton is not None:
-    from kernels._triton_utils import round_to
+    from gpu_kernels._triton_utils import round_to
 
     @triton.jit
     def _rms_norm_kernel(x_ptr, res_ptr, w_ptr, out_ptr, res_out_ptr, n, eps,

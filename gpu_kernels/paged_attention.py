@@ -25,10 +25,10 @@ from typing import Optional
 
 import torch
 
-from kernels._triton_utils import (cdiv, check_dtype, check_last_dim_contiguous, interpreting,
+from gpu_kernels._triton_utils import (cdiv, check_dtype, check_last_dim_contiguous, interpreting,
                                    next_pow2, num_sms, output_like, require_triton, same_device,
                                    tl, triton)
-from kernels.paged_attention_ref import paged_attention_ref
+from gpu_kernels.paged_attention_ref import paged_attention_ref
 
 LOG2E = 1.4426950408889634
 SUPPORTED_HEAD_SIZES = (64, 80, 96, 128, 256)

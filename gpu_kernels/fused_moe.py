@@ -1,6 +1,6 @@
 """Fused mixture-of-experts MLP: tokens grouped by expert, two grouped GEMMs, weighted reduce.
 
-Computes what `kernels/fused_moe_ref.py` computes (out[t] = sum_k w[t,k] * expert_{ids[t,k]}(x[t])
+Computes what `gpu_kernels/fused_moe_ref.py` computes (out[t] = sum_k w[t,k] * expert_{ids[t,k]}(x[t])
 with a SiLU-gated expert MLP) without a Python loop over experts, following the grouped-GEMM
 scheme of vLLM's / SGLang's fused_moe:
 
@@ -23,11 +23,11 @@ from typing import Optional
 
 import torch
 
-from kernels._triton_utils import (FLOAT_DTYPES, cdiv, check_dtype, interpreting, require_triton,
+from gpu_kernels._triton_utils import (FLOAT_DTYPES, cdiv, check_dtype, interpreting, require_triton,
                                    tl, triton)
 
 if triton is not None:
-    from kernels._triton_utils import round_to
+    from gpu_kernels._triton_utils import round_to
 
     @triton.jit
     def _moe_gate_up_kernel(x_ptr, w_ptr, out_ptr, sorted_ptr, expert_ptr, num_padded_ptr,

@@ -3,7 +3,7 @@
 `x` [T, H] tokens, `w13` [E, 2I, H] each expert's stacked [gate | up] projection, `w2` [E, H, I]
 its down projection, `topk_ids` / `topk_weights` [T, K] each token's experts and their weights.
 out[t] = sum_k topk_weights[t, k] * w2[e] @ (silu(w13[e, :I] @ x[t]) * (w13[e, I:] @ x[t])),
-e = topk_ids[t, k]. This is the CPU engine's MoE and the ground truth of kernels/fused_moe.py.
+e = topk_ids[t, k]. This is the CPU engine's MoE and the ground truth of gpu_kernels/fused_moe.py.
 """
 from __future__ import annotations
 

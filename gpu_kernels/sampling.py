@@ -18,7 +18,7 @@ from typing import Optional
 
 import torch
 
-from kernels._triton_utils import (FLOAT_DTYPES, cdiv, check_dtype, check_last_dim_contiguous,
+from gpu_kernels._triton_utils import (FLOAT_DTYPES, cdiv, check_dtype, check_last_dim_contiguous,
                                    num_sms, require_triton, same_device, tl, triton)
 
 _BLOCK = 1024

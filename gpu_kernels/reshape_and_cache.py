@@ -12,9 +12,9 @@ from __future__ import annotations
 
 import torch
 
-from kernels._triton_utils import (check_last_dim_contiguous, next_pow2, require_triton,
+from gpu_kernels._triton_utils import (check_last_dim_contiguous, next_pow2, require_triton,
                                    same_device, tl, triton)
-from kernels.reshape_and_cache_ref import reshape_and_cache_ref
+from gpu_kernels.reshape_and_cache_ref import reshape_and_cache_ref
 
 __all__ = ["reshape_and_cache", "reshape_and_cache_ref"]
 

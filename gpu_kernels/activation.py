@@ -12,11 +12,11 @@ from typing import Optional
 import torch
 import torch.nn.functional as F
 
-from kernels._triton_utils import (FLOAT_DTYPES, cdiv, check_dtype, check_last_dim_contiguous,
+from gpu_kernels._triton_utils import (FLOAT_DTYPES, cdiv, check_dtype, check_last_dim_contiguous,
                                    require_triton, tl, triton)
 
 if triton is not None:
-    from kernels._triton_utils import round_to
+    from gpu_kernels._triton_utils import round_to
 
     @triton.jit
     def _silu_and_mul_kernel(x_ptr, out_ptr, d, stride_x, stride_o, BLOCK: tl.constexpr):

@@ -13,11 +13,11 @@ from typing import Optional
 
 import torch
 
-from kernels._triton_utils import (FLOAT_DTYPES, check_dtype, next_pow2, require_triton,
+from gpu_kernels._triton_utils import (FLOAT_DTYPES, check_dtype, next_pow2, require_triton,
                                    same_device, tl, triton)
 
 if triton is not None:
-    from kernels._triton_utils import round_to
+    from gpu_kernels._triton_utils import round_to
 
     @triton.jit
     def _rotate_heads(x_ptr, stride_h, cos, sin, heads, HALF: tl.constexpr,

@@ -24,12 +24,12 @@ from typing import Optional
 
 import torch
 
-from kernels._triton_utils import (cdiv, next_pow2, output_like, require_triton, same_device, tl,
+from gpu_kernels._triton_utils import (cdiv, next_pow2, output_like, require_triton, same_device, tl,
                                    triton)
-from kernels.paged_attention import LOG2E, _check_cache
+from gpu_kernels.paged_attention import LOG2E, _check_cache
 if triton is not None:
-    from kernels.paged_attention import softcap_log2
-from kernels.paged_attention_ref import paged_attention_ref
+    from gpu_kernels.paged_attention import softcap_log2
+from gpu_kernels.paged_attention_ref import paged_attention_ref
 
 prefill_attention_ref = paged_attention_ref
 

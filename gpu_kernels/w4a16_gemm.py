@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import torch
 
-from kernels._triton_utils import FLOAT_DTYPES, check_dtype, require_triton, same_device, tl, triton
+from gpu_kernels._triton_utils import FLOAT_DTYPES, check_dtype, require_triton, same_device, tl, triton
 
 if triton is not None:
 
