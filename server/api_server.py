@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import logging
 import os
 import signal
@@ -87,6 +88,11 @@ def build_app(engine: EngineClient, args: ServerArgs, served_model_names: list[s
             host = "localhost" if args.host in ("0.0.0.0", "::", "") else args.host
             logger.info("Ready: http://%s:%d/v1 (live dashboard: http://%s:%d/dashboard)",
                         host, args.port, host, args.port)
+        # The startup heap (torch, transformers, the tokenizer, the app: ~10^6 objects) leaves the
+        # cyclic GC's passes. Unfrozen, each full pass over it stalled the event loop for 0.2 s
+        # under load (every stream's next token and every new request's first one waited).
+        gc.collect()
+        gc.freeze()
         on_started = getattr(app.state, "on_started", None)
         if on_started is not None:
             on_started()
