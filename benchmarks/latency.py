@@ -21,7 +21,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import torch  # noqa: E402
 
-from benchmarks.kernels._common import copy_bandwidth  # noqa: E402
+from benchmarks.kernel_bench._common import copy_bandwidth  # noqa: E402
 from benchmarks.model_shapes import shape_folder  # noqa: E402
 from benchmarks.record import append_result  # noqa: E402
 

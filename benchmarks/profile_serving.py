@@ -52,13 +52,19 @@ class StepTimer:
         self._launch = runner.launch
         runner.launch = self.launch
         self._replayed = False
+        self._run = None
         if runner.graphs is not None:
-            run = runner.graphs.run
+            run = self._run = runner.graphs.run
 
             def counted(inputs):
                 self._replayed = True
                 return run(inputs)
             runner.graphs.run = counted
+
+    def restore(self) -> None:
+        self.runner.launch = self._launch
+        if self.runner.graphs is not None:
+            self.runner.graphs.run = self._run
 
     def launch(self, out, prev=None):
         events = None
@@ -86,9 +92,11 @@ def main() -> None:
     ap.add_argument("--workload", default="sharegpt_like")
     ap.add_argument("--workload-dir", default=None)
     ap.add_argument("--num-requests", type=int, default=500)
-    ap.add_argument("--request-rate", type=float, default=32.0)
+    ap.add_argument("--request-rate", type=float, nargs="+", default=[32.0],
+                    help="one run per rate, on the same engine ('inf': all at once)")
     ap.add_argument("--max-num-batched-tokens", type=int, default=None)
     ap.add_argument("--max-cuda-graph-tokens", type=int, default=None)
+    ap.add_argument("--gpu-memory-utilization", type=float, default=None)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--output", default=None)
     args = ap.parse_args()
@@ -100,6 +108,8 @@ def main() -> None:
         kw["max_num_batched_tokens"] = args.max_num_batched_tokens
     if args.max_cuda_graph_tokens is not None:
         kw["max_cuda_graph_tokens"] = args.max_cuda_graph_tokens
+    if args.gpu_memory_utilization:
+        kw["gpu_memory_utilization"] = args.gpu_memory_utilization
     eng = LLMEngine.from_engine_args(EngineArgs(model=spec.model, seed=0, **kw))
     reqs = load_workload(args.workload, args.num_requests, args.workload_dir)
     prompts = random_prompt_token_ids(reqs, eng.core.runner.vocab_size, seed=args.seed)
@@ -113,13 +123,27 @@ def main() -> None:
         eng.step()
     gc.collect()
     gc.freeze()  # as the server's engine core process does after loading
+    reports = []
+    for rate in args.request_rate:
+        report = run_load(eng, reqs, prompts, params, rate, args.seed)
+        report["params"] = dict(vars(args), request_rate=rate, model=spec.label)
+        print(f"== request rate {rate}")
+        print_report(report)
+        reports.append(report)
+    if args.output:
+        with open(args.output, "w") as f:
+            json.dump(reports if len(reports) > 1 else reports[0], f, indent=2)
+
+
+def run_load(eng, reqs, prompts, params, rate: float, seed: int) -> dict:
+    """One load at `rate` through `eng`; returns summarize()'s report."""
     timer = StepTimer(eng.core.runner)
-    rng = random.Random(args.seed + 1)
+    rng = random.Random(seed + 1)
     arrivals, t = [], 0.0
     for _ in reqs:
         arrivals.append(t)
-        if args.request_rate != float("inf"):
-            t += rng.expovariate(args.request_rate)
+        if rate != float("inf"):
+            t += rng.expovariate(rate)
     added, first, last, ntok = {}, {}, {}, {}
     nxt = 0
     sync()
@@ -127,7 +151,7 @@ def main() -> None:
     while nxt < len(reqs) or eng.has_unfinished_requests():
         now = time.perf_counter() - t_run
         while nxt < len(reqs) and arrivals[nxt] <= now:
-            rid = str(nxt)
+            rid = f"{rate}-{nxt}"
             eng.add_request(rid, None, params(reqs[nxt].output_len),
                             prompt_token_ids=prompts[nxt])
             added[rid] = time.perf_counter()
@@ -143,13 +167,8 @@ def main() -> None:
                 last[o.request_id], ntok[o.request_id] = time.perf_counter(), n
     sync()
     wall = time.perf_counter() - t_run
-    report = summarize(timer.rows, wall, added, first, last, ntok)
-    report["params"] = dict(vars(args), model=spec.label)
-    print_report(report)
-    if args.output:
-        with open(args.output, "w") as f:
-            json.dump(report, f, indent=2)
-
+    timer.restore()
+    return summarize(timer.rows, wall, added, first, last, ntok)
 
 def summarize(rows, wall, added, first, last, ntok) -> dict:
     prev_end = None

@@ -42,8 +42,8 @@ def run(name: str, argv: list[str], rows: list, timeout: int = 400) -> None:
 def main() -> None:
     wdir = os.environ.get("WORKLOAD_DIR", os.path.join(ROOT, "..", "shared", "workloads"))
     rows: list = []
-    run("decode_attention", ["benchmarks/kernels/decode_attention.py"], rows)
-    run("prefill_attention", ["benchmarks/kernels/prefill_attention.py"], rows)
+    run("decode_attention", ["benchmarks/kernel_bench/decode_attention.py"], rows)
+    run("prefill_attention", ["benchmarks/kernel_bench/prefill_attention.py"], rows)
     run("latency", ["benchmarks/latency.py", "--model-shape", "llama3-8b"], rows)
     for wl in ("sharegpt_like", "fixed_512_256"):
         run(f"throughput_{wl}", ["benchmarks/throughput.py", "--workload", wl, "--workload-dir",

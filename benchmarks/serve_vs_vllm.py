@@ -75,6 +75,8 @@ def start(args) -> None:
         print(f"{name} ready in {time.time() - t0:.0f} s (pid {proc.pid})", flush=True)
         with open("/tmp/serve_vs_vllm.pids", "a") as f:  # `stop` ends exactly these
             f.write(f"{proc.pid}\n")
+        with open(f"/tmp/serve_vs_vllm.{name}.pid", "w") as f:  # CpuUse finds its processes
+            f.write(f"{proc.pid}\n")
 
 
 def stop(args) -> None:
@@ -129,6 +131,41 @@ class GpuBusy:
         return statistics.mean(self.samples) if self.samples else None
 
 
+class CpuUse:
+    """CPU cores each process of one server's tree used over a run (user + system time / wall):
+    which side (HTTP frontend, engine core) is busy, next to the GPU's figure."""
+
+    def __init__(self, name: str):
+        self.name, self.cores = name, {}
+
+    def _procs(self) -> dict:
+        import psutil
+        path = f"/tmp/serve_vs_vllm.{self.name}.pid"
+        try:
+            root = psutil.Process(int(open(path).read()))
+            procs = [root] + root.children(recursive=True)
+        except (OSError, ValueError, psutil.Error):
+            return {}
+        out = {}
+        for p in procs:
+            try:
+                t = p.cpu_times()
+                out[(p.pid, " ".join(p.cmdline()[:4])[-60:])] = t.user + t.system
+            except psutil.Error:
+                pass
+        return out
+
+    def __enter__(self):
+        self._t0, self._c0 = time.perf_counter(), self._procs()
+        return self
+
+    def __exit__(self, *exc):
+        wall, c1 = time.perf_counter() - self._t0, self._procs()
+        used = {f"{pid} {cmd}": round((c - self._c0.get((pid, cmd), 0.0)) / wall, 2)
+                for (pid, cmd), c in c1.items()}
+        self.cores = {k: v for k, v in sorted(used.items(), key=lambda kv: -kv[1]) if v >= 0.05}
+
+
 def bench(args) -> None:
     from benchmarks import serving
     results = json.load(open(args.results)) if os.path.exists(args.results) else []
@@ -144,16 +181,16 @@ def bench(args) -> None:
                         str(num), "--request-rate", c["rate"], "--vocab-size", "128000"]
                 if c["conc"]:
                     argv += ["--max-concurrency", str(c["conc"])]
-                with GpuBusy() as busy:
+                with GpuBusy() as busy, CpuUse(name) as cpu:
                     rec = serving.main(argv)[0]
-                m = dict(rec["metrics"], gpu_busy_pct=busy.mean)
+                m = dict(rec["metrics"], gpu_busy_pct=busy.mean, cpu_cores=cpu.cores)
                 results.append(dict(server=name, case=case, round=rnd + args.round_offset,
                                     metrics=m, device=rec["device"], versions=rec["versions"],
                                     git_sha=rec["git_sha"], date=rec["date"]))
                 print(f"{case} {name}: " + ", ".join(
                     f"{k}={m.get(k)}" for k, _ in JUDGED[case] + [("gpu_busy_pct", 0),
-                                                                  ("num_errors", 0)]),
-                      flush=True)
+                                                                  ("num_errors", 0)])
+                      + f"; cpu cores {m['cpu_cores']}", flush=True)
                 with open(args.results, "w") as f:
                     json.dump(results, f, indent=1)
                 if os.environ.get("OUT"):

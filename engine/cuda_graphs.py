@@ -44,11 +44,13 @@ def graph_batch_sizes(max_bs: int) -> list[int]:
 
 
 def mixed_token_sizes(max_tokens: int) -> list[int]:
-    """Padded row counts of mixed graphs: 16, 32, then every 32 (GEMM padding stays under 32
-    rows, about a 5% of a 512-row step)."""
+    """Padded row counts of mixed graphs: 16, 32, every 32 up to 512, every 64 up to 1024, then
+    every 128 (GEMM padding stays under about 12% of a step's rows)."""
     if max_tokens <= 0:
         return []
-    sizes = [t for t in (16, 32) if t <= max_tokens] + list(range(64, max_tokens + 1, 32))
+    sizes = [t for t in (16, 32) if t <= max_tokens] + list(range(64, min(512, max_tokens) + 1, 32))
+    sizes += list(range(576, min(1024, max_tokens) + 1, 64))
+    sizes += list(range(1152, max_tokens + 1, 128))
     if max_tokens not in sizes:
         sizes.append(max_tokens)
     return sorted(set(sizes))

@@ -168,7 +168,7 @@ if triton is not None:
 
 def _default_config(max_query_len: int, d_pad: int, device: torch.device) -> dict[str, int]:
     """Tile sizes. Long prompts: 128x32 tiles, 4 warps, 3 stages (best of 12 configurations at
-    8 x 2048, 32/8 heads, d=128 bf16 on an H200; see benchmarks/kernels/NOTES.md)."""
+    8 x 2048, 32/8 heads, d=128 bf16 on an H200; see benchmarks/kernel_bench/NOTES.md)."""
     if max_query_len <= 16:
         return dict(block_m=16, block_n=64 if d_pad <= 128 else 32, num_warps=4, num_stages=2)
     if max_query_len <= 64:

@@ -44,6 +44,9 @@ def test_mixed_token_sizes():
     assert mixed_token_sizes(0) == []
     assert mixed_token_sizes(512)[:4] == [16, 32, 64, 96] and mixed_token_sizes(512)[-1] == 512
     assert mixed_token_sizes(100) == [16, 32, 64, 96, 100]
+    big = mixed_token_sizes(2048)
+    assert big[-1] == 2048 and big[16:19] == [512, 576, 640] and big[24:26] == [1024, 1152]
+    assert all(b - a <= 0.125 * b for a, b in zip(big, big[1:]) if b >= 256)  # padding < 12.5%
 
 
 def test_graph_layout_matches_eager(tiny_model_dir, monkeypatch):

@@ -4,7 +4,7 @@ Main point: batch 64, context 4096, 32 query / 8 KV heads, d=128, block 16, bf16
 `bw_fraction`. Bytes counted: every K/V byte of the contexts read once, plus queries, outputs and
 block tables. Also a sweep over batch and context. Appends to benchmarks/results/decode_attention.jsonl.
 
-    python benchmarks/kernels/decode_attention.py [--no-sweep] [--tune]
+    python benchmarks/kernel_bench/decode_attention.py [--no-sweep] [--tune]
 """
 from __future__ import annotations
 
@@ -17,7 +17,7 @@ import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
 
-from benchmarks.kernels._common import bench_ms, copy_bandwidth, random_block_tables  # noqa: E402
+from benchmarks.kernel_bench._common import bench_ms, copy_bandwidth, random_block_tables  # noqa: E402
 from benchmarks.record import append_result  # noqa: E402
 from gpu_kernels.paged_attention import paged_attention_decode  # noqa: E402
 

@@ -6,7 +6,7 @@ the bf16 dense matmul (`torch.matmul`) of the same shape -> `vs_bf16` (bf16 time
 Appends `bench: "quantization"` records with params.case `w4a16_gemm_m<M>` to
 benchmarks/results/quantization.jsonl. CUDA only.
 
-    python benchmarks/kernels/w4a16_gemm.py [--m 1 16 64 256] [--group 128]
+    python benchmarks/kernel_bench/w4a16_gemm.py [--m 1 16 64 256] [--group 128]
 """
 from __future__ import annotations
 
@@ -18,7 +18,7 @@ import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
 
-from benchmarks.kernels._common import bench_ms, copy_bandwidth  # noqa: E402
+from benchmarks.kernel_bench._common import bench_ms, copy_bandwidth  # noqa: E402
 from benchmarks.record import append_result  # noqa: E402
 from engine.quantization.base import pack_int32  # noqa: E402
 from gpu_kernels.w4a16_gemm import w4a16_gemm  # noqa: E402
@@ -40,7 +40,7 @@ def measure(m: int, k: int, n: int, group: int, copy_bw: float) -> dict[str, flo
     ms = bench_ms(lambda: w4a16_gemm(x, qw, scales, zeros, 4, group))
     bf16_ms = bench_ms(lambda: x @ dense)
     weight_bytes = qw.numel() * 4 + scales.numel() * 2 + zeros.numel() * 2
-    floor_ms = weight_bytes / copy_bw * 1e3  # as benchmarks/kernels/NOTES.md: bytes / copy bw
+    floor_ms = weight_bytes / copy_bw * 1e3  # as benchmarks/kernel_bench/NOTES.md: bytes / copy bw
     return {"ms": ms, "bf16_ms": bf16_ms, "floor_ms": floor_ms, "over_floor": ms / floor_ms,
             "vs_bf16": bf16_ms / ms}
 

@@ -5,7 +5,7 @@ bf16) over a sweep of token counts. Reports milliseconds of both, the kernel's s
 achieved TFLOP/s (2 * 3 * T * K * H * I FLOPs) and weight bandwidth (bytes of the experts
 touched, read once). Appends to benchmarks/results/fused_moe.jsonl. CUDA only.
 
-    python benchmarks/kernels/fused_moe.py [--tokens 1,16,64,256,1024,4096] [--experts 8 --top-k 2]
+    python benchmarks/kernel_bench/fused_moe.py [--tokens 1,16,64,256,1024,4096] [--experts 8 --top-k 2]
 """
 from __future__ import annotations
 
@@ -17,7 +17,7 @@ import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
 
-from benchmarks.kernels._common import bench_ms  # noqa: E402
+from benchmarks.kernel_bench._common import bench_ms  # noqa: E402
 from benchmarks.record import append_result  # noqa: E402
 from gpu_kernels.fused_moe import fused_moe  # noqa: E402
 from gpu_kernels.fused_moe_ref import fused_moe_ref, select_experts  # noqa: E402

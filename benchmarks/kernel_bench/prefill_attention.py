@@ -5,7 +5,7 @@
 supported); ours reads K/V from the paged cache through scattered block tables. Metric
 `speedup_vs_sdpa` = SDPA time / our time. Appends to benchmarks/results/prefill_attention.jsonl.
 
-    python benchmarks/kernels/prefill_attention.py [--tune]
+    python benchmarks/kernel_bench/prefill_attention.py [--tune]
 """
 from __future__ import annotations
 
@@ -19,7 +19,7 @@ import torch.nn.functional as F
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
 
-from benchmarks.kernels._common import bench_ms, random_block_tables  # noqa: E402
+from benchmarks.kernel_bench._common import bench_ms, random_block_tables  # noqa: E402
 from benchmarks.record import append_result  # noqa: E402
 from gpu_kernels.prefill_attention import prefill_attention  # noqa: E402
 
