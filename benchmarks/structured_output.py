@@ -13,16 +13,17 @@ import argparse
 import json
 import statistics
 import time
+from typing import Optional
 
 
-def compile_times() -> dict[str, float]:
+def compile_times(model: Optional[str] = None) -> dict[str, float]:
     from engine.loader.default_model import default_model_path
     from engine.loader.tokenizer import get_tokenizer
     from engine.structured_output import StructuredOutputsParams
     from engine.structured_output.backend import GrammarBackend
     from tests.engine.structured_output.schemas import SCHEMAS
 
-    tok = get_tokenizer(default_model_path())
+    tok = get_tokenizer(model or default_model_path())
     backend = GrammarBackend(tok, len(tok), [tok.eos_token_id])
     cold, hit = [], []
     for schema in SCHEMAS:
@@ -39,12 +40,13 @@ def compile_times() -> dict[str, float]:
             "cache_hit_max_ms": 1e3 * max(hit)}
 
 
-def decode_tok_s(batch: int, max_tokens: int) -> dict[str, float]:
+def decode_tok_s(batch: int, max_tokens: int, model: Optional[str] = None,
+                 load_format: str = "auto") -> dict[str, float]:
     from engine import LLM, SamplingParams
     from engine.structured_output import StructuredOutputsParams
     from tests.engine.structured_output.schemas import SCHEMAS
 
-    llm = LLM()
+    llm = LLM(model=model, load_format=load_format) if model else LLM()
     prompts = [f"Write JSON matching this schema: {json.dumps(SCHEMAS[i % len(SCHEMAS)])}\n"
                for i in range(batch)]
     out = {}
@@ -68,13 +70,19 @@ def main() -> None:
     ap.add_argument("--batch", type=int, default=64)
     ap.add_argument("--max-tokens", type=int, default=128)
     ap.add_argument("--decode", action="store_true")
+    ap.add_argument("--model", default=None, help="decode with this model (default: the default "
+                    "model); an HF folder with the default model's config and tokenizer and "
+                    "--load-format dummy measures the same shapes without its weights")
+    ap.add_argument("--load-format", default="auto")
     args = ap.parse_args()
-    metrics = compile_times()
+    metrics = compile_times(args.model)
     if args.decode:
-        metrics.update(decode_tok_s(args.batch, args.max_tokens))
+        metrics.update(decode_tok_s(args.batch, args.max_tokens, args.model, args.load_format))
     print(json.dumps(metrics, indent=2))
     append_result("structured_output", {"num_schemas": 50, "batch": args.batch,
-                                 "max_tokens": args.max_tokens, "decode": args.decode}, metrics)
+                                        "max_tokens": args.max_tokens, "decode": args.decode,
+                                        "model": args.model or "default",
+                                        "load_format": args.load_format}, metrics)
 
 
 if __name__ == "__main__":
