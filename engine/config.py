@@ -137,7 +137,7 @@ class RunnerConfig:
     attention_backend: str = "auto"  # auto | torch | triton
     max_cuda_graph_batch: int = 256
     # Steps mixing prompts and decodes replay a CUDA graph up to this many tokens (0: eager).
-    max_cuda_graph_tokens: int = 512
+    max_cuda_graph_tokens: int = 1024
     # Schedule and launch step N+1 while step N runs (see EngineCore.step).
     async_scheduling: bool = False
 
@@ -198,7 +198,7 @@ class EngineArgs:
     load_format: str = "auto"
     trust_remote_code: bool = False
     enforce_eager: bool = False
-    max_cuda_graph_tokens: int = 512
+    max_cuda_graph_tokens: int = 1024
     attention_backend: str = "auto"
     served_model_name: Optional[str] = None
     chat_template: Optional[str] = None

@@ -32,7 +32,7 @@ logger = logging.getLogger(__name__)
 
 # Prefills one mixed graph serves; a step with more runs eagerly (the prefill kernel's grid has
 # this many sequence slots, unused ones exit at once).
-MIXED_PREFILL_SLOTS = 8
+MIXED_PREFILL_SLOTS = 16
 
 
 def graph_batch_sizes(max_bs: int) -> list[int]:

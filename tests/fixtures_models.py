@@ -30,9 +30,14 @@ _COMMON = dict(hidden_size=64, num_hidden_layers=2, num_attention_heads=4,
 
 @functools.lru_cache(maxsize=1)
 def smollm2_tokenizer() -> Any:
-    """SmolLM2's tokenizer (with chat template), built by transformers from the default GGUF."""
-    from engine.loader.default_model import default_model_path
+    """SmolLM2's tokenizer (with chat template), built by transformers from the default GGUF, or
+    read from the HF folder `$PAGEDSERVE_TEST_SMOLLM2_TOKENIZER` names (a GPU machine without the
+    default model's 94 MB package gets the same tokenizer saved by `save_pretrained`)."""
     from engine.loader.tokenizer import get_tokenizer
+    folder = os.environ.get("PAGEDSERVE_TEST_SMOLLM2_TOKENIZER")
+    if folder:
+        return get_tokenizer(folder)
+    from engine.loader.default_model import default_model_path
     return get_tokenizer(default_model_path())
 
 
