@@ -32,7 +32,9 @@ def _chat_tool(tool: Any, i: int) -> dict[str, Any]:
                           "supported (this server runs no built-in tools)", "tools")
     extra = [k for k in tool if k not in _FUNCTION_KEYS]
     if extra:
-        raise bad_request(f"tools: tools[{i}].{extra[0]} is not supported", "tools")
+        raise bad_request(f"tools: tools[{i}].{extra[0]} is not supported (a Responses "
+                          "function tool is flat: type, name, description, parameters, "
+                          "strict)", "tools")
     if not isinstance(tool.get("name"), str) or not tool["name"]:
         raise bad_request(f"tools: tools[{i}].name must be a non-empty string", "tools")
     if tool.get("strict") not in (None, True, False):
