@@ -120,7 +120,9 @@ def build_app(engine: EngineClient, args: ServerArgs, served_model_names: list[s
                              enable_auto_tool_choice=args.enable_auto_tool_choice,
                              tool_call_parser=args.tool_call_parser)
     responses = OpenAIServingResponses(engine, served_model_names, args.max_queue_len,
-                                       args.chat_template)
+                                       args.chat_template,
+                                       enable_auto_tool_choice=args.enable_auto_tool_choice,
+                                       tool_call_parser=args.tool_call_parser)
     app.state.engine = engine
     app.state.metrics = metrics
     install_dashboard(app, engine, metrics)

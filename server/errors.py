@@ -119,8 +119,9 @@ def _loc_to_param(loc: tuple) -> Optional[str]:
     for p in parts:
         if isinstance(p, int):
             out += f"[{p}]"
-        elif p in ("str", "int", "list[str]", "list[int]", "list[list[int]]") or "[" in str(p):
-            continue  # pydantic names union members in the location; they are not fields
+        elif p in ("str", "int", "list[str]", "list[int]", "list[list[int]]") or "[" in str(p) \
+                or str(p)[:1].isupper():
+            continue  # pydantic names union members (types, model classes) in the location
         else:
             out += ("." if out else "") + str(p)
     return out or None

@@ -2,14 +2,16 @@
 
 Strict like every request model (server/protocol.py): unknown fields and wrong types are 400s.
 What is declared but not implemented here is refused by the handler with a 400 naming it:
-stored state (`previous_response_id`, `store: true`), `text.format` other than text and function
-`tools` (they need the structured-output backend), reasoning options and `include`.
+stored state (`previous_response_id`, `store: true`), non-function `tools`, reasoning options
+and `include`. `input` items are messages or one function-tool round trip (`function_call`,
+`function_call_output`); the item's `type` picks its model (a message may leave it out).
 """
 from __future__ import annotations
 
 from typing import Any, Literal, Optional, Union
 
-from pydantic import Field
+from pydantic import Discriminator, Field, Tag
+from typing_extensions import Annotated
 
 from server.protocol import _Request
 
@@ -36,11 +38,50 @@ class InputMessage(_Request):
         return "\n".join(p.text for p in self.content)
 
 
+class FunctionCallItem(_Request):
+    """A function call the model made earlier (sent back with its output)."""
+
+    type: Literal["function_call"]
+    call_id: str
+    name: str
+    arguments: str
+    id: Optional[str] = None
+    status: Optional[str] = None
+
+
+class FunctionCallOutputItem(_Request):
+    """The caller's result of the function call `call_id` (text)."""
+
+    type: Literal["function_call_output"]
+    call_id: str
+    output: str
+    id: Optional[str] = None
+    status: Optional[str] = None
+
+
+_ITEM_TAGS = {"function_call": "FunctionCallItem",
+              "function_call_output": "FunctionCallOutputItem"}
+
+
+def _item_tag(value: Any) -> str:
+    """Which model validates an input item. Tags are the class names: error locations skip
+    capitalised parts (server/errors.py), so a bad item field reads `input[0].call_id`; an
+    unknown `type` goes to the message model, whose error names `input[i].type`."""
+    kind = value.get("type") if isinstance(value, dict) else getattr(value, "type", None)
+    return _ITEM_TAGS.get(kind, "InputMessage")
+
+
+InputItem = Annotated[Union[Annotated[InputMessage, Tag("InputMessage")],
+                            Annotated[FunctionCallItem, Tag("FunctionCallItem")],
+                            Annotated[FunctionCallOutputItem, Tag("FunctionCallOutputItem")]],
+                      Discriminator(_item_tag)]
+
+
 class ResponseRequest(_Request):
     """POST /v1/responses."""
 
     model: Optional[str] = None
-    input: Union[str, list[InputMessage]] = Field(min_length=1)
+    input: Union[str, list[InputItem]] = Field(min_length=1)
     instructions: Optional[str] = None
     max_output_tokens: Optional[int] = None
     temperature: Optional[float] = None

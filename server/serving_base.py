@@ -80,13 +80,8 @@ class OpenAIServing:
                              ) -> SamplingParams:
         """SamplingParams from the shared request fields; bad values become a 400 naming them.
         `tool_grammar`: the constraint of tool_choice required/named (chat)."""
-        from server.structured_request import structured_outputs_from_request
-        structured = structured_outputs_from_request(req)
-        if tool_grammar is not None:
-            if structured is not None:
-                raise bad_request(f"{structured.field}: cannot be combined with a required or "
-                                  "named tool_choice", structured.field)
-            structured = tool_grammar
+        from server.structured_request import structured_outputs_from_request, with_tool_grammar
+        structured = with_tool_grammar(structured_outputs_from_request(req), tool_grammar)
         if structured is not None:
             self.require_tokenizer(structured.field)
         if logprobs is not None and logprobs > MAX_LOGPROBS:

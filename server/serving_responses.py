@@ -1,11 +1,12 @@
 """POST /v1/responses: OpenAI's Responses API, stateless (nothing is stored).
 
-`input` (a string or a list of messages) and `instructions` (a leading system message) go through
-the chat template; the answer is one assistant `message` output item holding one `output_text`
-part. Streaming sends typed server-sent events (`event: <type>` + JSON data carrying `type` and
-`sequence_number`): response.created, response.in_progress, response.output_item.added,
-response.content_part.added, response.output_text.delta (one per new text), the matching
-.done events and response.completed. Fields that need state or the structured-output backend are
+`input` (a string or a list of messages and function-tool round trips) and `instructions` (a
+leading system message) go through the chat template; function `tools` and `tool_choice` work as
+on chat (server/responses_tools.py). The answer is output items (server/responses_output.py): an
+assistant `message` holding one `output_text` part and/or `function_call` items. Streaming sends
+typed server-sent events (`event: <type>` + JSON data carrying `type` and `sequence_number`):
+response.created, response.in_progress, then per item response.output_item.added, its deltas
+and .done events, and response.completed (or response.incomplete). Fields that need state are
 400s naming them.
 """
 from __future__ import annotations
@@ -24,11 +25,13 @@ from engine.structured_output import StructuredOutputsParams
 from server.engine_client import EngineClient, RequestStream
 from server.errors import APIError, EngineDeadError, bad_request, engine_unavailable, \
     from_value_error
-from server.protocol import ChatMessage
 from server.protocol_responses import ResponseRequest
+from server.responses_output import ResponseOutput
+from server.responses_tools import input_messages, plan_response_tools
 from server.serving_base import OpenAIServing, close_all, last_output
 from server.serving_chat import render_chat
-from server.structured_request import format_constraint
+from server.structured_request import format_constraint, with_tool_grammar
+from server.tool_calling import ToolPlan
 
 
 def _check_supported(req: ResponseRequest) -> None:
@@ -42,15 +45,9 @@ def _check_supported(req: ResponseRequest) -> None:
                           "set store to false or leave it out", "store")
     if req.background:
         raise bad_request("background: not supported (responses are not stored)", "background")
-    fmt = (req.text or {}).get("format")
     extra = [k for k in (req.text or {}) if k != "format"]
     if extra:
         raise bad_request(f"text.{extra[0]}: not supported", f"text.{extra[0]}")
-    if req.tools:
-        raise bad_request("tools: not supported yet (no tool calling on this server)", "tools")
-    if req.tool_choice not in (None, "none", "auto"):
-        raise bad_request("tool_choice: not supported yet (no tool calling on this server)",
-                          "tool_choice")
     if req.reasoning:
         raise bad_request("reasoning: not supported", "reasoning")
     if req.include:
@@ -71,25 +68,15 @@ def _text_format(req: ResponseRequest) -> Optional[StructuredOutputsParams]:
     return format_constraint(fmt.get("type"), fmt.get("schema"), "text.format")
 
 
-def _messages(req: ResponseRequest) -> list[ChatMessage]:
-    out = []
-    if req.instructions:
-        out.append(ChatMessage(role="system", content=req.instructions))
-    if isinstance(req.input, str):
-        out.append(ChatMessage(role="user", content=req.input))
-    else:
-        for m in req.input:
-            role = "system" if m.role == "developer" else m.role
-            out.append(ChatMessage(role=role, content=m.text()))
-    return out
-
-
 class OpenAIServingResponses(OpenAIServing):
 
     def __init__(self, engine: EngineClient, served_model_names: list[str],
-                 max_queue_len: Optional[int] = None, chat_template: Optional[str] = None):
+                 max_queue_len: Optional[int] = None, chat_template: Optional[str] = None,
+                 enable_auto_tool_choice: bool = False, tool_call_parser: Optional[str] = None):
         super().__init__(engine, served_model_names, max_queue_len)
         self.chat_template = chat_template
+        self.enable_auto_tool_choice = enable_auto_tool_choice
+        self.tool_call_parser = tool_call_parser
 
     async def create(self, req: ResponseRequest):
         self.check_model(req.model)
@@ -98,11 +85,14 @@ class OpenAIServingResponses(OpenAIServing):
             structured = _text_format(req)
         except ValueError as exc:
             raise bad_request(str(exc), "text.format") from exc
+        plan = plan_response_tools(req, self.enable_auto_tool_choice, self.tool_call_parser)
+        structured = with_tool_grammar(structured, plan.structured if plan else None)
         self.require_tokenizer("input")
         if req.max_output_tokens is not None and req.max_output_tokens < 1:
             raise bad_request(f"max_output_tokens: must be at least 1, got "
                               f"{req.max_output_tokens}", "max_output_tokens")
-        prompt = render_chat(self.tokenizer, _messages(req), self.chat_template)
+        prompt = render_chat(self.tokenizer, input_messages(req), self.chat_template,
+                             tools=plan.tools if plan else None)
         try:
             prompt_ids = await self.engine.tokenize(prompt, add_special_tokens=False,
                                                     check_length=True, field="input")
@@ -125,13 +115,17 @@ class OpenAIServingResponses(OpenAIServing):
         streams = await self.submit([rid], [(prompt, prompt_ids)], params, "input")
         shell = self._shell(req, rid, params)
         if req.stream:
-            return StreamingResponse(self._stream(shell, streams[0]),
+            return StreamingResponse(self._stream(shell, streams[0], plan),
                                      media_type="text/event-stream")
         try:
             final = await last_output(streams[0])
         finally:
             close_all(streams)
-        return JSONResponse(self._finish(shell, final, f"msg_{uuid.uuid4().hex}"))
+        output = ResponseOutput(plan)
+        c = final.outputs[0]
+        output.feed(c.text, True)
+        output.finish(c.finish_reason)
+        return JSONResponse(self._finish(shell, final, output.items))
 
     def _shell(self, req: ResponseRequest, rid: str, params: SamplingParams) -> dict[str, Any]:
         """The response object before any output (what response.created carries)."""
@@ -139,29 +133,24 @@ class OpenAIServingResponses(OpenAIServing):
             "id": rid, "object": "response", "created_at": int(time.time()),
             "status": "in_progress", "error": None, "incomplete_details": None,
             "instructions": req.instructions, "max_output_tokens": req.max_output_tokens,
-            "model": self.model_name, "output": [], "parallel_tool_calls": True,
+            "model": self.model_name, "output": [],
+            "parallel_tool_calls": req.parallel_tool_calls is not False,
             "previous_response_id": None, "reasoning": None, "store": False,
             "temperature": params.temperature, "top_p": params.top_p,
             "text": {"format": (req.text or {}).get("format") or {"type": "text"}},
-            "tool_choice": "auto", "tools": [],
+            "tool_choice": req.tool_choice or "auto", "tools": req.tools or [],
             "truncation": "disabled", "usage": None, "user": req.user,
             "metadata": req.metadata or {},
         }
 
-    @staticmethod
-    def _message(item_id: str, text: str, status: str) -> dict[str, Any]:
-        content = [] if status == "in_progress" else [_text_part(text)]
-        return {"type": "message", "id": item_id, "status": status, "role": "assistant",
-                "content": content}
-
-    def _finish(self, shell: dict[str, Any], out: RequestOutput, item_id: str) -> dict[str, Any]:
+    def _finish(self, shell: dict[str, Any], out: RequestOutput,
+                items: list[dict[str, Any]]) -> dict[str, Any]:
         c = out.outputs[0]
         incomplete = c.finish_reason == "length"
         body = dict(shell)
         body["status"] = "incomplete" if incomplete else "completed"
         body["incomplete_details"] = {"reason": "max_output_tokens"} if incomplete else None
-        body["output"] = [self._message(item_id, c.text,
-                                        "incomplete" if incomplete else "completed")]
+        body["output"] = items
         n_in, n_out = len(out.prompt_token_ids), len(c.token_ids)
         body["usage"] = {"input_tokens": n_in,
                          "input_tokens_details": {"cached_tokens": out.num_cached_tokens},
@@ -170,9 +159,9 @@ class OpenAIServingResponses(OpenAIServing):
                          "total_tokens": n_in + n_out}
         return body
 
-    async def _stream(self, shell: dict[str, Any], stream: RequestStream) -> AsyncIterator[str]:
+    async def _stream(self, shell: dict[str, Any], stream: RequestStream,
+                      plan: Optional[ToolPlan]) -> AsyncIterator[str]:
         seq = 0
-        item_id = f"msg_{uuid.uuid4().hex}"
 
         def event(kind: str, **data: Any) -> str:
             nonlocal seq
@@ -181,28 +170,22 @@ class OpenAIServingResponses(OpenAIServing):
             return (f"event: {kind}\n"
                     f"data: {json.dumps(payload, ensure_ascii=False, separators=(',', ':'))}\n\n")
 
-        where = {"item_id": item_id, "output_index": 0, "content_index": 0}
+        output = ResponseOutput(plan)
         try:
             yield event("response.created", response=shell)
             yield event("response.in_progress", response=shell)
-            yield event("response.output_item.added", output_index=0,
-                        item=self._message(item_id, "", "in_progress"))
-            yield event("response.content_part.added", part=_text_part(""), **where)
             final: Optional[RequestOutput] = None
             tracker = DeltaTracker(1)
             async for out in stream:
                 for d in tracker.update(out):
-                    if d.text:
-                        yield event("response.output_text.delta", delta=d.text, logprobs=[],
-                                    **where)
+                    for kind, data in output.feed(d.text, d.finish_reason is not None):
+                        yield event(kind, **data)
                 if out.finished:
                     final = out
             assert final is not None, "a stream ends with a finished output"
-            body = self._finish(shell, final, item_id)
-            text = final.outputs[0].text
-            yield event("response.output_text.done", text=text, logprobs=[], **where)
-            yield event("response.content_part.done", part=_text_part(text), **where)
-            yield event("response.output_item.done", output_index=0, item=body["output"][0])
+            for kind, data in output.finish(final.outputs[0].finish_reason):
+                yield event(kind, **data)
+            body = self._finish(shell, final, output.items)
             kind = "response.completed" if body["status"] == "completed" \
                 else "response.incomplete"
             yield event(kind, response=body)
@@ -219,6 +202,3 @@ def engine_error(exc: BaseException) -> APIError:
     return APIError(500, f"Internal server error: {exc!r}", "server_error", None,
                     "internal_error")
 
-
-def _text_part(text: str) -> dict[str, Any]:
-    return {"type": "output_text", "text": text, "annotations": [], "logprobs": []}

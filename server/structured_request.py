@@ -34,6 +34,19 @@ def format_constraint(kind: Any, schema: Any, field: str,
                       f"got {kind!r}", field)
 
 
+def with_tool_grammar(structured: Optional[StructuredOutputsParams],
+                      tool_grammar: Optional[StructuredOutputsParams]
+                      ) -> Optional[StructuredOutputsParams]:
+    """The one constraint of a request: its output format, or the grammar of a required / named
+    tool_choice (which fixes the output itself); both at once is a 400 naming the format."""
+    if tool_grammar is None:
+        return structured
+    if structured is not None:
+        raise bad_request(f"{structured.field}: cannot be combined with a required or named "
+                          "tool_choice", structured.field)
+    return tool_grammar
+
+
 def _response_format(rf: dict[str, Any]) -> Optional[StructuredOutputsParams]:
     js = rf.get("json_schema")
     if rf.get("type") == "json_schema" and not isinstance(js, dict):

@@ -3,6 +3,8 @@ OpenAPI's 400s, GET /v1/models/{id}, scoring shapes, chat template options and t
 Responses API with the OpenAI SDK, over the real frontend and the fake core (in process)."""
 from __future__ import annotations
 
+import json
+
 import openai
 import pytest
 
@@ -215,11 +217,110 @@ async def test_responses_api_refuses_state_and_pending_features(fake_client):
                         ({"text": {"format": {"type": "xml"}}}, "text.format"),
                         ({"text": {"format": {"type": "json_schema", "name": "x"}}},
                          "text.format"),
-                        ({"tools": [{"type": "function", "name": "f"}]}, "tools"),
                         ({"reasoning": {"effort": "low"}}, "reasoning"),
-                        ({"input": [{"type": "function_call_output", "call_id": "c",
-                                     "output": "x"}]}, "input[0].type")):
+                        ({"input": [{"type": "reasoning", "summary": []}]}, "input[0].type")):
         err = assert_400(await fake_client.post("/v1/responses", json={"input": "x", **body}),
                          param)
         if param in ("previous_response_id", "store"):
             assert "keeps no state" in err["message"]
+
+
+# Function tools on /v1/responses over the fake core, which echoes the prompt: this template
+# shows the tools, calls and results it is given, so the answer shows what the template saw.
+# It ends with EOS, so the echo stops there ("stop", as a model ending its turn).
+TOOLS_TEMPLATE = (
+    "{% if tools %}[tools {{ tools | map(attribute='function.name') | join(',') }}]{% endif %}"
+    "{% for m in messages %}{% if m.role == 'user' %}{{ m.content }}"
+    "{% elif m.role == 'assistant' %}{% for c in m.tool_calls or [] %}"
+    "[call {{ c.id }} {{ c.function.name }} {{ c.function.arguments | tojson }}]{% endfor %}"
+    "{% elif m.role == 'tool' %}[result {{ m.tool_call_id }} {{ m.name }}: {{ m.content }}]"
+    "{% endif %}{% endfor %}<|endoftext|>")
+TIME_TOOL = {"type": "function", "name": "get_time", "description": "Time in a zone",
+             "parameters": {"type": "object", "properties": {"tz": {"type": "string"}}},
+             "strict": False}
+CALL = '<tool_call>\n{"name": "get_time", "arguments": {"tz": "UTC"}}\n</tool_call>'
+
+
+@pytest.fixture
+async def auto_tools_sdk(fake_app_factory):
+    client, _ = await fake_app_factory(chat_template=TOOLS_TEMPLATE,
+                                       enable_auto_tool_choice=True, tool_call_parser="hermes")
+    return openai.AsyncOpenAI(base_url="http://testserver/v1", api_key="x",
+                              http_client=client)
+
+
+async def test_responses_api_auto_function_call(auto_tools_sdk):
+    sdk = auto_tools_sdk
+    resp = await sdk.responses.create(model="tiny", input=CALL, tools=[TIME_TOOL],
+                                      max_output_tokens=100)
+    assert resp.status == "completed", resp
+    assert [o.type for o in resp.output] == ["message", "function_call"]
+    assert resp.output[0].content[0].text == "[tools get_time]"
+    call = resp.output[1]
+    assert call.name == "get_time" and json.loads(call.arguments) == {"tz": "UTC"}
+    assert call.call_id.startswith("call_") and call.status == "completed"
+    assert resp.tools[0].name == "get_time" and resp.tool_choice == "auto"
+    # Streamed: each item is added, written and done in order; the arguments reassemble.
+    stream = await sdk.responses.create(model="tiny", input=CALL, tools=[TIME_TOOL],
+                                        max_output_tokens=100, stream=True)
+    events = [ev async for ev in stream]
+    kinds = [ev.type for ev in events]
+    assert kinds[:3] == ["response.created", "response.in_progress",
+                         "response.output_item.added"]
+    assert [ev.sequence_number for ev in events] == list(range(len(events)))
+    final = events[-1].response
+    assert kinds[-1] == "response.completed" and final.output[1].type == "function_call"
+    added = [ev.item for ev in events if ev.type == "response.output_item.added"]
+    done = [ev.item for ev in events if ev.type == "response.output_item.done"]
+    assert [i.type for i in added] == ["message", "function_call"] and done == final.output
+    assert added[1].arguments == "" and added[1].status == "in_progress"
+    deltas = "".join(ev.delta for ev in events
+                     if ev.type == "response.function_call_arguments.delta")
+    args_done = [ev for ev in events if ev.type == "response.function_call_arguments.done"]
+    assert deltas == args_done[0].arguments == final.output[1].arguments
+    assert args_done[0].item_id == final.output[1].id and args_done[0].output_index == 1
+    assert json.loads(deltas) == {"tz": "UTC"}
+
+
+async def test_responses_api_function_call_round_trip(auto_tools_sdk):
+    """function_call + function_call_output input items reach the template as an assistant
+    tool call and a tool result (the echo shows the rendered prompt)."""
+    history = [{"role": "user", "content": "What time is it?"},
+               {"type": "function_call", "call_id": "call_1", "name": "get_time",
+                "arguments": '{"tz": "UTC"}'},
+               {"type": "function_call_output", "call_id": "call_1", "output": "12:00"}]
+    resp = await auto_tools_sdk.responses.create(model="tiny", input=history,
+                                                 tools=[TIME_TOOL], max_output_tokens=100)
+    assert [o.type for o in resp.output] == ["message"]
+    assert resp.output_text == ('[tools get_time]What time is it?[call call_1 get_time '
+                                '{"tz": "UTC"}][result call_1 get_time: 12:00]')
+
+
+async def test_responses_api_tool_errors(fake_client, auto_tools_sdk):
+    weather = {"type": "function", "name": "get_weather", "parameters": {"type": "object"}}
+    for body, param, words in (
+            ({"tools": [{"type": "web_search"}]}, "tools", "only function tools"),
+            ({"tools": [{"type": "function", "function": {"name": "f"}}]}, "tools",
+             "tools[0].function is not supported (a Responses function tool is flat"),
+            ({"tools": [weather], "tool_choice": {"type": "function", "name": "nope"}},
+             "tool_choice", "'nope' is not among the tools"),
+            ({"tools": [weather], "tool_choice": {"type": "function",
+                                                  "function": {"name": "get_weather"}}},
+             "tool_choice", "must be"),
+            ({"tools": [weather], "tool_choice": "sometimes"}, "tool_choice", "must be"),
+            ({"tool_choice": "required"}, "tool_choice", "non-empty"),
+            ({"tools": [weather]}, "tool_choice", "--enable-auto-tool-choice"),
+            ({"tools": [weather], "tool_choice": "required",
+              "text": {"format": {"type": "json_object"}}}, "text.format", "tool_choice"),
+            ({"input": [{"type": "function_call_output", "call_id": "c", "output": "x"}]},
+             "input[0].call_id", "no function_call"),
+            ({"input": [{"type": "function_call", "call_id": "c", "name": "f"}]},
+             "input[0].arguments", "")):
+        err = assert_400(await fake_client.post("/v1/responses", json={"input": "x", **body}),
+                         param)
+        assert words in err["message"], err
+    # strict schema adherence is promised only where a grammar enforces it.
+    with pytest.raises(openai.BadRequestError) as exc:
+        await auto_tools_sdk.responses.create(model="tiny", input="x",
+                                              tools=[{**TIME_TOOL, "strict": True}])
+    assert exc.value.body["param"] == "tools" and "strict" in exc.value.body["message"]

@@ -130,6 +130,75 @@ def test_responses_api_text_format_json_schema(server):
     assert resp.text.format.type == "json_schema"
 
 
+RESPONSES_TOOLS = [{"type": "function", "name": t["function"]["name"],
+                    "description": t["function"]["description"],
+                    "parameters": t["function"]["parameters"], "strict": True} for t in TOOLS]
+
+
+def _responses_calls(client, stream: bool, **kw) -> list[tuple[str, str, dict]]:
+    """(call_id, name, arguments) of the function_call items, checked against the schemas."""
+    body = {"model": "SmolLM2-135M-Instruct", "input": ASK[0]["content"], "temperature": 0,
+            "max_output_tokens": 64, "tools": RESPONSES_TOOLS, **kw}
+    if stream:
+        events = list(client.responses.create(stream=True, **body))
+        resp = events[-1].response
+        args = {ev.item_id: ev.arguments for ev in events
+                if ev.type == "response.function_call_arguments.done"}
+        deltas = {}
+        for ev in events:
+            if ev.type == "response.function_call_arguments.delta":
+                deltas[ev.item_id] = deltas.get(ev.item_id, "") + ev.delta
+        assert deltas == args == {o.id: o.arguments for o in resp.output
+                                  if o.type == "function_call"}
+    else:
+        resp = client.responses.create(**body)
+    assert resp.status == "completed", resp
+    schemas = {t["name"]: t["parameters"] for t in RESPONSES_TOOLS}
+    calls = [o for o in resp.output if o.type == "function_call"]
+    assert calls and all(o.status == "completed" for o in calls)
+    for o in calls:
+        jsonschema.validate(json.loads(o.arguments), schemas[o.name])
+    return [(o.call_id, o.name, json.loads(o.arguments)) for o in calls]
+
+
+@pytest.mark.parametrize("tool_choice", ["required", {"type": "function",
+                                                      "name": "get_weather"}])
+def test_responses_api_function_tools(server, tool_choice):
+    """Required and named tool_choice on /v1/responses, streamed and not, with the SDK."""
+    from openai import OpenAI
+    client = OpenAI(base_url=server.base_url + "/v1", api_key="none")
+    calls = _responses_calls(client, False, tool_choice=tool_choice)
+    streamed = _responses_calls(client, True, tool_choice=tool_choice)
+    assert [c[1:] for c in streamed] == [c[1:] for c in calls]
+    if isinstance(tool_choice, dict):
+        assert [c[1] for c in calls] == ["get_weather"]
+    one = _responses_calls(client, False, tool_choice="required", parallel_tool_calls=False)
+    assert len(one) == 1
+
+
+def test_responses_api_tool_round_trip(server, default_llm):
+    from openai import OpenAI
+    from server.protocol_responses import ResponseRequest
+    from server.responses_tools import input_messages
+    from server.serving_chat import render_chat
+    client = OpenAI(base_url=server.base_url + "/v1", api_key="none")
+    (call_id, name, args), = _responses_calls(client, False, tool_choice={
+        "type": "function", "name": "get_time"})
+    history = [ASK[0], {"type": "function_call", "call_id": call_id, "name": name,
+                        "arguments": json.dumps(args)},
+               {"type": "function_call_output", "call_id": call_id, "output": "12:00 UTC"}]
+    resp = client.responses.create(model="SmolLM2-135M-Instruct", input=history,
+                                   tools=RESPONSES_TOOLS, tool_choice="none", temperature=0,
+                                   max_output_tokens=8)
+    assert [o.type for o in resp.output] == ["message"] and resp.output_text
+    # The template saw the tools, the call and its result.
+    req = ResponseRequest(input=history, tools=RESPONSES_TOOLS)
+    prompt = render_chat(default_llm.get_tokenizer(), input_messages(req), HERMES.read_text(),
+                         tools=TOOLS)
+    assert '"name": "get_weather"' in prompt and "<tool_response>\n12:00 UTC" in prompt
+    assert f'<tool_call>\n{{"name": "get_time", "arguments": {json.dumps(args)}}}' in prompt
+
+
 def _langchain(server):
     from langchain_openai import ChatOpenAI
     return ChatOpenAI(base_url=server.base_url + "/v1", api_key="none", temperature=0,
