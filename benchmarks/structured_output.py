@@ -41,7 +41,7 @@ def compile_times(model: Optional[str] = None) -> dict[str, float]:
 
 
 def decode_tok_s(batch: int, max_tokens: int, model: Optional[str] = None,
-                 load_format: str = "auto") -> dict[str, float]:
+                 load_format: str = "auto", repeats: int = 2) -> dict[str, float]:
     from engine import LLM, SamplingParams
     from engine.structured_output import StructuredOutputsParams
     from tests.engine.structured_output.schemas import SCHEMAS
@@ -49,19 +49,23 @@ def decode_tok_s(batch: int, max_tokens: int, model: Optional[str] = None,
     llm = LLM(model=model, load_format=load_format) if model else LLM()
     prompts = [f"Write JSON matching this schema: {json.dumps(SCHEMAS[i % len(SCHEMAS)])}\n"
                for i in range(batch)]
-    out = {}
-    for name, constrained in (("unconstrained", False), ("constrained", True)):
-        params = [SamplingParams(temperature=1.0, seed=i, max_tokens=max_tokens, ignore_eos=True,
-                                 structured_outputs=StructuredOutputsParams(
-                                     json=SCHEMAS[i % len(SCHEMAS)]) if constrained else None)
-                  for i in range(batch)]
-        llm.generate(prompts[:2], params[:2], use_tqdm=False)  # warm up (and compile)
-        t = time.perf_counter()
-        res = llm.generate(prompts, params, use_tqdm=False)
-        dt = time.perf_counter() - t
-        out[f"{name}_tok_s"] = sum(len(r.outputs[0].token_ids) for r in res) / dt
-    out["ratio"] = out["constrained_tok_s"] / out["unconstrained_tok_s"]
-    return out
+    params = {name: [SamplingParams(temperature=1.0, seed=i, max_tokens=max_tokens,
+                                    ignore_eos=True, structured_outputs=StructuredOutputsParams(
+                                        json=SCHEMAS[i % len(SCHEMAS)]) if constrained else None)
+                     for i in range(batch)]
+              for name, constrained in (("unconstrained", False), ("constrained", True))}
+    for name in params:  # warm up at the full batch (kernels, graphs, grammar compiles)
+        llm.generate(prompts, params[name], use_tqdm=False)
+    best: dict[str, float] = {}
+    for _ in range(repeats):  # alternated, best of `repeats` each
+        for name in params:
+            t = time.perf_counter()
+            res = llm.generate(prompts, params[name], use_tqdm=False)
+            dt = time.perf_counter() - t
+            tok_s = sum(len(r.outputs[0].token_ids) for r in res) / dt
+            best[f"{name}_tok_s"] = max(best.get(f"{name}_tok_s", 0.0), tok_s)
+    best["ratio"] = best["constrained_tok_s"] / best["unconstrained_tok_s"]
+    return best
 
 
 def main() -> None:

@@ -160,7 +160,7 @@ class SamplingMetadata:
             if any(x > 0.0 for x in min_p):
                 meta.min_p = col(min_p)
         for proc in processors:
-            fn = proc.prepare(rows)
+            fn = proc.prepare(rows, device)
             if fn is not None:
                 meta.logits_fns.append(fn)
         if bias_r:

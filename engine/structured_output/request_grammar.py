@@ -9,8 +9,6 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-import torch
-
 from engine.sequence import Sequence
 
 logger = logging.getLogger(__name__)
@@ -55,10 +53,10 @@ class RequestGrammar:
         self._accepted[sid] = max(0, end - seq.prompt_len)
         return sid in self._rejected or m.is_terminated()
 
-    def fill_bitmask(self, seq: Sequence, bitmask: torch.Tensor, row: int) -> None:
-        """Row `row` of `bitmask` := the tokens the grammar allows next for `seq`."""
+    def next_matcher(self, seq: Sequence) -> Any:
+        """`seq`'s matcher, caught up with its output: it fills the tokens allowed next."""
         self.advance(seq)
-        self._matcher(seq).fill_next_token_bitmask(bitmask, row)
+        return self._matcher(seq)
 
 
 def _no_grammar() -> None:
