@@ -28,7 +28,7 @@ def tiny_model_dir(tmp_path_factory):
     cache: dict = {}
 
     def get(arch: str, **overrides):
-        key = (arch, tuple(sorted(overrides.items())))
+        key = (arch, repr(sorted(overrides.items())))  # values may be dicts
         if key not in cache:
             path = tmp_path_factory.mktemp(f"tiny_{arch}")
             cache[key] = make_tiny_model(arch, path, **overrides)
