@@ -16,8 +16,8 @@ metrics.acceptance_rate). On the CPU this measures the mechanism, not the GPU ta
         [--max-tokens 64] [--cases replay_ngram_bs1,grounded_ngram_bs1] [--device cpu]
         [--random-seed-prompts] [--vllm-json vllm_spec.json]
 
-The engines (off, n-gram, draft) are resident together: on a GPU each gets
-`--gpu-memory-utilization` (default 0.9 split between them). `--random-seed-prompts` seeds the
+The engines (off, n-gram, draft) are resident together: on a GPU they share
+`--gpu-memory-utilization` (default 0.9) equally. `--random-seed-prompts` seeds the
 replay with fixed random token ids instead of tokenized text (no tokenizer needed; the same ids
 that benchmarks/vllm_spec_side.py gives vLLM, which builds its replay from its own greedy output).
 `--vllm-json` adds `metrics.vs_vllm` (our tokens/s with speculation ÷ vLLM's) to the cases vLLM ran.
@@ -99,15 +99,19 @@ def main(argv: Optional[list[str]] = None) -> list[dict]:
     import torch
 
     from benchmarks.record import append_result
-    mem = None
+    # gpu_memory_utilization bounds the device's whole use, the engines already resident
+    # included: the i-th of n engines gets i/n of the total.
+    shares = [None] * 3
     if args.device == "cuda" or (args.device == "auto" and torch.cuda.is_available()):
-        mem = args.gpu_memory_utilization / (3 if args.draft_model else 2)
-    off = _engine(args, None, mem)
+        n = 3 if args.draft_model else 2
+        shares = [args.gpu_memory_utilization * (i + 1) / n for i in range(3)]
+    off = _engine(args, None, shares[0])
     ngram = {"method": "ngram", "num_speculative_tokens": args.k, "prompt_lookup_min": 2,
              "prompt_lookup_max": 5}
-    on = _engine(args, ngram, mem)
+    on = _engine(args, ngram, shares[1])
     draft = (_engine(args, {"method": "draft_model", "model": args.draft_model,
-                            "num_speculative_tokens": args.k}, mem) if args.draft_model else None)
+                            "num_speculative_tokens": args.k}, shares[2])
+             if args.draft_model else None)
     vllm = json.load(open(args.vllm_json)).get("cases", {}) if args.vllm_json else {}
 
     # Replay prompts: prompt + the model's own greedy continuation + prompt again.
