@@ -109,3 +109,37 @@ def test_async_with_prefix_caching(engines, tiny_model_dir):
     stats = cached.stats()
     assert stats["prefix_cache_hit_tokens"] > 0
     assert stats["num_free_blocks"] == stats["num_total_blocks"]
+
+
+def test_constrained_requests_overlap_and_keep_outputs(engines):
+    """A grammar's mask needs the latest token: such steps launch their forward pass before
+    the previous step's tokens are known and sample after. Outputs equal the synchronous
+    engine's, grammars end their sequences, and the steps overlap."""
+    from engine.structured_output import StructuredOutputsParams as SO
+    sync, asy = engines
+    schema = {"type": "object", "properties": {"a": {"type": "integer"},
+                                               "b": {"type": "string", "maxLength": 6}},
+              "required": ["a", "b"], "additionalProperties": False}
+    params = [SamplingParams(temperature=0, max_tokens=40, structured_outputs=SO(json=schema)),
+              SamplingParams(temperature=0.9, seed=2, max_tokens=30,
+                             structured_outputs=SO(regex=r"[a-c]{3,9}")),
+              SamplingParams(temperature=0, max_tokens=20, ignore_eos=True),
+              SamplingParams(temperature=0.8, seed=6, max_tokens=10,
+                             structured_outputs=SO(choice=["yes", "no", "maybe"])),
+              SamplingParams(temperature=1.0, seed=7, max_tokens=40,
+                             structured_outputs=SO(json=schema)),
+              SamplingParams(temperature=0, max_tokens=12, stop_token_ids=[11])]
+    want = run(sync, params)
+    assert run(asy, params) == want
+    assert want[3][0][2] in ("yes", "no", "maybe") and want[3][0][1] == "stop"
+    engine = asy.llm_engine
+    engine.add_request("c", PROMPTS[0], SamplingParams(
+        temperature=0, max_tokens=30, ignore_eos=True, structured_outputs=SO(regex=r"[a-z ]+")))
+    overlapped = 0
+    while engine.has_unfinished_requests():
+        engine.step()
+        step = engine.core._inflight
+        overlapped += bool(step is not None and step.overlappable)
+    assert overlapped >= 20
+    stats = asy.stats()
+    assert stats["num_free_blocks"] == stats["num_total_blocks"]
