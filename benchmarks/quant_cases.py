@@ -73,6 +73,7 @@ INT8 = EngineSpec("int8_w8a8", quantization="compressed-tensors",
 GPTQ = EngineSpec("gptq_w4_g128", quantization="gptq", quant_config=GPTQ_W4_G128_CONFIG)
 AWQ = EngineSpec("awq_w4_g128", quantization="awq", quant_config=AWQ_W4_G128_CONFIG)
 
+ENGINES: dict[str, EngineSpec] = {e.key: e for e in (BF16, FP8_KV_FP8, INT8, GPTQ, AWQ)}
 CASES: dict[str, Case] = {c.name: c for c in (
     Case("fp8_w8a8_kv_fp8_sharegpt_like", FP8_KV_FP8, "throughput"),
     Case("int8_sharegpt_like", INT8, "throughput"),
@@ -100,6 +101,13 @@ def group_by_engine(cases: list[Case]) -> list[tuple[EngineSpec, list[Case]]]:
     for c in cases:
         groups.setdefault(c.engine.key, (c.engine, []))[1].append(c)
     return list(groups.values())
+
+
+def tasks_of(cases: list[Case]) -> tuple[list[str], list[int]]:
+    """The workloads to run offline and the decode batch sizes to time for `cases`."""
+    workloads = list(dict.fromkeys(c.workload for c in cases if c.kind == "throughput"))
+    batches = list(dict.fromkeys(c.batch for c in cases if c.kind == "decode"))
+    return workloads, batches
 
 
 def find_peer_dir(explicit: Optional[str] = None) -> str:

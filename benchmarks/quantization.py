@@ -1,0 +1,349 @@
+"""Quantized pagedserve against its own bf16 and against vLLM on the same quantization (issue 13).
+
+Cases (`--cases`, comma separated, default all; defined in quant_cases.py):
+  fp8_w8a8_kv_fp8_sharegpt_like  --quantization fp8 --kv-cache-dtype fp8: offline output tok/s
+                                 on sharegpt_like (first --num-prompts requests) vs bf16's run
+  int8_sharegpt_like             compressed-tensors int8 W8A8 (per-channel / per-token): idem
+  w4a16_bs1, w4a16_bs64          GPTQ 4-bit group 128: per-token decode time at batch 1 / 64
+  awq_bs1                        AWQ 4-bit group 128: per-token decode time at batch 1
+All engines use dummy weights of `--model-shape` (random quantized weights of the real layout).
+Throughput is measured exactly as throughput.py measures it (one timed `LLM.generate` over the
+requests, a short warm-up first; the step probe off, as on vLLM's side). Decode time is the vLLM
+peer's gen_latency.py method: (t(256 tokens) - t(1 token)) / 255, medians, fresh random prompts.
+
+Metrics (above 1 is better for pagedserve): `vs_bf16` = quantized ÷ bf16 (tok/s; for times
+bf16 ÷ quantized), `vs_vllm` = ours ÷ vLLM's (times: vLLM's ÷ ours; with `--vllm-json` written by
+vllm_quant_side.py), and at batch 1 `over_floor` = decode step ÷ (bytes the step streams ÷
+measured device copy bandwidth); the streamed bytes are the engine's weight bytes (quantized
+layers at their packed size) less the embedding table, which a step only indexes
+(`over_floor_all_weights` counts it too, as latency.py does).
+
+Each engine (bf16 first, then one per quantization) runs in its own subprocess, so a failure or a
+CUDA fault in one case leaves the others standing; errors are listed in `--out`, and each case
+that ran is appended to benchmarks/results/quantization.jsonl (on a GPU, or with --record).
+
+    python benchmarks/quantization.py --model-shape llama3-8b --workload-dir ../shared/workloads \\
+        --num-prompts 500 [--vllm-json vllm_quant.json] --out quant.json
+"""
+from __future__ import annotations
+
+import argparse
+import gc
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import replace
+from typing import Any, Optional
+
+if __package__ in (None, ""):
+    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from benchmarks.quant_cases import (BF16, ENGINES, Case, EngineSpec, find_peer_dir,
+                                    group_by_engine, select_cases, tasks_of)
+
+
+def parse_args(argv: list[str]) -> argparse.Namespace:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--cases", default="all", help="comma-separated case names, or all")
+    ap.add_argument("--model-shape", default="llama3-8b",
+                    help="a configs/models/ name or a path to a config .json (dummy weights)")
+    ap.add_argument("--dtype", default="auto", help="auto: bf16 on GPU, fp32 on CPU")
+    ap.add_argument("--device", default="auto")
+    ap.add_argument("--gpu-memory-utilization", type=float, default=None)
+    ap.add_argument("--workload-dir", default=None)
+    ap.add_argument("--num-prompts", type=int, default=500,
+                    help="first N requests of a throughput case's workload (fewer if it has fewer)")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--decode-tokens", type=int, default=256, help="gen_latency's long run")
+    ap.add_argument("--decode-input", type=int, default=128, help="decode cases' prompt length")
+    ap.add_argument("--peer-dir", default=None, help="folder with the vLLM peer's gen_latency.py")
+    ap.add_argument("--vllm-json", default=None, help="vllm_quant_side.py's output")
+    ap.add_argument("--no-bf16", action="store_true", help="skip the bf16 runs (no vs_bf16)")
+    ap.add_argument("--case-timeout", type=float, default=240.0,
+                    help="seconds one engine's subprocess may take")
+    ap.add_argument("--out", default=None, help="write every record and error here (JSON)")
+    ap.add_argument("--record", action="store_true", help="append to results even on CPU")
+    ap.add_argument("--results-dir", default=None)
+    ap.add_argument("--worker", default=None, help=argparse.SUPPRESS)
+    ap.add_argument("--worker-out", default=None, help=argparse.SUPPRESS)
+    return ap.parse_args(argv)
+
+
+# ---- one engine (runs in a subprocess) ---------------------------------------------------------
+
+def copy_bandwidth_of(device: Any) -> float:
+    """Device copy bandwidth in bytes/s (read + written), as latency.py's floor uses it."""
+    import torch
+    if device.type == "cuda":
+        from benchmarks.kernel_bench._common import copy_bandwidth
+        return copy_bandwidth(device)
+    src = torch.ones(16 << 20, dtype=torch.float32)  # CPU: 64 MiB, best of a few copies
+    dst = torch.empty_like(src)
+    best = float("inf")
+    for _ in range(5):
+        t0 = time.perf_counter()
+        dst.copy_(src)
+        best = min(best, time.perf_counter() - t0)
+    return 2 * src.numel() * src.element_size() / best
+
+
+def lookup_table_bytes(model: Any) -> int:
+    """Bytes of embedding tables a decode step only indexes (one row per token); a table tied to
+    the LM head is streamed by the head and not counted."""
+    from engine.layers.vocab_parallel import ParallelLMHead, VocabParallelEmbedding
+    heads = {id(m.weight) for m in model.modules() if isinstance(m, ParallelLMHead)}
+    return sum(m.weight.numel() * m.weight.element_size() for m in model.modules()
+               if isinstance(m, VocabParallelEmbedding) and not isinstance(m, ParallelLMHead)
+               and id(m.weight) not in heads)
+
+
+def run_one_engine(spec: EngineSpec, cases: list[Case], args: argparse.Namespace,
+                   save) -> dict[str, Any]:
+    """Load `spec`'s engine once, run every workload and decode batch `cases` need; `save(res)`
+    after each step so a later crash keeps what was measured."""
+    import torch
+
+    from benchmarks.model_shapes import hf_config_of, max_len_of, resolve_model
+    from benchmarks.throughput import build_llm, run_engine, workload_prompts
+    from benchmarks.workloads import load_workload, summarize
+    workloads, batches = tasks_of(cases)
+    res: dict[str, Any] = {"engine": spec.key, "errors": [], "throughput": {}}
+    model = resolve_model(None, args.model_shape)
+    device = torch.device("cuda" if args.device == "auto" and torch.cuda.is_available()
+                          else "cpu" if args.device == "auto" else args.device)
+    if batches:  # measured before the engine takes its share of device memory
+        res["copy_bw_bytes_s"] = copy_bandwidth_of(device)
+    kwargs = {**model.engine_kwargs, "quantization": spec.quantization,
+              "kv_cache_dtype": spec.kv_cache_dtype, **spec.extra}
+    if spec.quant_config is not None:
+        kwargs["hf_overrides"] = {"quantization_config": spec.quant_config}
+    model = replace(model, engine_kwargs=kwargs)
+    t0 = time.perf_counter()
+    llm = build_llm(model, args)
+    res["engine_load_s"] = time.perf_counter() - t0
+    stats = llm.stats()
+    res.update({"quantization": stats.get("quantization") or "none (dense)",
+                "weight_bytes": stats["weight_bytes"],
+                "lookup_table_bytes": lookup_table_bytes(llm.llm_engine.core.runner.model),
+                "kv_cache_dtype": stats.get("kv_cache_dtype"),
+                "num_kv_blocks": stats.get("num_total_blocks"),
+                "block_size": stats.get("block_size")})
+    print(f"[{spec.key}] {res['quantization']}: weights {res['weight_bytes'] / 2**30:.2f} GiB, "
+          f"KV {res['kv_cache_dtype']} x {res['num_kv_blocks']} blocks, loaded in "
+          f"{res['engine_load_s']:.1f} s", flush=True)
+    save(res)
+    config = hf_config_of(model, llm)
+    for wl in workloads:
+        try:
+            reqs = load_workload(wl, None, args.workload_dir)[:args.num_prompts]
+            clipped, prompts, n_clipped = workload_prompts(config, reqs, max_len_of(config),
+                                                           args.seed)
+            m = run_engine(llm, prompts, clipped, 1, 1, warmup=True, probe=False)
+            m.update(num_clipped_to_context=n_clipped, workload_summary=summarize(clipped))
+            res["throughput"][wl] = m
+            print(f"[{spec.key}] {wl}: {m['output_tok_s']:.0f} output tok/s over "
+                  f"{m['elapsed_s']:.2f} s", flush=True)
+        except Exception as e:  # noqa: BLE001 - recorded, the other tasks go on
+            res["errors"].append(f"{spec.key} {wl}: {type(e).__name__}: {e}")
+        save(res)
+    if batches:
+        try:
+            sys.path.insert(0, find_peer_dir(args.peer_dir))
+            from gen_latency import measure
+
+            from engine import SamplingParams
+
+            def sp(n: int) -> Any:
+                return SamplingParams(temperature=0, max_tokens=n, ignore_eos=True,
+                                      detokenize=False)
+            print(f"[{spec.key}] decode (generate difference):", flush=True)
+            res["decode"] = measure(llm, sp, batches=tuple(batches), inp=args.decode_input,
+                                    out=args.decode_tokens)
+        except Exception as e:  # noqa: BLE001
+            res["errors"].append(f"{spec.key} decode: {type(e).__name__}: {e}")
+        save(res)
+    llm.shutdown()
+    del llm
+    gc.collect()
+    return res
+
+
+def worker_main(args: argparse.Namespace) -> None:
+    def save(res: dict) -> None:
+        with open(args.worker_out, "w") as f:
+            json.dump(res, f, default=str)
+
+    run_one_engine(ENGINES[args.worker], select_cases(args.cases), args, save)
+
+
+# ---- orchestration and records ----------------------------------------------------------------
+
+def run_worker(spec: EngineSpec, cases: list[Case], argv: list[str],
+               timeout: float) -> dict[str, Any]:
+    """`spec`'s engine in a subprocess; its result (possibly partial) plus any failure."""
+    fd, path = tempfile.mkstemp(prefix=f"quant-{spec.key}-", suffix=".json")
+    os.close(fd)
+    cmd = [sys.executable, os.path.abspath(__file__), *argv, "--cases",
+           ",".join(c.name for c in cases), "--worker", spec.key, "--worker-out", path]
+    failure = None
+    try:
+        proc = subprocess.run(cmd, timeout=timeout)
+        if proc.returncode != 0:
+            failure = f"{spec.key}: subprocess exited with {proc.returncode}"
+    except subprocess.TimeoutExpired:
+        failure = f"{spec.key}: subprocess timed out after {timeout:.0f} s"
+    try:
+        with open(path) as f:
+            res = json.load(f)
+    except (OSError, ValueError):
+        res = {"engine": spec.key, "errors": [], "throughput": {}}
+    finally:
+        os.unlink(path)
+    if failure:
+        res["errors"].append(failure)
+    return res
+
+
+def _ratio(num: Optional[float], den: Optional[float]) -> Optional[float]:
+    return num / den if num is not None and den else None
+
+
+def case_metrics(case: Case, ours: dict, bf16: Optional[dict],
+                 vllm: Optional[dict]) -> Optional[dict[str, Any]]:
+    """The record metrics of one case from its engine's (and bf16's) results; None if it did
+    not run."""
+    base = bf16 or {}
+    common = {"weight_bytes": ours.get("weight_bytes"),
+              "bf16_weight_bytes": base.get("weight_bytes"),
+              "num_kv_blocks": ours.get("num_kv_blocks"),
+              "bf16_num_kv_blocks": base.get("num_kv_blocks"),
+              "engine_load_s": ours.get("engine_load_s")}
+    if case.kind == "throughput":
+        m = ours.get("throughput", {}).get(case.workload)
+        if m is None:
+            return None
+        ref = base.get("throughput", {}).get(case.workload, {}).get("output_tok_s")
+        theirs = (vllm or {}).get("output_tok_s")
+        return {**{k: v for k, v in m.items() if k != "workload_summary"}, **common,
+                "bf16_output_tok_s": ref, "vs_bf16": _ratio(m["output_tok_s"], ref),
+                "vllm_output_tok_s": theirs, "vs_vllm": _ratio(m["output_tok_s"], theirs)}
+    row = ours.get("decode", {}).get("batches", {}).get(str(case.batch))
+    if row is None:
+        return None
+    ms = row["per_token_ms"]
+    ref = base.get("decode", {}).get("batches", {}).get(str(case.batch), {}).get("per_token_ms")
+    theirs = (vllm or {}).get("per_token_ms")
+    bw = ours.get("copy_bw_bytes_s")
+    streamed = ours["weight_bytes"] - ours.get("lookup_table_bytes", 0)
+    out = {"per_token_ms": ms, "t1_ms": row["t1_s"] * 1e3, "decode_tok_s": row["decode_tok_s"],
+           "per_token_ms_min_spread": row["per_token_ms_min_spread"],
+           "per_token_ms_max_spread": row["per_token_ms_max_spread"], **common,
+           "streamed_weight_bytes": streamed, "copy_bw_bytes_s": bw,
+           "bf16_per_token_ms": ref, "vs_bf16": _ratio(ref, ms),
+           "vllm_per_token_ms": theirs, "vs_vllm": _ratio(theirs, ms)}
+    if case.batch == 1 and bw:
+        out["floor_ms"] = streamed / bw * 1e3
+        out["over_floor"] = ms / out["floor_ms"]
+        out["over_floor_all_weights"] = ms / (ours["weight_bytes"] / bw * 1e3)
+    return out
+
+
+def case_params(case: Case, ours: dict, args: argparse.Namespace) -> dict[str, Any]:
+    from benchmarks.model_shapes import shape_label
+    p: dict[str, Any] = {"case": case.name, "kind": case.kind, "engine": case.engine.key,
+                         "method": ours.get("quantization"),
+                         "quantization": case.engine.quantization,
+                         "quant_config": case.engine.quant_config,
+                         "kv_cache_dtype": ours.get("kv_cache_dtype"),
+                         "model": shape_label(args.model_shape), "dummy_weights": True,
+                         "dtype": args.dtype, "seed": args.seed}
+    if case.kind == "throughput":
+        summary = ours["throughput"][case.workload].get("workload_summary", {})
+        p.update(workload=case.workload, num_prompts_cap=args.num_prompts, **summary)
+    else:
+        p.update(batch=case.batch, decode_tokens=args.decode_tokens,
+                 decode_input=args.decode_input, decode_method=ours["decode"]["method"])
+    return p
+
+
+def load_vllm(path: Optional[str]) -> dict[str, Any]:
+    if not path:
+        return {}
+    with open(path) as f:
+        return json.load(f)
+
+
+def main(argv: Optional[list[str]] = None) -> dict[str, Any]:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    args = parse_args(argv)
+    if args.worker:
+        worker_main(args)
+        return {}
+    cases = select_cases(args.cases)
+    vllm = load_vllm(args.vllm_json)
+    groups = ([] if args.no_bf16 else [(BF16, [])]) + group_by_engine(cases)
+    results: dict[str, dict] = {}
+    summary: dict[str, Any] = {"records": [], "errors": [f"vllm: {e}"
+                                                        for e in vllm.get("errors", [])]}
+    for spec, group in groups:
+        t0 = time.perf_counter()
+        # bf16 runs every case's workload and batch size: the reference of each ratio.
+        res = run_worker(spec, group or cases, argv, args.case_timeout)
+        res["wall_s"] = time.perf_counter() - t0
+        results[spec.key] = res
+        summary["errors"] += res["errors"]
+        print(f"[{spec.key}] done in {res['wall_s']:.0f} s", flush=True)
+        # Records as soon as a case's engine is done: a device call cut short keeps them.
+        for case in group:
+            rec = record_case(case, res, results.get(BF16.key), vllm, args)
+            if rec is None:
+                summary["errors"].append(f"{case.name}: no measurement (see the errors above)")
+            else:
+                summary["records"].append(rec)
+        summary["engines"] = {k: {kk: vv for kk, vv in v.items()
+                                  if kk not in ("throughput", "decode")}
+                              for k, v in results.items()}
+        if args.out:
+            with open(args.out, "w") as f:
+                json.dump(summary, f, indent=1, default=str)
+    print(format_summary(summary["records"], summary["errors"]))
+    return summary
+
+
+def record_case(case: Case, ours: dict, bf16: Optional[dict], vllm: dict,
+                args: argparse.Namespace) -> Optional[dict[str, Any]]:
+    """The case's record (appended to results/quantization.jsonl on a GPU or with --record)."""
+    import torch
+
+    from benchmarks.record import append_result, make_record
+    metrics = case_metrics(case, ours, bf16, vllm.get("cases", {}).get(case.name))
+    if metrics is None:
+        return None
+    params = case_params(case, ours, args)
+    if vllm:
+        params["vllm_versions"] = vllm.get("versions")
+    if torch.cuda.is_available() or args.record:
+        return append_result("quantization", params, metrics, args.results_dir)
+    return make_record("quantization", params, metrics)
+
+
+def format_summary(records: list[dict], errors: list[str]) -> str:
+    def f(v: Any, fmt: str = "{:.3f}") -> str:
+        return "n/a" if v is None else fmt.format(v)
+
+    lines = ["quantization cases:"]
+    for r in records:
+        m = r["metrics"]
+        figure = (f"{f(m.get('output_tok_s'), '{:.0f}')} output tok/s" if "output_tok_s" in m
+                  else f"{f(m.get('per_token_ms'))} ms/token")
+        lines.append(f"  {r['params']['case']:32s} {figure:>22s}  vs_bf16 {f(m.get('vs_bf16'))}  "
+                     f"vs_vllm {f(m.get('vs_vllm'))}  over_floor {f(m.get('over_floor'))}")
+    lines += [f"  ERROR {e}" for e in errors]
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    main()
