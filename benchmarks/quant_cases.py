@@ -11,7 +11,7 @@ config) share one model load.
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Optional
 
 # llmcompressor's W8A8 int8 layout (SmoothQuant/GPTQ recipes): int8 per-channel weights, dynamic
@@ -50,7 +50,6 @@ class EngineSpec:
     quantization: Optional[str] = None
     quant_config: Optional[dict[str, Any]] = None
     kv_cache_dtype: str = "auto"
-    extra: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)

@@ -117,7 +117,7 @@ def run_one_engine(spec: EngineSpec, cases: list[Case], args: argparse.Namespace
     if batches:  # measured before the engine takes its share of device memory
         res["copy_bw_bytes_s"] = copy_bandwidth_of(device)
     kwargs = {**model.engine_kwargs, "quantization": spec.quantization,
-              "kv_cache_dtype": spec.kv_cache_dtype, **spec.extra}
+              "kv_cache_dtype": spec.kv_cache_dtype}
     if spec.quant_config is not None:
         kwargs["hf_overrides"] = {"quantization_config": spec.quant_config}
     model = replace(model, engine_kwargs=kwargs)
@@ -194,7 +194,7 @@ def run_worker(spec: EngineSpec, cases: list[Case], argv: list[str],
         if proc.returncode != 0:
             failure = f"{spec.key}: subprocess exited with {proc.returncode}"
     except subprocess.TimeoutExpired:
-        failure = f"{spec.key}: subprocess timed out after {timeout:.0f} s"
+        failure = f"{spec.key}: subprocess timed out after {timeout:g} s"
     try:
         with open(path) as f:
             res = json.load(f)
@@ -325,6 +325,8 @@ def record_case(case: Case, ours: dict, bf16: Optional[dict], vllm: dict,
     params = case_params(case, ours, args)
     if vllm:
         params["vllm_versions"] = vllm.get("versions")
+        params["vllm_quantization"] = vllm.get("engines", {}).get(case.engine.key,
+                                                                  {}).get("quantization")
     if torch.cuda.is_available() or args.record:
         return append_result("quantization", params, metrics, args.results_dir)
     return make_record("quantization", params, metrics)
