@@ -3,20 +3,32 @@
 
 Each engine runs in its own subprocess with vllm_side.py's proven settings (dummy weights,
 skip_tokenizer_init, bf16, gpu_memory_utilization 0.9, seed 0, vLLM's defaults otherwise):
-  fp8 + fp8 KV  LLM(model=<shape dir>, quantization="fp8", kv_cache_dtype="fp8")
-  int8 / GPTQ / AWQ  the shape's config.json plus the case's `quantization_config` (vLLM picks its
-                kernels itself: compressed-tensors W8A8 int8, gptq_marlin, awq_marlin)
+  fp8 + fp8 KV  LLM(model=<shape dir>, quantization="fp8", kv_cache_dtype="fp8") (vLLM 0.26's
+                online fp8 is per-tensor; --fp8-method fp8_per_channel matches pagedserve's)
+  int8 / GPTQ / AWQ  the shape's config.json plus the case's `quantization_config`; vLLM picks
+                its kernels itself (compressed-tensors W8A8 int8; its auto_gptq / auto_awq
+                methods choose the mixed-precision GEMM, e.g. Marlin)
 Throughput: the same prompt ids as pagedserve (throughput.workload_prompts, seed 0), the same
 warm-up, one timed LLM.generate, temperature 1. Decode: the peer's gen_latency.measure, greedy.
 Writes `{"cases": {case: {"output_tok_s" | "per_token_ms", ...}}, "errors": [...], ...}` to --out
 after every engine, for `quantization.py --vllm-json`.
 
-    bash .carry/vllm/device.sh python3 benchmarks/vllm_quant_side.py --workload-dir <workloads> \\
-        --num-prompts 500 --out $OUT/vllm_quant.json
+vLLM 0.26 needs compressed-tensors 0.17.0 (and loguru) for any quantization; neither the bundle
+nor the device image has them. Once, in the checkout's root on your machine:
+    echo /.whl/ >> .git/info/exclude
+    python3 -m pip download --no-deps --only-binary=:all: --python-version 3.12 \\
+        --implementation cp --platform manylinux2014_x86_64 -d .whl \\
+        compressed-tensors==0.17.0 loguru==0.7.3
+On the device (carry .carry/vllm and .whl):
+    python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/site .whl/*.whl \\
+      && export PYTHONPATH=/tmp/site && bash .carry/vllm/device.sh python3 \\
+      benchmarks/vllm_quant_side.py --workload-dir <workloads> --num-prompts 500 \\
+      --out $OUT/vllm_quant.json
 """
 from __future__ import annotations
 
 import argparse
+import importlib
 import json
 import os
 import platform
@@ -34,6 +46,10 @@ sys.path.insert(0, REPO)
 from benchmarks.quant_cases import (ENGINES, EngineSpec, find_peer_dir,  # noqa: E402
                                     group_by_engine, select_cases, tasks_of)
 
+# Not in the peer bundle (../shared/vllm-peer/pack.sh) nor the device image; vLLM 0.26's
+# quantization registry imports compressed_tensors (which logs through loguru) for any method.
+NEEDED_PACKAGES = ("compressed_tensors", "loguru")
+
 
 def parse_args() -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
@@ -46,6 +62,10 @@ def parse_args() -> argparse.Namespace:
     ap.add_argument("--decode-tokens", type=int, default=256)
     ap.add_argument("--decode-input", type=int, default=128)
     ap.add_argument("--gpu-memory-utilization", type=float, default=0.9)
+    ap.add_argument("--fp8-method", default="fp8",
+                    help="vLLM's name for the fp8 case: fp8 (the issue's; vLLM 0.26 quantizes "
+                         "per tensor) or fp8_per_channel (pagedserve's scheme: per-channel "
+                         "weights, dynamic per-token activations)")
     ap.add_argument("--peer-dir", default=None, help="folder with vllm_side.py and gen_latency.py")
     ap.add_argument("--case-timeout", type=float, default=300.0,
                     help="seconds one engine's subprocess may take")
@@ -92,7 +112,8 @@ def run_group(spec: EngineSpec, args: argparse.Namespace) -> dict[str, Any]:
                                   dtype="bfloat16", seed=0,
                                   gpu_memory_utilization=args.gpu_memory_utilization)
     if spec.quant_config is None and spec.quantization:  # load-time method (fp8)
-        kwargs["quantization"] = spec.quantization
+        kwargs["quantization"] = args.fp8_method if spec.quantization == "fp8" else \
+            spec.quantization
     if spec.kv_cache_dtype != "auto":
         kwargs["kv_cache_dtype"] = spec.kv_cache_dtype
     res["llm_kwargs"] = {k: v for k, v in kwargs.items() if k != "model"}
@@ -154,6 +175,14 @@ def run_group(spec: EngineSpec, args: argparse.Namespace) -> dict[str, Any]:
     return res
 
 
+def importable(module: str) -> bool:
+    try:
+        importlib.import_module(module)
+        return True
+    except ImportError:
+        return False
+
+
 def main() -> None:
     args = parse_args()
     if args.group:
@@ -162,6 +191,14 @@ def main() -> None:
     res: dict[str, Any] = {"engine": "vllm", "cases": {}, "errors": [], "engines": {},
                            "env": {k: v for k, v in os.environ.items()
                                    if k.startswith(("VLLM_", "HF_", "TRANSFORMERS_"))}}
+    missing = [m for m in NEEDED_PACKAGES if not importable(m)]
+    if missing:  # every case would fail after vLLM's start-up: stop before spending it
+        res["errors"].append(f"packages {missing} are missing: vLLM 0.26 imports "
+                             "compressed_tensors for every quantization method; carry the "
+                             "wheels named in benchmarks/vllm_quant_side.py's docstring")
+        with open(args.out, "w") as f:
+            json.dump(res, f, indent=1)
+        raise SystemExit(res["errors"][0])
     try:  # no CUDA context here: the engines' subprocesses get the whole GPU
         import torch
         import vllm

@@ -59,18 +59,19 @@ def tiny_setup(tmp_path):
     wl.mkdir()
     (wl / "sharegpt_like.json").write_text(json.dumps(
         [{"input_len": 10 + 3 * i, "output_len": 4 + i} for i in range(6)]))
-    fake = tmp_path / "fake" / "vllm"
-    fake.mkdir(parents=True)
-    (fake / "__init__.py").write_text(FAKE_VLLM)
-    return shape, wl, tmp_path / "fake"
+    fake = tmp_path / "fake"
+    for pkg, text in (("vllm", FAKE_VLLM), ("compressed_tensors", ""), ("loguru", "")):
+        (fake / pkg).mkdir(parents=True)
+        (fake / pkg / "__init__.py").write_text(text)
+    return shape, wl, fake
 
 
-def _run(args, tmp_path, extra_path=None):
+def _run(args, tmp_path, extra_path=None, rc=0):
     env = {**os.environ, "OUT": "",
            "PYTHONPATH": os.pathsep.join(p for p in (extra_path, REPO) if p)}
     proc = subprocess.run([sys.executable, *args], cwd=tmp_path, capture_output=True, text=True,
                           timeout=300, env=env)
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert proc.returncode == rc, proc.stdout[-3000:] + proc.stderr[-3000:]
     return proc
 
 
@@ -136,6 +137,18 @@ def test_a_failing_engine_is_reported_and_the_run_still_ends(tiny_setup, tmp_pat
     assert out["records"] == []
     assert out["errors"] == ["int8_w8a8: subprocess timed out after 0.01 s",
                              "int8_sharegpt_like: no measurement (see the errors above)"]
+
+
+def test_vllm_side_stops_before_start_up_without_compressed_tensors(tiny_setup, tmp_path):
+    shape, wl, fake = tiny_setup
+    (fake / "compressed_tensors" / "__init__.py").write_text(
+        "raise ImportError(\"No module named 'compressed_tensors'\")")
+    proc = _run([os.path.join(REPO, "benchmarks", "vllm_quant_side.py"), "--cases",
+                 "w4a16_bs1", "--model-shape", str(shape), "--workload-dir", str(wl),
+                 "--out", "vllm.json"], tmp_path, str(fake), rc=1)
+    out = json.loads((tmp_path / "vllm.json").read_text())
+    assert out["cases"] == {} and "['compressed_tensors'] are missing" in out["errors"][0]
+    assert "compressed_tensors" in proc.stderr
 
 
 def test_cases_share_engines_and_name_their_tasks():
