@@ -41,7 +41,7 @@ from typing import Any, Optional
 if __package__ in (None, ""):
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from benchmarks.quant_cases import (BF16, ENGINES, Case, EngineSpec, find_peer_dir,
+from benchmarks.quant_cases import (BF16, CASES, ENGINES, Case, EngineSpec, find_peer_dir,
                                     group_by_engine, select_cases, tasks_of)
 
 
@@ -61,6 +61,9 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     ap.add_argument("--decode-input", type=int, default=128, help="decode cases' prompt length")
     ap.add_argument("--peer-dir", default=None, help="folder with the vLLM peer's gen_latency.py")
     ap.add_argument("--vllm-json", default=None, help="vllm_quant_side.py's output")
+    ap.add_argument("--attach-vllm", default=None, metavar="EARLIER_OUT",
+                    help="run nothing: complete an earlier --out's records with --vllm-json's "
+                         "figures (vLLM run in another device call); --record appends them")
     ap.add_argument("--no-bf16", action="store_true", help="skip the bf16 runs (no vs_bf16)")
     ap.add_argument("--case-timeout", type=float, default=240.0,
                     help="seconds one engine's subprocess may take")
@@ -226,16 +229,14 @@ def case_metrics(case: Case, ours: dict, bf16: Optional[dict],
         if m is None:
             return None
         ref = base.get("throughput", {}).get(case.workload, {}).get("output_tok_s")
-        theirs = (vllm or {}).get("output_tok_s")
         return {**{k: v for k, v in m.items() if k != "workload_summary"}, **common,
                 "bf16_output_tok_s": ref, "vs_bf16": _ratio(m["output_tok_s"], ref),
-                "vllm_output_tok_s": theirs, "vs_vllm": _ratio(m["output_tok_s"], theirs)}
+                **vllm_metrics(case, m, vllm)}
     row = ours.get("decode", {}).get("batches", {}).get(str(case.batch))
     if row is None:
         return None
     ms = row["per_token_ms"]
     ref = base.get("decode", {}).get("batches", {}).get(str(case.batch), {}).get("per_token_ms")
-    theirs = (vllm or {}).get("per_token_ms")
     bw = ours.get("copy_bw_bytes_s")
     streamed = ours["weight_bytes"] - ours.get("lookup_table_bytes", 0)
     out = {"per_token_ms": ms, "t1_ms": row["t1_s"] * 1e3, "decode_tok_s": row["decode_tok_s"],
@@ -243,12 +244,29 @@ def case_metrics(case: Case, ours: dict, bf16: Optional[dict],
            "per_token_ms_max_spread": row["per_token_ms_max_spread"], **common,
            "streamed_weight_bytes": streamed, "copy_bw_bytes_s": bw,
            "bf16_per_token_ms": ref, "vs_bf16": _ratio(ref, ms),
-           "vllm_per_token_ms": theirs, "vs_vllm": _ratio(theirs, ms)}
+           **vllm_metrics(case, {"per_token_ms": ms}, vllm)}
     if case.batch == 1 and bw:
         out["floor_ms"] = streamed / bw * 1e3
         out["over_floor"] = ms / out["floor_ms"]
         out["over_floor_all_weights"] = ms / (ours["weight_bytes"] / bw * 1e3)
     return out
+
+
+def vllm_metrics(case: Case, ours: dict, vllm: Optional[dict]) -> dict[str, Any]:
+    """vLLM's figure for the case and `vs_vllm` (tok/s: ours ÷ theirs; times: theirs ÷ ours)."""
+    key = "output_tok_s" if case.kind == "throughput" else "per_token_ms"
+    theirs = (vllm or {}).get(key)
+    ratio = (_ratio(ours[key], theirs) if case.kind == "throughput"
+             else _ratio(theirs, ours[key]))
+    return {f"vllm_{key}": theirs, "vs_vllm": ratio}
+
+
+def vllm_params(case: Case, vllm: dict) -> dict[str, Any]:
+    if not vllm:
+        return {}
+    return {"vllm_versions": vllm.get("versions"),
+            "vllm_quantization": vllm.get("engines", {}).get(case.engine.key,
+                                                             {}).get("quantization")}
 
 
 def case_params(case: Case, ours: dict, args: argparse.Namespace) -> dict[str, Any]:
@@ -282,6 +300,8 @@ def main(argv: Optional[list[str]] = None) -> dict[str, Any]:
     if args.worker:
         worker_main(args)
         return {}
+    if args.attach_vllm:
+        return attach_vllm(args)
     cases = select_cases(args.cases)
     vllm = load_vllm(args.vllm_json)
     groups = ([] if args.no_bf16 else [(BF16, [])]) + group_by_engine(cases)
@@ -322,14 +342,33 @@ def record_case(case: Case, ours: dict, bf16: Optional[dict], vllm: dict,
     metrics = case_metrics(case, ours, bf16, vllm.get("cases", {}).get(case.name))
     if metrics is None:
         return None
-    params = case_params(case, ours, args)
-    if vllm:
-        params["vllm_versions"] = vllm.get("versions")
-        params["vllm_quantization"] = vllm.get("engines", {}).get(case.engine.key,
-                                                                  {}).get("quantization")
+    params = {**case_params(case, ours, args), **vllm_params(case, vllm)}
     if torch.cuda.is_available() or args.record:
         return append_result("quantization", params, metrics, args.results_dir)
     return make_record("quantization", params, metrics)
+
+
+def attach_vllm(args: argparse.Namespace) -> dict[str, Any]:
+    """An earlier run's records with vLLM's figures and `vs_vllm` filled in."""
+    from benchmarks.record import append_record
+    vllm = load_vllm(args.vllm_json)
+    if not vllm:
+        raise SystemExit("--attach-vllm needs --vllm-json")
+    with open(args.attach_vllm) as f:
+        summary = json.load(f)
+    for rec in summary["records"]:
+        case = CASES[rec["params"]["case"]]
+        rec["metrics"].update(vllm_metrics(case, rec["metrics"],
+                                           vllm.get("cases", {}).get(case.name)))
+        rec["params"].update(vllm_params(case, vllm))
+        if args.record:
+            append_record(rec, args.results_dir)
+    summary["errors"] += [f"vllm: {e}" for e in vllm.get("errors", [])]
+    if args.out:
+        with open(args.out, "w") as f:
+            json.dump(summary, f, indent=1, default=str)
+    print(format_summary(summary["records"], summary["errors"]))
+    return summary
 
 
 def format_summary(records: list[dict], errors: list[str]) -> str:

@@ -127,6 +127,19 @@ def test_quantization_benchmark_tiny_both_sides(tiny_setup, tmp_path):
     assert m["over_floor"] == pytest.approx(m["per_token_ms"] / m["floor_ms"])
     assert "w4a16_bs1" in proc.stdout and "vs_vllm" in proc.stdout
 
+    # vLLM run in another device call: its figures attached to the stored records.
+    for c in theirs["cases"].values():
+        c["output_tok_s" if "output_tok_s" in c else "per_token_ms"] *= 2
+    (tmp_path / "vllm2.json").write_text(json.dumps(theirs))
+    _run([os.path.join(REPO, "benchmarks", "quantization.py"), "--attach-vllm", "quant.json",
+          "--vllm-json", "vllm2.json", "--out", "attached.json"], tmp_path)
+    attached = {r["params"]["case"]: r["metrics"]
+                for r in json.loads((tmp_path / "attached.json").read_text())["records"]}
+    assert attached["fp8_w8a8_kv_fp8_sharegpt_like"]["vs_vllm"] == pytest.approx(
+        recs["fp8_w8a8_kv_fp8_sharegpt_like"]["metrics"]["vs_vllm"] / 2)
+    assert attached["w4a16_bs1"]["vs_vllm"] == pytest.approx(
+        recs["w4a16_bs1"]["metrics"]["vs_vllm"] * 2)
+
 
 def test_a_failing_engine_is_reported_and_the_run_still_ends(tiny_setup, tmp_path):
     shape, wl, _ = tiny_setup
