@@ -31,7 +31,6 @@ import argparse
 import gc
 import json
 import os
-import subprocess
 import sys
 import tempfile
 import time
@@ -41,6 +40,7 @@ from typing import Any, Optional
 if __package__ in (None, ""):
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+from benchmarks.isolated import run_isolated
 from benchmarks.quant_cases import (BF16, CASES, ENGINES, Case, EngineSpec, find_peer_dir,
                                     group_by_engine, select_cases, tasks_of)
 
@@ -191,13 +191,7 @@ def run_worker(spec: EngineSpec, cases: list[Case], argv: list[str],
     os.close(fd)
     cmd = [sys.executable, os.path.abspath(__file__), *argv, "--cases",
            ",".join(c.name for c in cases), "--worker", spec.key, "--worker-out", path]
-    failure = None
-    try:
-        proc = subprocess.run(cmd, timeout=timeout)
-        if proc.returncode != 0:
-            failure = f"{spec.key}: subprocess exited with {proc.returncode}"
-    except subprocess.TimeoutExpired:
-        failure = f"{spec.key}: subprocess timed out after {timeout:g} s"
+    failure = run_isolated(cmd, timeout, spec.key)
     try:
         with open(path) as f:
             res = json.load(f)

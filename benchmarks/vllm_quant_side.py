@@ -32,7 +32,6 @@ import importlib
 import json
 import os
 import platform
-import subprocess
 import sys
 import tempfile
 import time
@@ -43,6 +42,7 @@ from typing import Any
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
 
+from benchmarks.isolated import run_isolated  # noqa: E402
 from benchmarks.quant_cases import (ENGINES, EngineSpec, find_peer_dir,  # noqa: E402
                                     group_by_engine, select_cases, tasks_of)
 
@@ -212,13 +212,9 @@ def main() -> None:
         cmd = [sys.executable, os.path.abspath(__file__), *sys.argv[1:], "--cases",
                ",".join(c.name for c in cases), "--group", spec.key, "--group-out", path]
         t0 = time.perf_counter()
-        try:
-            rc = subprocess.run(cmd, timeout=args.case_timeout).returncode
-            if rc != 0:
-                res["errors"].append(f"{spec.key}: subprocess exited with {rc}")
-        except subprocess.TimeoutExpired:
-            res["errors"].append(f"{spec.key}: subprocess timed out after "
-                                 f"{args.case_timeout:g} s")
+        failure = run_isolated(cmd, args.case_timeout, spec.key)
+        if failure:
+            res["errors"].append(failure)
         try:
             with open(path) as f:
                 group = json.load(f)
