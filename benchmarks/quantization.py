@@ -77,6 +77,9 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
 
 # ---- one engine (runs in a subprocess) ---------------------------------------------------------
 
+GEN_LATENCY_MAX_ID = 128000  # its prompts are ids 1..127999 (below Llama-3's specials)
+
+
 def copy_bandwidth_of(device: Any) -> float:
     """Device copy bandwidth in bytes/s (read + written), as latency.py's floor uses it."""
     import torch
@@ -119,6 +122,8 @@ def run_one_engine(spec: EngineSpec, cases: list[Case], args: argparse.Namespace
                           else "cpu" if args.device == "auto" else args.device)
     if batches:  # measured before the engine takes its share of device memory
         res["copy_bw_bytes_s"] = copy_bandwidth_of(device)
+        if device.type == "cuda":
+            torch.cuda.empty_cache()  # the engine sizes its KV pool from free memory
     kwargs = {**model.engine_kwargs, "quantization": spec.quantization,
               "kv_cache_dtype": spec.kv_cache_dtype}
     if spec.quant_config is not None:
@@ -154,6 +159,10 @@ def run_one_engine(spec: EngineSpec, cases: list[Case], args: argparse.Namespace
         save(res)
     if batches:
         try:
+            if llm.llm_engine.core.runner.vocab_size < GEN_LATENCY_MAX_ID:
+                raise ValueError(f"gen_latency.py draws prompt ids up to {GEN_LATENCY_MAX_ID - 1}"
+                                 f": the model's vocabulary "
+                                 f"({llm.llm_engine.core.runner.vocab_size}) must hold them")
             sys.path.insert(0, find_peer_dir(args.peer_dir))
             from gen_latency import measure
 
