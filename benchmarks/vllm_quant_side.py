@@ -14,8 +14,7 @@ Writes `{"cases": {case: {"output_tok_s" | "per_token_ms", ...}}, "errors": [...
 after every engine, for `quantization.py --vllm-json`.
 
 vLLM 0.26 needs compressed-tensors 0.17.0 (and loguru) for any quantization; neither the bundle
-nor the device image has them. Once, in the checkout's root on your machine:
-    echo /.whl/ >> .git/info/exclude
+nor the device image has them. Once, in the checkout's root on your machine (.whl/ is ignored):
     python3 -m pip download --no-deps --only-binary=:all: --python-version 3.12 \\
         --implementation cp --platform manylinux2014_x86_64 -d .whl \\
         compressed-tensors==0.17.0 loguru==0.7.3
