@@ -34,6 +34,7 @@ import os
 import sys
 import tempfile
 import time
+import traceback
 from dataclasses import replace
 from typing import Any, Optional
 
@@ -130,7 +131,12 @@ def run_one_engine(spec: EngineSpec, cases: list[Case], args: argparse.Namespace
         kwargs["hf_overrides"] = {"quantization_config": spec.quant_config}
     model = replace(model, engine_kwargs=kwargs)
     t0 = time.perf_counter()
-    llm = build_llm(model, args)
+    try:
+        llm = build_llm(model, args)
+    except Exception as e:
+        res["errors"].append(f"{spec.key} load: {type(e).__name__}: {e}")
+        save(res)
+        raise
     res["engine_load_s"] = time.perf_counter() - t0
     stats = llm.stats()
     res.update({"quantization": stats.get("quantization") or "none (dense)",
@@ -156,6 +162,7 @@ def run_one_engine(spec: EngineSpec, cases: list[Case], args: argparse.Namespace
                   f"{m['elapsed_s']:.2f} s", flush=True)
         except Exception as e:  # noqa: BLE001 - recorded, the other tasks go on
             res["errors"].append(f"{spec.key} {wl}: {type(e).__name__}: {e}")
+            traceback.print_exc()
         save(res)
     if batches:
         try:
@@ -176,6 +183,7 @@ def run_one_engine(spec: EngineSpec, cases: list[Case], args: argparse.Namespace
                                     out=args.decode_tokens)
         except Exception as e:  # noqa: BLE001
             res["errors"].append(f"{spec.key} decode: {type(e).__name__}: {e}")
+            traceback.print_exc()
         save(res)
     llm.shutdown()
     del llm

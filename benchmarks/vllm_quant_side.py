@@ -118,7 +118,12 @@ def run_group(spec: EngineSpec, args: argparse.Namespace) -> dict[str, Any]:
     res["llm_kwargs"] = {k: v for k, v in kwargs.items() if k != "model"}
     res["quantization_config"] = spec.quant_config
     t0 = time.perf_counter()
-    llm = LLM(**kwargs)
+    try:
+        llm = LLM(**kwargs)
+    except Exception as e:
+        res["errors"].append(f"{spec.key} start-up: {type(e).__name__}: {e}")
+        save()
+        raise
     res["startup_s"] = time.perf_counter() - t0
     res["config"] = cfg_readout(llm)
     vc = getattr(llm.llm_engine, "vllm_config", None)
