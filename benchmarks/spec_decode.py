@@ -93,6 +93,8 @@ def main(argv: Optional[list[str]] = None) -> list[dict]:
                     help="in all, split between the resident engines")
     ap.add_argument("--random-seed-prompts", action="store_true")
     ap.add_argument("--vllm-json", default=None)
+    ap.add_argument("--disable-by-batch-size", type=int, default=None,
+                    help="speculative_config.disable_by_batch_size for the n-gram engine")
     args = ap.parse_args(argv)
     import json
 
@@ -107,7 +109,7 @@ def main(argv: Optional[list[str]] = None) -> list[dict]:
         shares = [args.gpu_memory_utilization * (i + 1) / n for i in range(3)]
     off = _engine(args, None, shares[0])
     ngram = {"method": "ngram", "num_speculative_tokens": args.k, "prompt_lookup_min": 2,
-             "prompt_lookup_max": 5}
+             "prompt_lookup_max": 5, "disable_by_batch_size": args.disable_by_batch_size}
     on = _engine(args, ngram, shares[1])
     draft = (_engine(args, {"method": "draft_model", "model": args.draft_model,
                             "num_speculative_tokens": args.k}, shares[2])
@@ -161,7 +163,8 @@ def main(argv: Optional[list[str]] = None) -> list[dict]:
         params = {"case": case, "model": args.model or "SmolLM2-135M-Instruct (default)",
                   "load_format": args.load_format or "auto", "k": args.k,
                   "max_tokens": args.max_tokens, "batch": len(prompts),
-                  "method": "draft_model" if engine_on is draft else "ngram"}
+                  "method": "draft_model" if engine_on is draft else "ngram",
+                  "disable_by_batch_size": args.disable_by_batch_size}
         print(case, {k: round(v, 3) if isinstance(v, float) else v for k, v in metrics.items()})
         if not args.no_record:
             records.append(append_result("spec_decode", params, metrics))
