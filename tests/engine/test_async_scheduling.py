@@ -10,6 +10,18 @@ from engine import LLM, SamplingParams
 PROMPTS = [f"Request {i}: " + "alpha beta gamma " * (1 + 3 * i) for i in range(6)]
 
 
+def count_overlapped(llm, params) -> int:
+    """Steps of one request (PROMPTS[0]) that overlapped with the next one's launch."""
+    engine = llm.llm_engine
+    engine.add_request("overlap", PROMPTS[0], params)
+    overlapped = 0
+    while engine.has_unfinished_requests():
+        engine.step()
+        step = engine.core._inflight
+        overlapped += bool(step is not None and step.overlappable)
+    return overlapped
+
+
 def run(llm, params):
     return [[(c.token_ids, c.finish_reason, c.text) for c in o.outputs]
             for o in llm.generate(PROMPTS, params, use_tqdm=False)]
@@ -42,14 +54,7 @@ def test_min_tokens_overlaps_and_keeps_outputs(engines):
               SamplingParams(temperature=0.9, seed=4, max_tokens=14, min_tokens=9,
                              stop_token_ids=list(range(40)))] * 2
     assert run(asy, params) == run(sync, params)
-    engine = asy.llm_engine
-    engine.add_request("m", PROMPTS[0], params[0])
-    overlapped = 0
-    while engine.has_unfinished_requests():
-        engine.step()
-        step = engine.core._inflight
-        overlapped += bool(step is not None and step.overlappable)
-    assert overlapped >= 15
+    assert count_overlapped(asy, params[0]) >= 15
 
 
 def test_async_equals_sync(engines):
@@ -132,14 +137,8 @@ def test_constrained_requests_overlap_and_keep_outputs(engines):
     want = run(sync, params)
     assert run(asy, params) == want
     assert want[3][0][2] in ("yes", "no", "maybe") and want[3][0][1] == "stop"
-    engine = asy.llm_engine
-    engine.add_request("c", PROMPTS[0], SamplingParams(
-        temperature=0, max_tokens=30, ignore_eos=True, structured_outputs=SO(regex=r"[a-z ]+")))
-    overlapped = 0
-    while engine.has_unfinished_requests():
-        engine.step()
-        step = engine.core._inflight
-        overlapped += bool(step is not None and step.overlappable)
-    assert overlapped >= 20
+    assert count_overlapped(asy, SamplingParams(
+        temperature=0, max_tokens=30, ignore_eos=True,
+        structured_outputs=SO(regex=r"[a-z ]+"))) >= 20
     stats = asy.stats()
     assert stats["num_free_blocks"] == stats["num_total_blocks"]
