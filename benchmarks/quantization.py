@@ -9,7 +9,8 @@ Cases (`--cases`, comma separated, default all; defined in quant_cases.py):
 All engines use dummy weights of `--model-shape` (random quantized weights of the real layout).
 Throughput is measured exactly as throughput.py measures it (one timed `LLM.generate` over the
 requests, a short warm-up first; the step probe off, as on vLLM's side). Decode time is the vLLM
-peer's gen_latency.py method: (t(256 tokens) - t(1 token)) / 255, medians, fresh random prompts.
+peer's gen_latency.py method (benchmarks/decode_latency.py): (t(256 tokens) - t(1 token)) / 255,
+medians, fresh random prompts.
 
 Metrics (above 1 is better for pagedserve): `vs_bf16` = quantized ÷ bf16 (tok/s; for times
 bf16 ÷ quantized), `vs_vllm` = ours ÷ vLLM's (times: vLLM's ÷ ours; with `--vllm-json` written by
@@ -42,7 +43,7 @@ if __package__ in (None, ""):
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from benchmarks.isolated import run_isolated
-from benchmarks.quant_cases import (BF16, CASES, ENGINES, Case, EngineSpec, find_peer_dir,
+from benchmarks.quant_cases import (BF16, CASES, ENGINES, Case, EngineSpec,
                                     group_by_engine, select_cases, tasks_of)
 from benchmarks.quant_records import format_summary, record_case, vllm_metrics, vllm_params
 
@@ -61,7 +62,6 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--decode-tokens", type=int, default=256, help="gen_latency's long run")
     ap.add_argument("--decode-input", type=int, default=128, help="decode cases' prompt length")
-    ap.add_argument("--peer-dir", default=None, help="folder with the vLLM peer's gen_latency.py")
     ap.add_argument("--vllm-json", default=None, help="vllm_quant_side.py's output")
     ap.add_argument("--attach-vllm", default=None, metavar="EARLIER_OUT",
                     help="run nothing: complete an earlier --out's records with --vllm-json's "
@@ -171,8 +171,7 @@ def run_one_engine(spec: EngineSpec, cases: list[Case], args: argparse.Namespace
                 raise ValueError(f"gen_latency.py draws prompt ids up to {GEN_LATENCY_MAX_ID - 1}"
                                  f": the model's vocabulary "
                                  f"({llm.llm_engine.core.runner.vocab_size}) must hold them")
-            sys.path.insert(0, find_peer_dir(args.peer_dir))
-            from gen_latency import measure
+            from benchmarks.decode_latency import measure
 
             from engine import SamplingParams
 

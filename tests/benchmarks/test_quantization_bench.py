@@ -11,7 +11,7 @@ import sys
 
 import pytest
 
-from benchmarks.quant_cases import CASES, find_peer_dir, group_by_engine, select_cases, tasks_of
+from benchmarks.quant_cases import CASES, group_by_engine, select_cases, tasks_of
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -173,4 +173,3 @@ def test_cases_share_engines_and_name_their_tasks():
     assert select_cases("all") == list(CASES.values())
     with pytest.raises(ValueError, match="unknown case.*w4a16_bs2"):
         select_cases("w4a16_bs1,w4a16_bs2")
-    assert os.path.isfile(os.path.join(find_peer_dir(), "gen_latency.py"))
