@@ -9,7 +9,8 @@ skip_tokenizer_init, bf16, gpu_memory_utilization 0.9, seed 0, vLLM's defaults o
                 its kernels itself (compressed-tensors W8A8 int8; its auto_gptq / auto_awq
                 methods choose the mixed-precision GEMM, e.g. Marlin)
 Throughput: the same prompt ids as pagedserve (throughput.workload_prompts, seed 0), the same
-warm-up, one timed LLM.generate, temperature 1. Decode: the peer's gen_latency.measure, greedy.
+warm-up, one timed LLM.generate, temperature 1. Decode: benchmarks/decode_latency.py (the peer's
+gen_latency method), greedy.
 Writes `{"cases": {case: {"output_tok_s" | "per_token_ms", ...}}, "errors": [...], ...}` to --out
 after every engine, for `quantization.py --vllm-json`.
 
@@ -98,9 +99,12 @@ def run_group(spec: EngineSpec, args: argparse.Namespace) -> dict[str, Any]:
 
     cases = [c for c in select_cases(args.cases) if c.engine.key == spec.key]
     workloads, batches = tasks_of(cases)
-    peer = find_peer_dir(args.peer_dir)
-    sys.path.insert(0, peer)
-    from vllm_side import cfg_readout
+    try:  # the peer's readout of vLLM's resolved config, when its folder is at hand
+        sys.path.insert(0, find_peer_dir(args.peer_dir))
+        from vllm_side import cfg_readout
+    except (FileNotFoundError, ImportError):
+        def cfg_readout(llm: Any) -> dict:
+            return {}
 
     from benchmarks.throughput import workload_prompts
     from benchmarks.workloads import load_workload
@@ -166,7 +170,7 @@ def run_group(spec: EngineSpec, args: argparse.Namespace) -> dict[str, Any]:
         save()
     if batches:
         try:
-            from gen_latency import measure
+            from benchmarks.decode_latency import measure
             rows = measure(llm, lambda n: sp(n, 0.0), batches=tuple(batches),
                            inp=args.decode_input, out=args.decode_tokens)
             for case in [c for c in cases if c.kind == "decode"]:
