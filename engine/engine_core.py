@@ -146,8 +146,7 @@ class EngineCore:
     def _finish(self, step: InFlight) -> list[EngineCoreOutput]:
         return self._update(step.sched, self.runner.finish(step), resolve=step.overlappable)
 
-    @staticmethod
-    def _overlappable(req: Request) -> bool:
+    def _overlappable(self, req: Request) -> bool:
         """Requests whose next step may be scheduled and its forward pass launched before the
         host knows their latest token.
 
@@ -155,8 +154,9 @@ class EngineCore:
         values, so it does not stop the overlap (clients such as benchmarks send min_tokens =
         max_tokens on every request). A grammar needs the latest token for the next mask, but
         only at sampling: such steps launch their forward pass, then sample once the previous
-        step's tokens are known (`_sampling_reads_tokens`)."""
-        return req.single_seq and req.beam_state is None and not req.has_penalties
+        step's tokens are known (`_sampling_reads_tokens`), where the runner allows it."""
+        return (req.single_seq and req.beam_state is None and not req.has_penalties
+                and (req.grammar is None or self.runner.overlaps_constrained))
 
     @staticmethod
     def _sampling_reads_tokens(out: SchedulerOutput) -> bool:

@@ -54,6 +54,10 @@ class InFlight:
 
 
 class ModelRunner:
+    # A constrained sequence may overlap steps: its sampling waits for the previous step's
+    # tokens (`launch(sample=False)` then `sample`). The tensor-parallel executor cannot.
+    overlaps_constrained = True
+
     def __init__(self, config: EngineConfig):
         from engine.loader.model_loader import load_model, weight_bytes
 
