@@ -66,7 +66,7 @@ def parse_args() -> argparse.Namespace:
                     help="vLLM's name for the fp8 case: fp8 (the issue's; vLLM 0.26 quantizes "
                          "per tensor) or fp8_per_channel (pagedserve's scheme: per-channel "
                          "weights, dynamic per-token activations)")
-    ap.add_argument("--peer-dir", default=None, help="folder with vllm_side.py and gen_latency.py")
+    ap.add_argument("--peer-dir", default=None, help="folder with the peer's vllm_side.py (its config readout)")
     ap.add_argument("--case-timeout", type=float, default=300.0,
                     help="seconds one engine's subprocess may take")
     ap.add_argument("--out", required=True)
