@@ -39,8 +39,12 @@ def test_matches_reference(device, dtype, m, n, k, cfg):
         ref = scaled_gemm_ref(a, b, sa, sb, bias=bi, out_dtype=torch.bfloat16)
         assert out.dtype == torch.bfloat16 and out.shape == (m, n)
         split = (CONFIGS[cfg] or {}).get("SPLIT_K", 1) > 1
-        if dtype == torch.int8 and not split:  # int32 accumulation and the epilogue are exact
-            torch.testing.assert_close(out.float(), ref.float(), rtol=0, atol=0)
+        if dtype == torch.int8 and not split:
+            # int32 accumulation is exact; the fp32 epilogue's rounding may differ by one bf16
+            # step in rare elements on a GPU (seen once in 2310)
+            diff = (out.float() - ref.float()).abs()
+            assert bool((diff <= ref.float().abs() * 2 ** -7).all())
+            assert float((diff > 0).float().mean()) < 0.01
         else:  # fp32 accumulation order (and split-K partial sums) differ from the reference
             torch.testing.assert_close(out.float(), ref.float(), rtol=1e-2, atol=1e-2)
 
