@@ -36,6 +36,12 @@ LARGE = [dict(BLOCK_M=bm, BLOCK_N=bn, BLOCK_K=bk, SPLIT_K=1, num_warps=w, num_st
          for bm, bn, bk, w, st in ((64, 64, 128, 4, 4), (64, 128, 128, 4, 4), (128, 128, 128, 8, 3),
                                    (128, 128, 64, 4, 4), (128, 256, 64, 8, 3),
                                    (64, 256, 128, 8, 3), (128, 64, 128, 4, 4))]
+WIDE = LARGE + [dict(BLOCK_M=bm, BLOCK_N=bn, BLOCK_K=bk, SPLIT_K=1, num_warps=w, num_stages=st)
+                for bm, bn, bk, w, st in ((128, 128, 128, 4, 4), (128, 128, 256, 8, 3),
+                                          (64, 128, 256, 4, 4), (128, 64, 256, 4, 4),
+                                          (256, 128, 128, 8, 3), (64, 128, 128, 4, 3),
+                                          (128, 256, 128, 8, 3), (64, 64, 256, 4, 4),
+                                          (128, 128, 128, 8, 4))]
 
 
 def sweep(fn, configs) -> tuple[float, dict]:
@@ -50,7 +56,8 @@ def sweep(fn, configs) -> tuple[float, dict]:
     return best
 
 
-def measure(m: int, k: int, n: int, copy_bw: float, fast: bool) -> dict:
+def measure(m: int, k: int, n: int, copy_bw: float, fast: bool, wide: bool = False,
+            only_int8: bool = False) -> dict:
     dev = torch.device("cuda")
     x = torch.randn(m, k, device=dev, dtype=torch.bfloat16)
     w = torch.randn(n, k, device=dev, dtype=torch.bfloat16)
@@ -71,9 +78,10 @@ def measure(m: int, k: int, n: int, copy_bw: float, fast: bool) -> dict:
     xp = xi if m > 16 else torch.cat([xi, xi.new_zeros(17 - m, k)])
     r["int_mm_ms"] = bench_ms(lambda: (torch._int_mm(xp, wi.t())[:m].float() * xis[:, None]
                                         * ws[None, :]).to(torch.bfloat16))
-    configs = (SMALL if m <= 16 else LARGE) if not fast else [{}]
-    r["triton_fp8_ms"], r["triton_fp8_cfg"] = sweep(
-        lambda c: scaled_gemm(xq, w8, xs, ws, config=c), configs)
+    configs = (SMALL if m <= 16 else WIDE if wide else LARGE) if not fast else [{}]
+    if not only_int8:
+        r["triton_fp8_ms"], r["triton_fp8_cfg"] = sweep(
+            lambda c: scaled_gemm(xq, w8, xs, ws, config=c), configs)
     r["triton_int8_ms"], r["triton_int8_cfg"] = sweep(
         lambda c: scaled_gemm(xi, wi, xis, ws, config=c), configs)
     return r
@@ -83,6 +91,8 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--m", type=int, nargs="+", default=[1, 16, 64, 256, 2048])
     ap.add_argument("--fast", action="store_true", help="the default config only, no sweep")
+    ap.add_argument("--wide", action="store_true", help="more tile configs above 16 rows")
+    ap.add_argument("--only-int8", action="store_true", help="sweep the INT8 kernel only")
     ap.add_argument("--output-json")
     args = ap.parse_args()
     copy_bw = copy_bandwidth(torch.device("cuda"))
@@ -91,7 +101,7 @@ def main() -> None:
     rows = []
     for m in args.m:
         for name, k, n in SHAPES:
-            r = {"shape": name, **measure(m, k, n, copy_bw, args.fast)}
+            r = {"shape": name, **measure(m, k, n, copy_bw, args.fast, args.wide, args.only_int8)}
             rows.append(r)
             print(json.dumps(r), flush=True)
     keys = [k for k in rows[0] if k.endswith("_ms")]
