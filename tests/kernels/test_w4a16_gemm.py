@@ -45,6 +45,42 @@ def test_gemm_matches_reference_and_dense(m, k, n, bits, group, split_k, device)
     assert rel_err(ref, x @ dense(q, zeros, scales, group)) < 1e-5
 
 
+@pytest.mark.parametrize("m,k,n,bits,group,cfg", [
+    # one group per K step (scale applied to the partial product), split-K with a K tail
+    (1, 200, 48, 4, 64, dict(BLOCK_M=16, BLOCK_N=16, BLOCK_K=64, SPLIT_K=2)),
+    (3, 256, 96, 4, 128, dict(BLOCK_M=16, BLOCK_N=32, BLOCK_K=128, SPLIT_K=1)),
+    (20, 128, 64, 8, 32, dict(BLOCK_M=32, BLOCK_N=32, BLOCK_K=32, SPLIT_K=3)),
+    # K steps spanning several groups, and a group size no step size divides (per-row gather)
+    (2, 192, 40, 4, 32, dict(BLOCK_M=16, BLOCK_N=32, BLOCK_K=64, SPLIT_K=1)),
+    (7, 144, 64, 4, 48, dict(BLOCK_M=16, BLOCK_N=64, BLOCK_K=32, SPLIT_K=2)),
+])
+def test_gemm_tile_paths(m, k, n, bits, group, cfg, device):
+    q, zeros, scales = random_quantized(k, n, bits, group, device)
+    pad = (-k) % (32 // bits)
+    qw = pack_int32(torch.cat([q, q.new_zeros(pad, n)]) if pad else q, bits, dim=0)
+    x = torch.randn(m, k, device=device)
+    out = w4a16_gemm(x, qw, scales, zeros, bits, group, config=cfg)
+    assert rel_err(out, x @ dense(q, zeros, scales, group)) < 1e-5
+    with pytest.raises(ValueError, match="BLOCK_K"):
+        w4a16_gemm(x, qw, scales, zeros, bits, group, config={**cfg, "BLOCK_K": 12})
+
+
+def test_split_k_workspace_left_zeroed(device):
+    """Split-K calls share one workspace: each leaves it zeroed, so repeated calls (and calls of
+    other shapes in between) give the same result."""
+    from gpu_kernels import w4a16_gemm as mod
+    q, zeros, scales = random_quantized(256, 80, 4, 64, device)
+    qw = pack_int32(q, 4, dim=0)
+    x = torch.randn(2, 256, device=device)
+    cfg = dict(BLOCK_M=16, BLOCK_N=32, BLOCK_K=64, SPLIT_K=4)
+    first = w4a16_gemm(x, qw, scales, zeros, 4, 64, config=cfg)
+    other = w4a16_gemm(x[:1], qw, scales, zeros, 4, 64, config={**cfg, "SPLIT_K": 2})
+    again = w4a16_gemm(x, qw, scales, zeros, 4, 64, config=cfg)
+    ws, cnt = mod._WORKSPACES[x.device]
+    assert int((ws != 0).sum()) == 0 and int((cnt != 0).sum()) == 0
+    assert rel_err(first, again) < 1e-6 and rel_err(other, first[:1]) < 1e-5
+
+
 @pytest.mark.parametrize("dtype", [torch.float16])
 def test_gemm_half(dtype, device):
     q, zeros, scales = random_quantized(128, 64, 4, 32, device)
