@@ -96,6 +96,9 @@ if triton is not None:
                 tl.store(cnt_ptr + tile, 0)
 
 
+GEMV_MAX_ROWS = 4  # up to this many rows: the CUDA-core GEMV (w4a16_gemv.py)
+
+
 def default_config(m: int, n: int, k: int, bits: int, group: int) -> dict:
     """Tiles by M; decode sizes split K until about 4 programs per SM stream the weight."""
     if m <= 16:
@@ -118,10 +121,11 @@ def default_config(m: int, n: int, k: int, bits: int, group: int) -> dict:
 
 def w4a16_gemm(x: torch.Tensor, qweight: torch.Tensor, scales: torch.Tensor, zeros: torch.Tensor,
                bits: int, group_size: int, split_k: int = 0,
-               config: Optional[dict] = None) -> torch.Tensor:
+               config: Optional[dict] = None, gemv: Optional[bool] = None) -> torch.Tensor:
     """x [M, K] @ dequant(qweight, scales, zeros) -> [M, N] in x's dtype (see module docstring).
 
-    `split_k` 0 picks one from the shape; 1 disables it. `config` overrides tile sizes."""
+    `split_k` 0 picks one from the shape; 1 disables it. `config` overrides tile sizes. `gemv`:
+    use `w4a16_gemv.py` (default: up to GEMV_MAX_ROWS rows, unless `config` names a BLOCK_M)."""
     require_triton(x, qweight, scales, zeros)
     same_device(x, qweight, scales, zeros)
     check_dtype("x", x, FLOAT_DTYPES)
@@ -143,6 +147,15 @@ def w4a16_gemm(x: torch.Tensor, qweight: torch.Tensor, scales: torch.Tensor, zer
     if x.stride(-1) != 1:
         x = x.contiguous()
     qweight, scales, zeros = qweight.contiguous(), scales.contiguous(), zeros.contiguous()
+    if gemv is None:
+        gemv = m <= GEMV_MAX_ROWS and "BLOCK_M" not in (config or {})
+    if gemv and m > 0:
+        from gpu_kernels.w4a16_gemv import launch_gemv
+        cfg = dict(config or {})
+        if split_k:
+            cfg["SPLIT_K"] = split_k
+        return launch_gemv(x, qweight, scales, zeros, bits, group_size,
+                           lambda elems, tiles: _workspace(x.device, elems, tiles), cfg)
     cfg = {**default_config(m, n, k, bits, group_size), **(config or {})}
     if split_k:
         cfg["SPLIT_K"] = split_k

@@ -26,7 +26,7 @@ import itertools  # noqa: E402
 from benchmarks.kernel_bench._common import bench_ms, copy_bandwidth  # noqa: E402
 from benchmarks.record import append_result  # noqa: E402
 from engine.quantization.base import pack_int32  # noqa: E402
-from gpu_kernels.w4a16_gemm import w4a16_gemm  # noqa: E402
+from gpu_kernels.w4a16_gemm import GEMV_MAX_ROWS, w4a16_gemm  # noqa: E402
 
 # (name, K, N) of Llama-3-8B's linear layers: fused qkv, o, fused gate_up, down.
 SHAPES = [("qkv", 4096, 6144), ("o", 4096, 4096), ("gate_up", 4096, 28672),
@@ -34,6 +34,10 @@ SHAPES = [("qkv", 4096, 6144), ("o", 4096, 4096), ("gate_up", 4096, 28672),
 
 
 def sweep_configs(m: int) -> list[dict]:
+    if m <= GEMV_MAX_ROWS:  # the GEMV kernel's knobs
+        return [dict(BLOCK_N=bn, BLOCK_K=bk, SPLIT_K=sk, num_warps=w, num_stages=st)
+                for bn, bk, sk, w, st in itertools.product((64, 128, 256), (64, 128),
+                                                           (1, 2, 4, 8, 16), (4,), (3,))]
     if m <= 16:
         grid = itertools.product((16,), (32, 64, 128), (64, 128), (1, 2, 4, 8), (4,), (3, 4))
     else:
