@@ -33,7 +33,7 @@ if triton is not None:
                            stride_xm, stride_qk, stride_sg, stride_om,
                            BITS: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
                            BLOCK_K: tl.constexpr, SPLIT_K: tl.constexpr, ALIGNED: tl.constexpr,
-                           IEEE: tl.constexpr):
+                           PER_VALUE: tl.constexpr, IEEE: tl.constexpr):
         pid_m, pid_n, pid_k = tl.program_id(0), tl.program_id(1), tl.program_id(2)
         PF: tl.constexpr = 32 // BITS
         WORDS: tl.constexpr = BLOCK_K // PF
@@ -48,14 +48,30 @@ if triton is not None:
         for k0 in range(pid_k * BLOCK_K, K, BLOCK_K * SPLIT_K):
             offs_k = k0 + tl.arange(0, BLOCK_K)
             k_ok = offs_k < K
-            x = tl.load(x_ptr + offs_m[:, None].to(tl.int64) * stride_xm + offs_k[None, :],
-                        mask=m_ok[:, None] & k_ok[None, :], other=0.0)
             offs_w = k0 // PF + tl.arange(0, WORDS)
             packed = tl.load(qw_ptr + offs_w[:, None].to(tl.int64) * stride_qk + offs_n[None, :],
                              mask=(offs_w < kw_total)[:, None] & n_ok[None, :], other=0)
-            q = (packed[:, None, :] >> shifts[None, :, None]) & MASK
-            q = tl.reshape(q, (BLOCK_K, BLOCK_N)).to(tl.float32)
-            if ALIGNED:
+            if not PER_VALUE:
+                x = tl.load(x_ptr + offs_m[:, None].to(tl.int64) * stride_xm + offs_k[None, :],
+                            mask=m_ok[:, None] & k_ok[None, :], other=0.0)
+                q = (packed[:, None, :] >> shifts[None, :, None]) & MASK
+                q = tl.reshape(q, (BLOCK_K, BLOCK_N)).to(tl.float32)
+            if PER_VALUE:  # one dot per value slot of the words: no reshape of the unpacked tile
+                g = (k0 // group_size).to(tl.int64) * stride_sg
+                s = tl.load(s_ptr + g + offs_n, mask=n_ok, other=0.0).to(tl.float32)
+                z = tl.load(z_ptr + g + offs_n, mask=n_ok, other=0.0).to(tl.float32)
+                part = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+                for j in tl.static_range(PF):
+                    kk = offs_w * PF + j
+                    xj = tl.load(x_ptr + offs_m[:, None].to(tl.int64) * stride_xm + kk[None, :],
+                                 mask=m_ok[:, None] & (kk < K)[None, :], other=0.0)
+                    wj = (((packed >> (j * BITS)) & MASK).to(tl.float32) - z[None, :]).to(dt)
+                    if IEEE:
+                        part += tl.dot(xj, wj, input_precision="ieee")
+                    else:
+                        part += tl.dot(xj, wj)
+                acc += part * s[None, :]
+            elif ALIGNED:
                 g = (k0 // group_size).to(tl.int64) * stride_sg
                 s = tl.load(s_ptr + g + offs_n, mask=n_ok, other=0.0).to(tl.float32)
                 z = tl.load(z_ptr + g + offs_n, mask=n_ok, other=0.0).to(tl.float32)
@@ -162,6 +178,9 @@ def w4a16_gemm(x: torch.Tensor, qweight: torch.Tensor, scales: torch.Tensor, zer
     if cfg["BLOCK_K"] % pf or cfg["BLOCK_K"] < 16:
         raise ValueError(f"BLOCK_K {cfg['BLOCK_K']} must be a multiple of {pf} and >= 16")
     split = cfg.pop("SPLIT_K")
+    aligned = group_size % cfg["BLOCK_K"] == 0
+    # PER_VALUE needs one group per step and >= 16 words per step (the dots' K)
+    per_value = bool(cfg.pop("PER_VALUE", False)) and aligned and cfg["BLOCK_K"] // pf >= 16
     out = torch.empty((m, n), dtype=x.dtype, device=x.device)
     if m == 0:
         return out
@@ -169,7 +188,7 @@ def w4a16_gemm(x: torch.Tensor, qweight: torch.Tensor, scales: torch.Tensor, zer
     ws, cnt = _workspace(x.device, m * n, grid[0] * grid[1]) if split > 1 else (out, out)
     _w4a16_gemm_kernel[grid](x, qweight, scales, zeros, out, ws, cnt, m, n, k, group_size,
                              x.stride(0), qweight.stride(0), scales.stride(0), out.stride(0),
-                             BITS=bits, SPLIT_K=split, ALIGNED=group_size % cfg["BLOCK_K"] == 0,
+                             BITS=bits, SPLIT_K=split, ALIGNED=aligned, PER_VALUE=per_value,
                              IEEE=x.dtype == torch.float32, **cfg)
     return out
 

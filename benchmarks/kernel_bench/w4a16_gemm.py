@@ -38,14 +38,14 @@ def sweep_configs(m: int) -> list[dict]:
         return [dict(BLOCK_N=bn, BLOCK_K=bk, SPLIT_K=sk, num_warps=w, num_stages=st)
                 for bn, bk, sk, w, st in itertools.product((64, 128, 256), (64, 128),
                                                            (1, 2, 4, 8, 16), (4,), (3,))]
-    if m <= 16:
-        grid = itertools.product((16,), (32, 64, 128), (64, 128), (1, 2, 4, 8), (4,), (3, 4))
-    else:
-        grid = itertools.chain(
-            itertools.product((32, 64), (64, 128), (64, 128), (1, 2, 4), (4,), (4,)),
-            itertools.product((128,), (128, 256), (64, 128), (1,), (8,), (3,)))
-    return [dict(BLOCK_M=bm, BLOCK_N=bn, BLOCK_K=bk, SPLIT_K=sk, num_warps=w, num_stages=st)
-            for bm, bn, bk, sk, w, st in grid]
+    bms = (16,) if m <= 16 else (32, 64)
+    grid = itertools.chain(
+        itertools.product(bms, (64, 128), (64, 128), (1, 2, 4), (4,), (4,), (False, True)),
+        itertools.product((128,), (128, 256), (128,), (1,), (8,), (3,), (False, True)))
+    return [dict(BLOCK_M=bm, BLOCK_N=bn, BLOCK_K=bk, SPLIT_K=sk, num_warps=w, num_stages=st,
+                 PER_VALUE=pv)
+            for bm, bn, bk, sk, w, st, pv in grid
+            if not (pv and bk < 128)]  # PER_VALUE needs 16 words per step (4-bit: BLOCK_K 128)
 
 
 def best_config(fn, m: int) -> tuple[float, dict]:

@@ -50,6 +50,9 @@ def test_gemm_matches_reference_and_dense(m, k, n, bits, group, split_k, device)
     # one group per K step (scale applied to the partial product), split-K with a K tail
     (1, 200, 48, 4, 64, dict(BLOCK_M=16, BLOCK_N=16, BLOCK_K=64, SPLIT_K=2)),
     (3, 256, 96, 4, 128, dict(BLOCK_M=16, BLOCK_N=32, BLOCK_K=128, SPLIT_K=1)),
+    # one dot per value slot (no reshape), 4- and 8-bit, with a K tail and split-K
+    (9, 300, 48, 4, 128, dict(BLOCK_M=16, BLOCK_N=16, BLOCK_K=128, SPLIT_K=2, PER_VALUE=True)),
+    (18, 192, 64, 8, 64, dict(BLOCK_M=32, BLOCK_N=32, BLOCK_K=64, SPLIT_K=1, PER_VALUE=True)),
     (20, 128, 64, 8, 32, dict(BLOCK_M=32, BLOCK_N=32, BLOCK_K=32, SPLIT_K=3)),
     # K steps spanning several groups, and a group size no step size divides (per-row gather)
     (2, 192, 40, 4, 32, dict(BLOCK_M=16, BLOCK_N=32, BLOCK_K=64, SPLIT_K=1)),
