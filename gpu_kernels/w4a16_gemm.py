@@ -140,8 +140,9 @@ def w4a16_gemm(x: torch.Tensor, qweight: torch.Tensor, scales: torch.Tensor, zer
                config: Optional[dict] = None, gemv: Optional[bool] = None) -> torch.Tensor:
     """x [M, K] @ dequant(qweight, scales, zeros) -> [M, N] in x's dtype (see module docstring).
 
-    `split_k` 0 picks one from the shape; 1 disables it. `config` overrides tile sizes. `gemv`:
-    use `w4a16_gemv.py` (default: up to GEMV_MAX_ROWS rows, unless `config` names a BLOCK_M)."""
+    `split_k` 0 picks one from the shape; 1 disables it. `config` overrides the tile sizes (by
+    default a tuned table's entry, `tuned_configs.py`, else the heuristic). `gemv`: use
+    `w4a16_gemv.py` (default: a config without BLOCK_M, or up to GEMV_MAX_ROWS rows)."""
     require_triton(x, qweight, scales, zeros)
     same_device(x, qweight, scales, zeros)
     check_dtype("x", x, FLOAT_DTYPES)
@@ -163,8 +164,11 @@ def w4a16_gemm(x: torch.Tensor, qweight: torch.Tensor, scales: torch.Tensor, zer
     if x.stride(-1) != 1:
         x = x.contiguous()
     qweight, scales, zeros = qweight.contiguous(), scales.contiguous(), zeros.contiguous()
+    if config is None and m > 0:
+        from gpu_kernels.tuned_configs import tuned_config
+        config = tuned_config("w4a16_gemm", x.device, m, n, k, bits, group_size)
     if gemv is None:
-        gemv = m <= GEMV_MAX_ROWS and "BLOCK_M" not in (config or {})
+        gemv = m <= GEMV_MAX_ROWS if config is None else "BLOCK_M" not in config
     if gemv and m > 0:
         from gpu_kernels.w4a16_gemv import launch_gemv
         cfg = dict(config or {})

@@ -22,6 +22,7 @@ import torch
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
 
 import itertools  # noqa: E402
+import json  # noqa: E402
 
 from benchmarks.kernel_bench._common import bench_ms, copy_bandwidth  # noqa: E402
 from benchmarks.record import append_result  # noqa: E402
@@ -89,22 +90,41 @@ def main() -> None:
     ap.add_argument("--m", type=int, nargs="+", default=[1, 16, 64, 256])
     ap.add_argument("--group", type=int, default=128)
     ap.add_argument("--sweep", action="store_true")
+    ap.add_argument("--write-tuned", help="with --sweep: write the best configs as a "
+                    "gpu_kernels/tuned_configs.py table to this file")
     args = ap.parse_args()
     copy_bw = copy_bandwidth(torch.device("cuda"))
+    entries = []
     print(f"copy bandwidth {copy_bw / 1e9:.0f} GB/s")
     for m in args.m:
         total = {"ms": 0.0, "bf16_ms": 0.0, "floor_ms": 0.0}
         for name, k, n in SHAPES:
             r = measure(m, k, n, args.group, copy_bw, args.sweep)
             best = f"  best {r['best_ms']:.4f} {r['best_cfg']}" if args.sweep else ""
+            if args.sweep and r["best_cfg"]:
+                entries.append({"m": m, "n": n, "k": k, "bits": 4, "group": args.group,
+                                "config": r["best_cfg"], "ms": r["best_ms"]})
             print(f"M={m:4d} {name:8s} {r['ms']:.4f} ms  floor {r['floor_ms']:.4f}  "
                   f"x{r['over_floor']:.2f}  bf16 {r['bf16_ms']:.4f}{best}", flush=True)
             for key in total:
                 total[key] += r[key]
         metrics = {**total, "over_floor": total["ms"] / total["floor_ms"],
                    "vs_bf16": total["bf16_ms"] / total["ms"], "copy_bw_gbs": copy_bw / 1e9}
+        if args.sweep:
+            best_ms = sum(e["ms"] for e in entries if e["m"] == m)
+            metrics.update(best_ms=best_ms, best_over_floor=best_ms / total["floor_ms"])
+            print(f"M={m}: default {total['ms']:.4f} ms (x{metrics['over_floor']:.2f} floor), "
+                  f"best {best_ms:.4f} ms (x{metrics['best_over_floor']:.2f})", flush=True)
         append_result("quantization", {"case": f"w4a16_gemm_m{m}", "group_size": args.group,
                                        "shapes": "llama3-8b qkv+o+gate_up+down"}, metrics)
+    if args.write_tuned:
+        write_tuned(args.write_tuned, entries)
+
+
+def write_tuned(path: str, entries: list[dict]) -> None:
+    with open(path, "w") as f:
+        json.dump({"kernel": "w4a16_gemm", "device": torch.cuda.get_device_name(),
+                   "entries": entries}, f, indent=1)
 
 
 if __name__ == "__main__":
