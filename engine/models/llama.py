@@ -188,6 +188,10 @@ class LlamaForCausalLM(nn.Module):
                              f"{n}-layer model (0..{n})")
         self.model.aux_hidden_layers = ids
 
+    def embed_input_ids(self, input_ids: torch.Tensor) -> torch.Tensor:
+        """The token embeddings (an EAGLE-3 head without its own embedding reads these)."""
+        return self.model.embed_tokens(input_ids)
+
     def compute_logits(self, hidden: torch.Tensor) -> torch.Tensor:
         """hidden [N, hidden] -> float32 logits [N, vocab]."""
         return self.lm_head(hidden).float()
