@@ -51,15 +51,21 @@ def default_model_folder() -> str:
 
 
 def shape_folder(name: str) -> str:
-    """A temporary folder holding configs/models/<name>.json as config.json (removed at exit)."""
-    src = os.path.join(SHAPES_DIR, f"{name}.json")
+    """A temporary folder holding configs/models/<name>.json (or `name` itself when it is a path
+    to a .json config) as config.json (removed at exit)."""
+    src = name if name.endswith(".json") else os.path.join(SHAPES_DIR, f"{name}.json")
     if not os.path.exists(src):
         raise ValueError(f"model shape '{name}' not found in {SHAPES_DIR}; "
                          f"available: {', '.join(available_shapes())}")
-    folder = tempfile.mkdtemp(prefix=f"pagedserve-shape-{name}-")
+    folder = tempfile.mkdtemp(prefix=f"pagedserve-shape-{shape_label(name)}-")
     shutil.copy(src, os.path.join(folder, "config.json"))
     atexit.register(shutil.rmtree, folder, True)
     return folder
+
+
+def shape_label(name: str) -> str:
+    """A shape's name without folder and .json (what records call it)."""
+    return os.path.basename(name)[:-5] if name.endswith(".json") else name
 
 
 def resolve_model(model: Optional[str], model_shape: Optional[str]) -> ModelSpec:
@@ -67,7 +73,8 @@ def resolve_model(model: Optional[str], model_shape: Optional[str]) -> ModelSpec
     if model and model_shape:
         raise ValueError("pass either --model or --model-shape, not both")
     if model_shape:
-        return ModelSpec(label=model_shape, model=shape_folder(model_shape), dummy=True,
+        return ModelSpec(label=shape_label(model_shape), model=shape_folder(model_shape),
+                         dummy=True,
                          engine_kwargs={"load_format": "dummy", "skip_tokenizer_init": True})
     if model:
         return ModelSpec(label=os.path.basename(os.path.normpath(model)) or model, model=model)
@@ -80,7 +87,7 @@ def add_model_args(parser: argparse.ArgumentParser) -> None:
                         help="HF folder, hub id or .gguf file (default: the engine's default model)")
     parser.add_argument("--model-shape", default=None,
                         help=f"named shape with dummy weights from configs/models/ "
-                             f"({', '.join(available_shapes())})")
+                             f"({', '.join(available_shapes())}) or a path to a config .json")
     parser.add_argument("--dtype", default="auto", help="auto: bf16 on GPU, fp32 on CPU")
     parser.add_argument("--device", default="auto")
 

@@ -1,8 +1,8 @@
 """Offline batch-1 figures the serving comparison is judged against: prefill of a 128-token prompt
 plus its first token (`ttft_bs1`), and the per-token decode time at batch 1.
 
-Uses the vLLM peer's `gen_latency.measure` (../shared/vllm-peer/, or `--peer-dir`) so both
-engines are timed the same way: t(1 token) is the prefill + first token; the per-token time is
+Uses `benchmarks/decode_latency.py` (the vLLM peer's gen_latency.py method) so both engines are
+timed the same way: t(1 token) is the prefill + first token; the per-token time is
 (t(256 tokens) - t(1 token)) / 255, medians over runs, fresh random prompts each run.
 
     python benchmarks/offline_bs1.py --model-shape llama3-8b --output-json out.json
@@ -22,13 +22,10 @@ def main() -> None:
     from benchmarks.model_shapes import add_model_args, resolve_model
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     add_model_args(ap)
-    ap.add_argument("--peer-dir", default=os.path.join(HERE, "..", "..", "shared", "vllm-peer"))
     ap.add_argument("--max-cuda-graph-tokens", type=int, default=None)
     ap.add_argument("--output-json", default=None)
     args = ap.parse_args()
-    sys.path.insert(0, args.peer_dir)
-    from gen_latency import measure
-
+    from benchmarks.decode_latency import measure
     from engine import LLM, SamplingParams
     spec = resolve_model(args.model, args.model_shape)
     kw = dict(spec.engine_kwargs)

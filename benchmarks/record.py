@@ -72,12 +72,16 @@ def make_record(bench: str, params: dict[str, Any], metrics: dict[str, Any]) -> 
 def append_result(bench: str, params: dict[str, Any], metrics: dict[str, Any],
                   results_dir: str | None = None) -> dict[str, Any]:
     """Append one record to `<results_dir>/<bench>.jsonl` (also under $OUT when that is set)."""
-    record = make_record(bench, params, metrics)
+    return append_record(make_record(bench, params, metrics), results_dir)
+
+
+def append_record(record: dict[str, Any], results_dir: str | None = None) -> dict[str, Any]:
+    """Append an already made record (e.g. one completed after its run) as append_result does."""
     dirs = [results_dir or RESULTS_DIR]
     if os.environ.get("OUT"):
         dirs.append(os.environ["OUT"])
     for d in dirs:
         os.makedirs(d, exist_ok=True)
-        with open(os.path.join(d, f"{bench}.jsonl"), "a") as f:
+        with open(os.path.join(d, f"{record['bench']}.jsonl"), "a") as f:
             f.write(json.dumps(record) + "\n")
     return record

@@ -14,6 +14,13 @@ metrics.acceptance_rate). On the CPU this measures the mechanism, not the GPU ta
 
     python benchmarks/spec_decode.py [--model PATH] [--load-format dummy] [--k 4]
         [--max-tokens 64] [--cases replay_ngram_bs1,grounded_ngram_bs1] [--device cpu]
+        [--random-seed-prompts] [--vllm-json vllm_spec.json]
+
+The engines (off, n-gram, draft) are resident together: on a GPU they share
+`--gpu-memory-utilization` (default 0.9) equally. `--random-seed-prompts` seeds the
+replay with fixed random token ids instead of tokenized text (no tokenizer needed; the same ids
+that benchmarks/vllm_spec_side.py gives vLLM, which builds its replay from its own greedy output).
+`--vllm-json` adds `metrics.vs_vllm` (our tokens/s with speculation ÷ vLLM's) to the cases vLLM ran.
 """
 from __future__ import annotations
 
@@ -37,9 +44,19 @@ GROUNDED = (f"Here is a paragraph:\n\n{PASSAGE}\n\nRepeat the paragraph exactly,
             "'Tuesday' with 'Wednesday'.\n\n")
 
 
-def _engine(args, spec: Optional[dict]):
+def random_seed_prompts(n: int = len(SEED_PROMPTS), length: int = 32) -> list[list[int]]:
+    """Fixed pseudo-random prompt ids for the replay cases (shared with the vLLM side), drawn
+    from ids 1000..31999: ordinary tokens in every vocabulary benchmarked here."""
+    import random
+    rng = random.Random(1234)
+    return [[rng.randrange(1000, 32000) for _ in range(length)] for _ in range(n)]
+
+
+def _engine(args, spec: Optional[dict], mem: Optional[float] = None):
     from engine import LLM
     kw: dict[str, Any] = dict(model=args.model, device=args.device, seed=0)
+    if mem is not None:
+        kw["gpu_memory_utilization"] = mem
     if args.load_format:
         kw["load_format"] = args.load_format
     if spec is not None:
@@ -72,24 +89,47 @@ def main(argv: Optional[list[str]] = None) -> list[dict]:
     ap.add_argument("--max-tokens", type=int, default=64)
     ap.add_argument("--cases", default="replay_ngram_bs1,grounded_ngram_bs1")
     ap.add_argument("--no-record", action="store_true")
+    ap.add_argument("--gpu-memory-utilization", type=float, default=0.9,
+                    help="in all, split between the resident engines")
+    ap.add_argument("--random-seed-prompts", action="store_true")
+    ap.add_argument("--vllm-json", default=None)
+    ap.add_argument("--disable-by-batch-size", type=int, default=None,
+                    help="speculative_config.disable_by_batch_size for the n-gram engine")
     args = ap.parse_args(argv)
-    from benchmarks.record import append_result
+    import json
 
-    off = _engine(args, None)
-    tok = off.get_tokenizer()
+    import torch
+
+    from benchmarks.record import append_result
+    # gpu_memory_utilization bounds the device's whole use, the engines already resident
+    # included: the i-th of n engines gets i/n of the total.
+    shares = [None] * 3
+    if args.device == "cuda" or (args.device == "auto" and torch.cuda.is_available()):
+        n = 3 if args.draft_model else 2
+        shares = [args.gpu_memory_utilization * (i + 1) / n for i in range(3)]
+    off = _engine(args, None, shares[0])
     ngram = {"method": "ngram", "num_speculative_tokens": args.k, "prompt_lookup_min": 2,
-             "prompt_lookup_max": 5}
-    on = _engine(args, ngram)
+             "prompt_lookup_max": 5, "disable_by_batch_size": args.disable_by_batch_size}
+    on = _engine(args, ngram, shares[1])
     draft = (_engine(args, {"method": "draft_model", "model": args.draft_model,
-                            "num_speculative_tokens": args.k}) if args.draft_model else None)
+                            "num_speculative_tokens": args.k}, shares[2])
+             if args.draft_model else None)
+    vllm = json.load(open(args.vllm_json)).get("cases", {}) if args.vllm_json else {}
 
     # Replay prompts: prompt + the model's own greedy continuation + prompt again.
-    seeds = [tok.encode(p) for p in SEED_PROMPTS]
+    if args.random_seed_prompts:
+        seeds = random_seed_prompts()
+        tok = None
+    else:
+        tok = off.get_tokenizer()
+        seeds = [tok.encode(p) for p in SEED_PROMPTS]
     _, conts, _ = _run(off, seeds, args.max_tokens)
     replay = [s + c + s for s, c in zip(seeds, conts)]
     records = []
     for case in [c for c in args.cases.split(",") if c]:
         if case == "grounded_ngram_bs1":
+            if tok is None:
+                raise SystemExit("grounded_ngram_bs1 needs a tokenizer (no --random-seed-prompts)")
             prompts, engine_on = [tok.encode(GROUNDED)], on
         elif case.startswith("ngram_bs"):
             bs = int(case.removeprefix("ngram_bs"))
@@ -116,10 +156,15 @@ def main(argv: Optional[list[str]] = None) -> list[dict]:
             "step_ms_on": 1e3 * t_on / max(1, s_on.get("num_steps", 1)),
             "greedy_match": float(out_on == out_off),
         }
+        if case in vllm and vllm[case].get("tok_s_on"):
+            metrics["vllm_tok_s_on"] = vllm[case]["tok_s_on"]
+            metrics["vllm_acceptance_rate"] = vllm[case].get("acceptance_rate")
+            metrics["vs_vllm"] = metrics["tok_s_on"] / vllm[case]["tok_s_on"]
         params = {"case": case, "model": args.model or "SmolLM2-135M-Instruct (default)",
                   "load_format": args.load_format or "auto", "k": args.k,
                   "max_tokens": args.max_tokens, "batch": len(prompts),
-                  "method": "draft_model" if engine_on is draft else "ngram"}
+                  "method": "draft_model" if engine_on is draft else "ngram",
+                  "disable_by_batch_size": args.disable_by_batch_size}
         print(case, {k: round(v, 3) if isinstance(v, float) else v for k, v in metrics.items()})
         if not args.no_record:
             records.append(append_result("spec_decode", params, metrics))

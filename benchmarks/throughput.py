@@ -75,6 +75,16 @@ def build_llm(spec: ModelSpec, args: argparse.Namespace) -> Any:
     return LLM(model=spec.model, seed=args.seed, **kwargs)
 
 
+def workload_prompts(config: Any, reqs: Sequence[WorkloadRequest], max_len: int, seed: int
+                     ) -> tuple[list[WorkloadRequest], list[list[int]], int]:
+    """The requests clipped to the context, their random prompt ids (special tokens excluded)
+    and how many were clipped."""
+    clipped = clip_to_context(reqs, max_len)
+    prompts = random_prompt_token_ids(clipped, vocab_size_of(config), seed,
+                                      special_token_ids(config))
+    return clipped, prompts, sum(a != b for a, b in zip(reqs, clipped))
+
+
 def run_engine(llm: Any, prompts: Sequence[list[int]], reqs: Sequence[WorkloadRequest],
                n: int, beam_width: int, warmup: bool = True, probe: bool = True,
                ) -> dict[str, Any]:
@@ -170,11 +180,8 @@ def main(argv: Optional[list[str]] = None) -> dict[str, Any]:
     llm = build_llm(spec, args)
     load_s = time.perf_counter() - t0
     config = hf_config_of(spec, llm)
-    max_len = args.max_model_len or max_len_of(config)
-    clipped = clip_to_context(reqs, max_len)
-    num_clipped = sum(a != b for a, b in zip(reqs, clipped))
-    prompts = random_prompt_token_ids(clipped, vocab_size_of(config), args.seed,
-                                      special_token_ids(config))
+    clipped, prompts, num_clipped = workload_prompts(
+        config, reqs, args.max_model_len or max_len_of(config), args.seed)
     metrics = run_engine(llm, prompts, clipped, args.n, args.beam_width,
                          warmup=not args.no_warmup, probe=not args.no_step_probe)
 

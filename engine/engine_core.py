@@ -129,26 +129,39 @@ class EngineCore:
         sched_out = self.scheduler.schedule()
         cur = None
         if not sched_out.is_empty or sched_out.has_block_ops:
-            cur = self.runner.launch(sched_out, prev)  # inputs are built from the old state
+            # inputs are built from the old state; sampling that reads the latest tokens on the
+            # host waits for `prev` below, while this step's forward pass runs
+            defer = prev is not None and self._sampling_reads_tokens(sched_out)
+            cur = self.runner.launch(sched_out, prev, sample=not defer)
             self._begin(sched_out)
             cur.overlappable = self._add_placeholders(sched_out)
         if prev is not None:
             outputs += self._finish(prev)
+        if cur is not None:
+            self.runner.sample(cur)
         self._inflight = cur
         return outputs
 
     def _finish(self, step: InFlight) -> list[EngineCoreOutput]:
         return self._update(step.sched, self.runner.finish(step), resolve=step.overlappable)
 
-    @staticmethod
-    def _overlappable(req: Request) -> bool:
-        """Requests whose next sampling does not read their latest tokens on the host.
+    def _overlappable(self, req: Request) -> bool:
+        """Requests whose next step may be scheduled and its forward pass launched before the
+        host knows their latest token.
 
-        A grammar needs the latest token to build the next mask. `min_tokens` needs only the
-        count of output tokens (placeholders included), never their values, so it does not stop the overlap (clients such as benchmarks send
-        min_tokens = max_tokens on every request)."""
+        `min_tokens` needs only the count of output tokens (placeholders included), never their
+        values, so it does not stop the overlap (clients such as benchmarks send min_tokens =
+        max_tokens on every request). A grammar needs the latest token for the next mask, but
+        only at sampling: such steps launch their forward pass, then sample once the previous
+        step's tokens are known (`_sampling_reads_tokens`), where the runner allows it."""
         return (req.single_seq and req.beam_state is None and not req.has_penalties
-                and req.grammar is None)
+                and (req.grammar is None or self.runner.overlaps_constrained))
+
+    @staticmethod
+    def _sampling_reads_tokens(out: SchedulerOutput) -> bool:
+        """Whether some request sampled in `out` builds its sampling from its latest tokens on
+        the host (a grammar's mask)."""
+        return any(s.sample_seqs and s.request.grammar is not None for s in out.scheduled)
 
     def _add_placeholders(self, out: SchedulerOutput) -> bool:
         overlappable = self._overlappable

@@ -46,6 +46,7 @@ class InFlight:
     result: RunnerOutput = field(default_factory=RunnerOutput)
     rows: list = field(default_factory=list)
     pending: Optional[PendingSample] = None
+    logits: Optional[torch.Tensor] = None  # computed, not yet sampled (see ModelRunner.sample)
     row_of_seq: dict[int, int] = field(default_factory=dict)
     # True when every sequence sampled here got a placeholder token (the next step may be
     # scheduled before this one's tokens are known).
@@ -53,6 +54,10 @@ class InFlight:
 
 
 class ModelRunner:
+    # A constrained sequence may overlap steps: its sampling waits for the previous step's
+    # tokens (`launch(sample=False)` then `sample`). The tensor-parallel executor cannot.
+    overlaps_constrained = True
+
     def __init__(self, config: EngineConfig):
         from engine.loader.model_loader import load_model, weight_bytes
 
@@ -204,11 +209,14 @@ class ModelRunner:
         return self.finish(self.launch(out))
 
     @torch.inference_mode()
-    def launch(self, out: SchedulerOutput, prev: Optional["InFlight"] = None) -> "InFlight":
+    def launch(self, out: SchedulerOutput, prev: Optional["InFlight"] = None,
+               sample: bool = True) -> "InFlight":
         """Queue the step's GPU work and start copying its samples to the host.
 
         Tokens sampled by `prev` (still in flight) are read on the device wherever this step
-        computes one of its placeholders.
+        computes one of its placeholders. With `sample=False` the step stops at its logits:
+        `sample(step)` finishes it once the host knows what sampling needs (e.g. `prev`'s tokens
+        for a grammar's mask), while the forward pass runs.
         """
         self._block_ops(out)
         step = InFlight(out)
@@ -231,14 +239,25 @@ class ModelRunner:
         idx = to_device(inputs.sample_rows, torch.int64, self.device)
         logits = self.model.compute_logits(hidden.index_select(0, idx)).float()
         self._beam_candidates(step.rows, logits, step.result)
+        step.logits = logits
+        if sample:
+            self.sample(step)
+        return step
+
+    @torch.inference_mode()
+    def sample(self, step: "InFlight") -> None:
+        """Launch the sampling of a step launched with `sample=False` (no-op otherwise)."""
+        if step.logits is None:
+            return
         meta = SamplingMetadata.from_rows(step.rows, self.vocab_size, self.device,
                                           self.logits_processors)
-        step.pending = self.sampler.launch(logits, meta)
+        step.pending = self.sampler.launch(step.logits, meta)
+        step.logits = None
         step.row_of_seq = {seq.seq_id: i for i, (_, seq) in enumerate(step.rows)}
-        return step
 
     def finish(self, step: "InFlight") -> RunnerOutput:
         """Wait for the step's samples; the RunnerOutput of `launch`'s step."""
+        self.sample(step)
         if step.pending is not None:
             sampled = step.pending.result()
             for (_, seq), tok, lp, top in zip(step.rows, sampled.token_ids, sampled.logprobs,

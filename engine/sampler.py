@@ -17,13 +17,12 @@ Processing order for each row (one row per sequence to sample, in `SamplingMetad
 Sampling uses the exponential race (equivalent to the Gumbel-max trick): with q ~ Exp(1) i.i.d.
 per token, `argmax(p / q)` is distributed as `p`. It needs no normalisation and no sort, and the
 randomness is one Exp(1) draw per vocabulary entry per step, so a seeded row always consumes the
-same amount of its generator. Rows whose sequence has a `generator` (requests with a `seed`) draw
-their noise with it on the CPU (the generator lives there) and the noise is copied to the device;
-so the same seed gives the same tokens whatever else is in the batch (and the same noise on CPU
-or CUDA; tokens then agree up to the devices' softmax rounding). Greedy rows never consume their
-generator. Rows without a seed share one batched draw on the device from torch's global generator.
-Drawing on the CPU costs ~V exponentials per seeded row per step plus one copy; device-side
-generators would avoid that but could not continue the CPU `Sequence.generator` state.
+same amount of its generator. Rows whose sequence has a `generator` (requests with a `seed`) take
+one key a step from it, and their noise is a counter-based function of that key computed on the
+logits' device (`engine/seeded_noise.py`); so the same seed gives the same tokens whatever else is
+in the batch (and the same noise on CPU or CUDA up to the last bit of a log; tokens then agree up
+to the devices' softmax rounding). Greedy rows never consume their generator. Rows without a seed
+share one batched draw on the device from torch's global generator.
 
 On CUDA, steps whose rows need only greedy or plain temperature sampling (no 1-4, no top-k /
 top-p / min-p, no per-request seed, no top logprobs) run `gpu_kernels/sampling.py` instead: one read
@@ -40,6 +39,7 @@ from typing import Optional
 
 import torch
 
+from engine import seeded_noise
 from engine.sequence import Request, Sequence
 from engine.transfer import to_device
 
@@ -251,12 +251,11 @@ class Sampler:
         q = torch.empty_like(probs).exponential_()
         if meta.generators:
             rows = [r for r, _ in meta.generators]
-            # One Exp(1) per vocabulary entry from each sequence's own CPU generator.
-            noise = torch.stack([torch.empty(meta.vocab_size).exponential_(generator=g)
-                                 for _, g in meta.generators])
-            if q.device.type == "cuda":
-                noise = noise.pin_memory().to(q.device, non_blocking=True)
-            q[to_device(rows, torch.long, q.device)] = noise.to(q.device)
+            # One key per seeded row from its own CPU generator; the noise is computed from it
+            # on the device (engine/seeded_noise.py).
+            keys = [seeded_noise.draw_key(g) for _, g in meta.generators]
+            q[to_device(rows, torch.long, q.device)] = seeded_noise.exponential(
+                keys, meta.vocab_size, q.device)
         # Exp(1) can return exactly 0; clamping keeps p / q finite (and 0 / q == 0 for masked).
         q.clamp_(min=torch.finfo(q.dtype).tiny)
         return (probs / q).argmax(dim=-1)

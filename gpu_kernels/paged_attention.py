@@ -123,7 +123,12 @@ if triton is not None:
             acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v)
             m_i = m_new
 
-        if SPLIT:
+        # A context that fits in one split is finished here (the reduce kernel skips it): the
+        # same result as merging one split, without the partials' round trip.
+        partials = seq_len - lo > partition
+        if not SPLIT:
+            partials = seq_len < 0  # always false, same type
+        if partials:
             pa = (part_acc + seq.to(tl.int64) * stride_pa_s + heads[:, None] * stride_pa_h
                   + split * stride_pa_p + offs_d[None, :])
             tl.store(pa, acc, mask=g_mask[:, None])
@@ -157,6 +162,8 @@ if triton is not None:
         seq_len = tl.load(seq_lens + seq)
         lo = _window_start(seq_len, window, USE_WINDOW)
         n_splits = (seq_len - lo + partition - 1) // partition
+        if n_splits == 1:  # the split kernel wrote this output itself
+            return
         pm_base = part_ml + seq.to(tl.int64) * stride_pm_s + head * stride_pm_h
         pa_base = part_acc + seq.to(tl.int64) * stride_pa_s + head * stride_pa_h
         offs_c = tl.arange(0, CHUNK)

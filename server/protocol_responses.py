@@ -68,7 +68,8 @@ def _item_tag(value: Any) -> str:
     capitalised parts (server/errors.py), so a bad item field reads `input[0].call_id`; an
     unknown `type` goes to the message model, whose error names `input[i].type`."""
     kind = value.get("type") if isinstance(value, dict) else getattr(value, "type", None)
-    return _ITEM_TAGS.get(kind, "InputMessage")
+    # any other value, unhashable ones ([], {}) included, is the message model's to reject
+    return _ITEM_TAGS.get(kind, "InputMessage") if isinstance(kind, str) else "InputMessage"
 
 
 InputItem = Annotated[Union[Annotated[InputMessage, Tag("InputMessage")],

@@ -23,12 +23,14 @@ from gpu_kernels.paged_attention import paged_attention_decode  # noqa: E402
 
 
 def measure(batch: int, ctx: int, heads: int, kv_heads: int, head_dim: int, block_size: int,
-            dtype: torch.dtype, copy_bw: float, **kernel_args: Any) -> dict[str, float]:
+            dtype: torch.dtype, copy_bw: float, kv_dtype: Optional[torch.dtype] = None,
+            **kernel_args: Any) -> dict[str, float]:
+    """`kv_dtype` (default `dtype`): float8_e4m3fn for an FP8 cache, counted at 1 byte."""
     dev = torch.device("cuda")
     blocks_per_seq = (ctx + block_size - 1) // block_size
     shape = (batch * blocks_per_seq, block_size, kv_heads, head_dim)
-    key_cache = torch.randn(shape, dtype=dtype, device=dev)
-    value_cache = torch.randn(shape, dtype=dtype, device=dev)
+    key_cache = torch.randn(shape, dtype=dtype, device=dev).to(kv_dtype or dtype)
+    value_cache = torch.randn(shape, dtype=dtype, device=dev).to(kv_dtype or dtype)
     tables = random_block_tables(batch, blocks_per_seq, dev)
     seq_lens = torch.full((batch,), ctx, dtype=torch.int32, device=dev)
     query = torch.randn(batch, heads, head_dim, dtype=dtype, device=dev)
@@ -42,9 +44,8 @@ def measure(batch: int, ctx: int, heads: int, kv_heads: int, head_dim: int, bloc
     run()
     torch.cuda.synchronize()
     ms = bench_ms(run)
-    elt = key_cache.element_size()
-    nbytes = (2 * batch * ctx * kv_heads * head_dim * elt + 2 * query.numel() * elt
-              + tables.numel() * 4)
+    nbytes = (2 * batch * ctx * kv_heads * head_dim * key_cache.element_size()
+              + 2 * query.numel() * query.element_size() + tables.numel() * 4)
     bw = nbytes / (ms * 1e-3)
     del key_cache, value_cache
     torch.cuda.empty_cache()
@@ -91,6 +92,8 @@ def main(argv: Optional[list[str]] = None) -> dict[str, Any]:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--batch", type=int, default=64)
     ap.add_argument("--ctx", type=int, default=4096)
+    ap.add_argument("--kv-dtype", choices=["bf16", "fp8"], default="bf16",
+                    help="fp8: an e4m3 cache (issue 13's FP8 KV target counts its bytes)")
     ap.add_argument("--no-sweep", action="store_true")
     ap.add_argument("--tune", action="store_true", help="also try tile/split variants")
     ap.add_argument("--ragged", action="store_true",
@@ -99,8 +102,11 @@ def main(argv: Optional[list[str]] = None) -> dict[str, Any]:
     torch.manual_seed(0)
     params = dict(batch=args.batch, ctx=args.ctx, heads=32, kv_heads=8, head_dim=128,
                   block_size=16, dtype="bfloat16")
+    kv = torch.float8_e4m3fn if args.kv_dtype == "fp8" else torch.bfloat16
+    if args.kv_dtype != "bf16":
+        params["kv_dtype"] = args.kv_dtype
     copy_bw = copy_bandwidth(torch.device("cuda"))
-    main_pt = measure(args.batch, args.ctx, 32, 8, 128, 16, torch.bfloat16, copy_bw)
+    main_pt = measure(args.batch, args.ctx, 32, 8, 128, 16, torch.bfloat16, copy_bw, kv)
     print(f"copy bandwidth {copy_bw / 1e9:.0f} GB/s (read+write)")
     print(f"decode b={args.batch} ctx={args.ctx}: {main_pt['ms']:.3f} ms "
           f"{main_pt['gb_per_s']:.0f} GB/s bw_fraction={main_pt['bw_fraction']:.3f}")
@@ -139,7 +145,7 @@ def main(argv: Optional[list[str]] = None) -> dict[str, Any]:
             for ctx in (1024, 4096, 16384):
                 if batch * ctx > 256 * 4096:
                     continue
-                r = measure(batch, ctx, 32, 8, 128, 16, torch.bfloat16, copy_bw)
+                r = measure(batch, ctx, 32, 8, 128, 16, torch.bfloat16, copy_bw, kv)
                 sweep.append({"batch": batch, "ctx": ctx, "ms": round(r["ms"], 4),
                               "bw_fraction": round(r["bw_fraction"], 4)})
                 print(f"  sweep b={batch:4d} ctx={ctx:6d}: {r['ms']:.3f} ms "

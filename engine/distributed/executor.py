@@ -89,15 +89,24 @@ class TPModelRunner:
                                    f"(exit code {proc.exitcode})")
             conn.send(msg)
 
-    def launch(self, out, prev: Optional[Any] = None):
+    # Workers read placeholder tokens from their own samples, which carry no grammar mask: a
+    # constrained sequence must not overlap steps here (its real token reaches them instead).
+    overlaps_constrained = False
+
+    def launch(self, out, prev: Optional[Any] = None, sample: bool = True):
+        """Workers always sample at launch: they get no grammar (nothing of theirs waits for
+        host tokens) and their samples only mirror rank 0's, drawn in the same step order."""
         step_id = next(self._step_ids)
         self._broadcast(("launch", step_id, out, getattr(prev, "tp_step_id", None)))
         try:
-            step = self.runner.launch(out, prev)
+            step = self.runner.launch(out, prev, sample=sample)
         except RuntimeError as e:
             raise self._failure(e) from e
         step.tp_step_id = step_id
         return step
+
+    def sample(self, step) -> None:
+        self.runner.sample(step)
 
     def finish(self, step):
         self._broadcast(("finish", step.tp_step_id))

@@ -1,7 +1,7 @@
 """FP8 W8A8 quantized at load (`quantization="fp8"` on a dense checkpoint): each linear's weight
 becomes float8_e4m3fn with one fp32 scale per output channel (absmax / 448); activations are
-quantized per token at run time (dynamic absmax scale). CUDA runs `torch._scaled_mm` with
-row-wise scales (Hopper / Ada, compute capability >= 8.9; older GPUs fail at load); the CPU path
+quantized per token at run time (dynamic absmax scale). CUDA runs the Triton `scaled_gemm` for
+decode-sized batches and `torch._scaled_mm` with row-wise scales above (Hopper / Ada, compute capability >= 8.9; older GPUs fail at load); the CPU path
 emulates the same arithmetic in fp32 (quantize, dequantize, matmul) and is the reference.
 
 HF `fp8` checkpoints (block-wise or per-tensor scales) load through `fp8_block.py` / `w8a8.py`;
@@ -17,17 +17,21 @@ from torch import nn
 
 from engine.quantization.base import LinearMethod, QuantizationConfig
 from engine.quantization.unquantized import UnquantizedLinearMethod
+from gpu_kernels.quant_fp8_rows import quant_fp8_rows_ref
 
 FP8 = torch.float8_e4m3fn
 FP8_MAX = float(torch.finfo(FP8).max)  # 448
 MIN_SCALE = 1e-12
+# Up to this many rows CUDA runs the Triton `scaled_gemm` (narrow tiles that stream the weight);
+# above, cuBLAS' row-wise-scaled `torch._scaled_mm`, which uses one 128 x 128 tile for any M
+# (H200 sweep, benchmarks/kernel_bench/scaled_gemm.py, 32 Llama-3-8B layers: M = 1 3.1 ms vs
+# 4.5 ms; M = 64 4.2 vs 4.0; M = 256 5.9 vs 4.5).
+TRITON_MAX_ROWS = 16
 
 
 def quantize_fp8_rows(t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per-row absmax scaling: (t / scale) as e4m3 [R, C], fp32 scale [R]."""
-    scale = (t.abs().amax(dim=-1).float() / FP8_MAX).clamp(min=MIN_SCALE)
-    q = (t.float() / scale[:, None]).clamp(-FP8_MAX, FP8_MAX).to(FP8)
-    return q, scale
+    """Per-row absmax scaling: (t / scale) as e4m3 [R, C], fp32 scale [R] (torch ops)."""
+    return quant_fp8_rows_ref(t)
 
 
 def check_fp8_gpu(device: torch.device) -> None:
@@ -43,11 +47,19 @@ def fp8_linear(x: torch.Tensor, w_fp8: torch.Tensor, w_scale: torch.Tensor,
     the static per-tensor `x_scale`)."""
     shape = x.shape
     x2 = x.reshape(-1, shape[-1])
-    if x_scale is None:
+    if x_scale is None and x.is_cuda:
+        from gpu_kernels.quant_fp8_rows import quant_fp8_rows  # one pass instead of ~8
+        xq, xs = quant_fp8_rows(x2.contiguous())
+    elif x_scale is None:
         xq, xs = quantize_fp8_rows(x2)
     else:
         xq = (x2.float() / x_scale).clamp(-FP8_MAX, FP8_MAX).to(FP8)
         xs = x_scale.expand(x2.shape[0])
+    if x.is_cuda and xq.shape[0] <= TRITON_MAX_ROWS:
+        from gpu_kernels.scaled_gemm import scaled_gemm
+        xs = xs.reshape(-1).float().contiguous()
+        out = scaled_gemm(xq, w_fp8, xs, w_scale, bias, out_dtype=x.dtype)
+        return out.reshape(*shape[:-1], out.shape[-1])
     if x.is_cuda:
         out = torch._scaled_mm(xq, w_fp8.t(), scale_a=xs.reshape(-1, 1).contiguous(),
                                scale_b=w_scale.reshape(1, -1),

@@ -2,8 +2,10 @@
 them), one weight scale per output channel and one activation scale per token:
 
 - `int-quantized`: int8 `weight` [N, K] + `weight_scale` [N, 1]; activations quantized at run time
-  to int8 (symmetric, absmax / 127, round half to even). CUDA: `torch._int_mm` (int32
-  accumulation); CPU: the same integer products summed exactly in float64 (reference).
+  to int8 (symmetric, absmax / 127, round half to even). CUDA: the fused `quant_int8_rows`, then
+  the Triton `scaled_gemm` (int32 accumulation, both scales in its epilogue; H200, 32 Llama-3-8B
+  layers: 3.0 / 5.2 / 23 ms at M = 1 / 256 / 2048 against `torch._int_mm` plus a torch epilogue's
+  6.4 / 11.7 / 62); CPU: the same integer products summed exactly in float64 (reference).
 - `float-quantized`: float8_e4m3fn `weight` [N, K] + `weight_scale` [N, 1] (or one per-tensor
   scale per fused shard); activations quantized dynamically per token (absmax / 448), or with the
   checkpoint's static per-tensor `input_scale`. CUDA: `torch._scaled_mm`; CPU: fp32 emulation.
@@ -41,18 +43,21 @@ class Int8W8A8LinearMethod(LinearMethod):
 
     def process_weights_after_loading(self, layer: nn.Module) -> None:
         layer.weight_scale_row = layer.weight_scale.data.reshape(1, -1).float()
+        layer.weight_scale_flat = layer.weight_scale_row.reshape(-1).contiguous()
 
     def apply(self, layer: nn.Module, x: torch.Tensor,
               bias: Optional[torch.Tensor]) -> torch.Tensor:
         shape = x.shape
-        xq, xs = quantize_int8_rows(x.reshape(-1, shape[-1]))
-        if x.is_cuda:
-            m = xq.shape[0]
-            if m <= 16:  # _int_mm needs M > 16
-                xq = torch.cat([xq, xq.new_zeros(17 - m, xq.shape[1])])
-            acc = torch._int_mm(xq, layer.weight.t())[:m].float()
-        else:
-            acc = (xq.double() @ layer.weight.double().t()).float()
+        x2 = x.reshape(-1, shape[-1])
+        if x.is_cuda:  # fused quantization, then one GEMM with both scales in its epilogue
+            from gpu_kernels.quant_int8_rows import quant_int8_rows
+            from gpu_kernels.scaled_gemm import scaled_gemm
+            xq, xs = quant_int8_rows(x2.contiguous())
+            out = scaled_gemm(xq, layer.weight, xs, layer.weight_scale_flat, bias,
+                              out_dtype=x.dtype)
+            return out.reshape(*shape[:-1], -1)
+        xq, xs = quantize_int8_rows(x2)
+        acc = (xq.double() @ layer.weight.double().t()).float()
         out = acc * xs[:, None] * layer.weight_scale_row
         if bias is not None:
             out = out + bias.float()

@@ -12,7 +12,7 @@ from typing import Any, Optional
 METHODS = ("ngram", "draft_model", "eagle3")
 MAX_SPECULATIVE_TOKENS = 16
 _KNOWN_KEYS = {"method", "num_speculative_tokens", "prompt_lookup_min", "prompt_lookup_max",
-               "model"}
+               "model", "disable_by_batch_size"}
 
 
 def _require(cond: bool, key: str, message: str) -> None:
@@ -27,6 +27,9 @@ class SpeculativeConfig:
     prompt_lookup_min: int = 1   # n-gram: shortest suffix looked up in the sequence
     prompt_lookup_max: int = 4   # n-gram: longest suffix looked up
     model: Optional[str] = None  # draft_model / eagle3: the draft checkpoint
+    # No drafts in a step while more than this many requests decode (vLLM's name; None: never
+    # off). Past some batch size a step is compute-bound and rejected drafts cost throughput.
+    disable_by_batch_size: Optional[int] = None
 
     def __post_init__(self) -> None:
         _require(self.method in METHODS, "method",
@@ -35,6 +38,9 @@ class SpeculativeConfig:
         _require(isinstance(k, int) and not isinstance(k, bool)
                  and 1 <= k <= MAX_SPECULATIVE_TOKENS, "num_speculative_tokens",
                  f"must be an integer in 1..{MAX_SPECULATIVE_TOKENS}, got {k!r}")
+        b = self.disable_by_batch_size
+        _require(b is None or (isinstance(b, int) and not isinstance(b, bool) and b >= 1),
+                 "disable_by_batch_size", f"must be an integer >= 1 or null, got {b!r}")
         if self.method == "ngram":
             lo, hi = self.prompt_lookup_min, self.prompt_lookup_max
             _require(isinstance(lo, int) and lo >= 1, "prompt_lookup_min",

@@ -36,6 +36,7 @@ def build_proposer(config: EngineConfig, runner) -> Proposer:
 class Speculator:
     def __init__(self, config: EngineConfig, runner):
         self.k = config.speculative.num_speculative_tokens
+        self.disable_by_batch_size = config.speculative.disable_by_batch_size
         self.max_model_len = config.scheduler.max_model_len
         self.proposer = build_proposer(config, runner)
         self.metrics = SpecDecodeMetrics(self.k)
@@ -66,8 +67,9 @@ class Speculator:
                 seqs.append(seq)
                 limits.append(limit)
         self.proposer.release(live)
-        if not seqs:
-            return
+        if not seqs or (self.disable_by_batch_size is not None
+                        and len(live) > self.disable_by_batch_size):
+            return  # nothing to draft for, or a batch large enough to decode plainly
         for seq, draft in zip(seqs, self.proposer.propose(seqs, limits)):
             if draft:
                 seq.add_drafts(draft)

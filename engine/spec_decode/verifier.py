@@ -12,6 +12,7 @@ from typing import Optional
 
 import torch
 
+from engine import seeded_noise
 from engine.sampler import SamplingMetadata, apply_penalties, sampling_probs
 from engine.sequence import Request, Sequence
 from engine.spec_decode.rejection_sampler import rejection_sample
@@ -80,6 +81,7 @@ class Verifier:
         first = 0
         first_rows = []
         greedy = []
+        seeded_rows, keys = [], []
         for i, ((req, seq), x) in enumerate(zip(seqs, drafts)):
             d = len(x)
             padded[i, :d + 1] = probs[first:first + d + 1]
@@ -87,12 +89,16 @@ class Verifier:
             g = req.params.is_greedy
             greedy.append(g)
             if not g and seq.generator is not None:
-                # Seeded: the same draws in the same order whatever the batch holds.
-                # Exactly d uniforms: the draws never depend on other sequences' draft counts.
-                uniforms[i, :d] = torch.rand(d, generator=seq.generator).to(device)
-                noise[i] = torch.empty(v).exponential_(generator=seq.generator).to(device)
+                # Seeded: one key a step from the sequence's generator, whatever the batch
+                # holds; its stream's first v columns are the noise, the next k the uniforms.
+                seeded_rows.append(i)
+                keys.append(seeded_noise.draw_key(seq.generator))
             first_rows.append(first)
             first += d + 1
+        if seeded_rows:
+            idx = torch.tensor(seeded_rows, dtype=torch.long, device=device)
+            noise[idx] = seeded_noise.exponential(keys, v, device)
+            uniforms[idx] = seeded_noise.uniform(keys, k, device, start=v).to(uniforms.dtype)
         num_draft = torch.tensor([len(x) for x in drafts], dtype=torch.long, device=device)
         tokens, accepted = rejection_sample(
             padded, draft_ids.to(device), num_draft,

@@ -37,7 +37,10 @@ class GrammarLogitsProcessor:
                 device: Optional[torch.device] = None) -> Optional[Callable[[torch.Tensor], None]]:
         """For the step whose logits row i belongs to `rows[i]`: the in-place mask, or None
         when no row is constrained."""
-        constrained = [i for i, (req, _) in enumerate(rows) if req.grammar is not None]
+        # A sequence finished by the step before this one (its grammar complete) is still
+        # computed here when steps overlap; its sample is discarded, and it gets no mask.
+        constrained = [i for i, (req, seq) in enumerate(rows)
+                       if req.grammar is not None and not seq.is_finished]
         if not constrained:
             return None
         import xgrammar as xgr

@@ -10,6 +10,18 @@ from engine import LLM, SamplingParams
 PROMPTS = [f"Request {i}: " + "alpha beta gamma " * (1 + 3 * i) for i in range(6)]
 
 
+def count_overlapped(llm, params) -> int:
+    """Steps of one request (PROMPTS[0]) that overlapped with the next one's launch."""
+    engine = llm.llm_engine
+    engine.add_request("overlap", PROMPTS[0], params)
+    overlapped = 0
+    while engine.has_unfinished_requests():
+        engine.step()
+        step = engine.core._inflight
+        overlapped += bool(step is not None and step.overlappable)
+    return overlapped
+
+
 def run(llm, params):
     return [[(c.token_ids, c.finish_reason, c.text) for c in o.outputs]
             for o in llm.generate(PROMPTS, params, use_tqdm=False)]
@@ -42,14 +54,7 @@ def test_min_tokens_overlaps_and_keeps_outputs(engines):
               SamplingParams(temperature=0.9, seed=4, max_tokens=14, min_tokens=9,
                              stop_token_ids=list(range(40)))] * 2
     assert run(asy, params) == run(sync, params)
-    engine = asy.llm_engine
-    engine.add_request("m", PROMPTS[0], params[0])
-    overlapped = 0
-    while engine.has_unfinished_requests():
-        engine.step()
-        step = engine.core._inflight
-        overlapped += bool(step is not None and step.overlappable)
-    assert overlapped >= 15
+    assert count_overlapped(asy, params[0]) >= 15
 
 
 def test_async_equals_sync(engines):
@@ -108,4 +113,32 @@ def test_async_with_prefix_caching(engines, tiny_model_dir):
     assert first == ref and again == ref
     stats = cached.stats()
     assert stats["prefix_cache_hit_tokens"] > 0
+    assert stats["num_free_blocks"] == stats["num_total_blocks"]
+
+
+def test_constrained_requests_overlap_and_keep_outputs(engines):
+    """A grammar's mask needs the latest token: such steps launch their forward pass before
+    the previous step's tokens are known and sample after. Outputs equal the synchronous
+    engine's, grammars end their sequences, and the steps overlap."""
+    from engine.structured_output import StructuredOutputsParams as SO
+    sync, asy = engines
+    schema = {"type": "object", "properties": {"a": {"type": "integer"},
+                                               "b": {"type": "string", "maxLength": 6}},
+              "required": ["a", "b"], "additionalProperties": False}
+    params = [SamplingParams(temperature=0, max_tokens=40, structured_outputs=SO(json=schema)),
+              SamplingParams(temperature=0.9, seed=2, max_tokens=30,
+                             structured_outputs=SO(regex=r"[a-c]{3,9}")),
+              SamplingParams(temperature=0, max_tokens=20, ignore_eos=True),
+              SamplingParams(temperature=0.8, seed=6, max_tokens=10,
+                             structured_outputs=SO(choice=["yes", "no", "maybe"])),
+              SamplingParams(temperature=1.0, seed=7, max_tokens=40,
+                             structured_outputs=SO(json=schema)),
+              SamplingParams(temperature=0, max_tokens=12, stop_token_ids=[11])]
+    want = run(sync, params)
+    assert run(asy, params) == want
+    assert want[3][0][2] in ("yes", "no", "maybe") and want[3][0][1] == "stop"
+    assert count_overlapped(asy, SamplingParams(
+        temperature=0, max_tokens=30, ignore_eos=True,
+        structured_outputs=SO(regex=r"[a-z ]+"))) >= 20
+    stats = asy.stats()
     assert stats["num_free_blocks"] == stats["num_total_blocks"]

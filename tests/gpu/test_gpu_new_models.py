@@ -4,8 +4,9 @@
 Agreement is measured teacher-forced along HF's bf16 greedy continuation (as test_gpu_engine
 does): our argmax at each position against HF's token. Tiny random-weight models over a 49k
 vocabulary have many near ties (top-2 logits within a few bf16 ulps), which either side's
-rounding may break, so for them only positions where HF's own top-1 margin exceeds MARGIN count;
-the raw agreement is printed. Gemma-3-270M (real weights, GGUF) is held to >= 99% of all
+rounding may break, so for them only positions where HF's own top-1 margin exceeds MARGIN count
+(when at least MIN_CLEAR do; Gemma 2's soft-capped logits leave almost none, and then every
+position counts); the raw agreement is printed. Gemma-3-270M (real weights, GGUF) is held to >= 99% of all
 positions.
 """
 from __future__ import annotations
@@ -24,11 +25,12 @@ PROMPTS = ["Tell me about the ocean.", "Explain gravity.", "What is a cat?",
            "Write a short poem about rain.", "Describe Paris.", "one two three four five"] * 2
 NEW_TOKENS = 32
 MARGIN = 0.25  # logits; bf16 spacing is 1/32 between 4 and 8
+MIN_CLEAR = 50  # fewer positions past MARGIN: the stricter all-positions agreement is held
 
 
-def agreement(llm, hf, prompts, margin: float) -> tuple[float, float]:
+def agreement(llm, hf, prompts, margin: float) -> tuple[float, float, int]:
     """(fraction of positions with HF margin > `margin` where our argmax is HF's token,
-    fraction over all positions)."""
+    fraction over all positions, number of positions past the margin)."""
     from engine import SamplingParams
 
     outs = llm.generate(prompts, SamplingParams(temperature=0, max_tokens=1), use_tqdm=False)
@@ -52,7 +54,7 @@ def agreement(llm, hf, prompts, margin: float) -> tuple[float, float]:
             if float(top2[pos - 1, 0] - top2[pos - 1, 1]) > margin:
                 agree += ok
                 total += 1
-    return agree / max(total, 1), agree_all / total_all
+    return agree / max(total, 1), agree_all / total_all, total
 
 
 def gpu_shape(arch: str) -> dict:
@@ -75,10 +77,13 @@ def test_bf16_agrees_with_hf_bf16(arch, tiny_model_dir):
     path = tiny_model_dir(arch, **gpu_shape(arch))
     llm = LLM(model=path, device="cuda", dtype="bfloat16", gpu_memory_utilization=0.2)
     hf = load_hf_model(path).to(torch.bfloat16).cuda()
-    clear, raw = agreement(llm, hf, PROMPTS, MARGIN)
-    print(f"{arch}: bf16 agreement with HF bf16 {clear:.4f} where HF's margin > {MARGIN} "
-          f"({raw:.4f} over all positions)")
-    assert clear >= 0.99
+    clear, raw, counted = agreement(llm, hf, PROMPTS, MARGIN)
+    print(f"{arch}: bf16 agreement with HF bf16 {clear:.4f} over the {counted} positions where "
+          f"HF's margin > {MARGIN} ({raw:.4f} over all positions)")
+    if counted >= MIN_CLEAR:
+        assert clear >= 0.99
+    else:  # soft-capped logits (Gemma 2) leave no clear margins: hold all positions instead
+        assert raw >= 0.99
     del llm, hf
     gc.collect()
     torch.cuda.empty_cache()
@@ -95,6 +100,6 @@ def test_gemma3_gguf_bf16_agrees_with_hf_bf16():
     hf = AutoModelForCausalLM.from_pretrained(os.path.dirname(path),
                                               gguf_file=os.path.basename(path))
     hf = hf.to(torch.bfloat16).cuda().eval()
-    _, raw = agreement(llm, hf, PROMPTS, 0.0)
+    _, raw, _ = agreement(llm, hf, PROMPTS, 0.0)
     print(f"gemma-3-270m: bf16 agreement with HF bf16 {raw:.4f}")
     assert raw >= 0.99

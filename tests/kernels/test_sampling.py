@@ -75,3 +75,16 @@ def test_sampling_gpu_real_vocab():
     assert torch.equal(tokens, logits.float().argmax(dim=-1))
     want = torch.log_softmax(logits.float(), dim=-1).gather(1, tokens[:, None]).squeeze(1)
     assert torch.allclose(logprobs, want, atol=1e-4, rtol=0)
+
+
+@pytest.mark.gpu
+def test_seeded_noise_bits_equal_on_cpu_and_cuda():
+    """Seeded rows' noise (engine/seeded_noise.py) is the same integer stream on both devices."""
+    from engine import seeded_noise
+    keys = [1, 2 ** 40 + 3, (1 << 62) - 5]
+    cpu = seeded_noise._bits(torch.tensor(keys), 0, 4096)
+    gpu = seeded_noise._bits(torch.tensor(keys, device="cuda"), 0, 4096)
+    assert torch.equal(cpu, gpu.cpu())
+    e_cpu = seeded_noise.exponential(keys, 4096, "cpu")
+    e_gpu = seeded_noise.exponential(keys, 4096, "cuda").cpu()
+    assert torch.allclose(e_cpu, e_gpu, rtol=1e-6, atol=0)

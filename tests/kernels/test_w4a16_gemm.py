@@ -28,7 +28,8 @@ def dense(q, zeros, scales, group):
 
 
 @pytest.mark.parametrize("m,k,n,bits,group,split_k", [
-    (1, 128, 64, 4, 32, 0),     # decode shape: split-K chosen by the wrapper
+    (1, 128, 64, 4, 32, 0),     # decode shape (the GEMV): split-K chosen by the wrapper
+    (2, 100, 64, 8, 32, 0),     # 8-bit GEMV, odd K
     (5, 100, 72, 4, 64, 1),     # ragged M, odd K (padded to the packing), partial N tile
     (33, 96, 64, 8, 32, 3),     # 8-bit, split-K 3 with a K tail per split
     (17, 64, 128, 4, 64, 1),    # one group over all of K (group_size -1)
@@ -43,6 +44,54 @@ def test_gemm_matches_reference_and_dense(m, k, n, bits, group, split_k, device)
     assert out.shape == (m, n)
     assert rel_err(out, ref) < 1e-5
     assert rel_err(ref, x @ dense(q, zeros, scales, group)) < 1e-5
+
+
+@pytest.mark.parametrize("m,k,n,bits,group,cfg", [
+    # one group per K step (scale applied to the partial product), split-K with a K tail
+    (1, 200, 48, 4, 64, dict(BLOCK_M=16, BLOCK_N=16, BLOCK_K=64, SPLIT_K=2)),
+    (3, 256, 96, 4, 128, dict(BLOCK_M=16, BLOCK_N=32, BLOCK_K=128, SPLIT_K=1)),
+    # one dot per value slot (no reshape), 4- and 8-bit, with a K tail and split-K
+    (9, 300, 48, 4, 128, dict(BLOCK_M=16, BLOCK_N=16, BLOCK_K=128, SPLIT_K=2, PER_VALUE=True)),
+    (18, 192, 64, 8, 64, dict(BLOCK_M=32, BLOCK_N=32, BLOCK_K=64, SPLIT_K=1, PER_VALUE=True)),
+    (20, 128, 64, 8, 32, dict(BLOCK_M=32, BLOCK_N=32, BLOCK_K=32, SPLIT_K=3)),
+    # K steps spanning several groups, and a group size no step size divides (per-row gather)
+    (2, 192, 40, 4, 32, dict(BLOCK_M=16, BLOCK_N=32, BLOCK_K=64, SPLIT_K=1)),
+    (7, 144, 64, 4, 48, dict(BLOCK_M=16, BLOCK_N=64, BLOCK_K=32, SPLIT_K=2)),
+])
+def test_gemm_tile_paths(m, k, n, bits, group, cfg, device):
+    q, zeros, scales = random_quantized(k, n, bits, group, device)
+    pad = (-k) % (32 // bits)
+    qw = pack_int32(torch.cat([q, q.new_zeros(pad, n)]) if pad else q, bits, dim=0)
+    x = torch.randn(m, k, device=device)
+    out = w4a16_gemm(x, qw, scales, zeros, bits, group, config=cfg)
+    assert rel_err(out, x @ dense(q, zeros, scales, group)) < 1e-5
+    if m <= 4:  # the same product through the GEMV kernel, its heuristic and a split-K config
+        ref = x @ dense(q, zeros, scales, group)
+        assert rel_err(w4a16_gemm(x, qw, scales, zeros, bits, group, gemv=True), ref) < 1e-5
+        gcfg = dict(BLOCK_N=32, BLOCK_K=cfg["BLOCK_K"], SPLIT_K=cfg["SPLIT_K"] + 1)
+        out = w4a16_gemm(x, qw, scales, zeros, bits, group, config=gcfg, gemv=True)
+        assert rel_err(out, ref) < 1e-5
+    with pytest.raises(ValueError, match="BLOCK_K"):
+        w4a16_gemm(x, qw, scales, zeros, bits, group, config={**cfg, "BLOCK_K": 12})
+
+
+def test_split_k_workspace_left_zeroed(device):
+    """Split-K calls share one workspace: each leaves it zeroed, so repeated calls (and calls of
+    other shapes in between) give the same result."""
+    from gpu_kernels import w4a16_gemm as mod
+    q, zeros, scales = random_quantized(256, 80, 4, 64, device)
+    qw = pack_int32(q, 4, dim=0)
+    x = torch.randn(2, 256, device=device)
+    cfg = dict(BLOCK_M=16, BLOCK_N=32, BLOCK_K=64, SPLIT_K=4)
+    first = w4a16_gemm(x, qw, scales, zeros, 4, 64, config=cfg)
+    other = w4a16_gemm(x[:1], qw, scales, zeros, 4, 64, config={**cfg, "SPLIT_K": 2})
+    gemv = w4a16_gemm(x, qw, scales, zeros, 4, 64, config=dict(BLOCK_N=16, BLOCK_K=64, SPLIT_K=3),
+                      gemv=True)
+    again = w4a16_gemm(x, qw, scales, zeros, 4, 64, config=cfg)
+    assert rel_err(gemv, first) < 1e-5
+    ws, cnt = mod._WORKSPACES[x.device]
+    assert int((ws != 0).sum()) == 0 and int((cnt != 0).sum()) == 0
+    assert rel_err(first, again) < 1e-6 and rel_err(other, first[:1]) < 1e-5
 
 
 @pytest.mark.parametrize("dtype", [torch.float16])

@@ -55,3 +55,17 @@ def test_draft_model_greedy_identical(draft, tiny_model_dir, llama_reference):
         assert stats["spec_decode_num_accepted_tokens"] == stats["spec_decode_num_draft_tokens"]
         assert stats["spec_decode_accepted_by_position"][2] > 0
     _no_leak(llm)
+
+
+def test_disable_by_batch_size(tiny_model_dir, llama_reference):
+    """Past `disable_by_batch_size` decoding requests no step drafts; at or below it they do.
+    Outputs are the same either way."""
+    path = tiny_model_dir("llama")
+    off = LLM(model=path, device="cpu",
+              speculative_config={**NGRAM, "disable_by_batch_size": len(PROMPTS) - 1})
+    assert _tokens(off) == llama_reference
+    assert off.stats()["spec_decode_num_drafts"] == 0
+    alone = _tokens(off, PROMPTS[:1])
+    assert alone == llama_reference[:1] and off.stats()["spec_decode_num_drafts"] > 0
+    with pytest.raises(ValueError, match="speculative_config.disable_by_batch_size"):
+        LLM(model=path, device="cpu", speculative_config={**NGRAM, "disable_by_batch_size": 0})
