@@ -37,8 +37,7 @@ class EngineCore:
         self.speculator = None
         if config.speculative is not None:
             from engine.spec_decode.speculator import Speculator
-            self.speculator = Speculator(config, self.runner.vocab_size,
-                                         self.runner.num_gpu_blocks)
+            self.speculator = Speculator(config, self.runner)
         self._inflight: Optional[InFlight] = None
         self._seq_ids = itertools.count()
         self.prompt_tokens_total = 0

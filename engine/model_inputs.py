@@ -27,6 +27,9 @@ class ModelInputs:
     # (scheduled index, first row, number of rows) of verify chunks: a sequence holding d draft
     # tokens samples from all of its last d + 1 rows (see engine/spec_decode).
     verify_spans: list[tuple[int, int, int]] = field(default_factory=list)
+    # First row of each scheduled sequence, in `out.scheduled`'s order (its rows are the next
+    # `num_tokens`); forward observers use it to find a sequence's rows.
+    first_rows: list[int] = field(default_factory=list)
 
 
 def build_model_inputs(out: SchedulerOutput, block_size: int, device: torch.device,
@@ -135,6 +138,7 @@ def build_model_inputs(out: SchedulerOutput, block_size: int, device: torch.devi
         prompt_logprob_spans=spans,
         placeholder_rows=placeholders,
         verify_spans=verify,
+        first_rows=[last_row[i] - s.num_tokens + 1 for i, s in enumerate(scheduled)],
     )
 
 

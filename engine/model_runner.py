@@ -75,6 +75,10 @@ class ModelRunner:
         self.sampler = Sampler(config.model.seed)
         # Hooks that transform logits before sampling (see SamplingMetadata.from_rows).
         self.logits_processors: list = []
+        # Hooks called after every forward pass as `observer(sched, inputs, hidden, aux)`:
+        # `aux` holds the auxiliary hidden states a model returns beside its final ones (see
+        # LlamaForCausalLM.set_aux_hidden_layers), or None. The EAGLE-3 proposer reads them.
+        self.forward_observers: list = []
         self.verifier = None
         if config.speculative is not None:
             from engine.spec_decode.verifier import Verifier
@@ -222,7 +226,9 @@ class ModelRunner:
         inputs = build_model_inputs(out, self.block_size, self.device, pad_block_tables_to=pad)
         if inputs.placeholder_rows:
             self._fill_placeholders(inputs, prev)
-        hidden = self._forward(inputs)
+        hidden, aux = self._forward(inputs)
+        for observe in self.forward_observers:
+            observe(out, inputs, hidden, aux)
         self._prompt_logprobs(out, inputs, hidden, step.result)
         if inputs.verify_spans:
             self._verify(out, inputs, hidden, step.result)
@@ -286,10 +292,12 @@ class ModelRunner:
                 top = torch.topk(lp, 2 * req.params.best_of)
                 result.beam_candidates[seq.seq_id] = (top.indices.tolist(), top.values.tolist())
 
-    def _forward(self, inputs: ModelInputs) -> torch.Tensor:
+    def _forward(self, inputs: ModelInputs) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
+        """(final hidden states, auxiliary hidden states or None)."""
         if self.graphs is not None and self.graphs.can_run(inputs):
-            return self.graphs.run(inputs)
-        return self.model(inputs.input_ids, inputs.positions, inputs.meta)
+            return self.graphs.run(inputs), None
+        out = self.model(inputs.input_ids, inputs.positions, inputs.meta)
+        return out if isinstance(out, tuple) else (out, None)
 
     def _prompt_logprobs(self, out: SchedulerOutput, inputs: ModelInputs, hidden: torch.Tensor,
                          result: RunnerOutput) -> None:

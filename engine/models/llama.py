@@ -8,7 +8,7 @@ layers marked sliding) pass `sliding_window` to attention, `head_dim` is read wh
 """
 from __future__ import annotations
 
-from typing import Any, Iterable, Optional
+from typing import Any, Iterable, Optional, Union
 
 import torch
 from torch import nn
@@ -41,7 +41,8 @@ def _sliding_window(config: Any, layer_idx: int) -> Optional[int]:
 
 class LlamaAttention(nn.Module):
     def __init__(self, config: Any, layer_idx: int, qkv_bias: bool, o_bias: bool,
-                 rotary_emb: nn.Module, quant_config: Optional[QuantizationConfig], prefix: str):
+                 rotary_emb: nn.Module, quant_config: Optional[QuantizationConfig], prefix: str,
+                 input_size: Optional[int] = None):
         super().__init__()
         heads = config.num_attention_heads
         kv_heads = getattr(config, "num_key_value_heads", None) or heads
@@ -51,8 +52,9 @@ class LlamaAttention(nn.Module):
         self.q_size = self.num_heads * self.head_dim
         self.kv_size = self.num_kv_heads * self.head_dim
         # Rows of qkv_proj: [q (q_size) | k (kv_size) | v (kv_size)].
+        # input_size: what q/k/v read (the EAGLE-3 head's layer reads 2 * hidden_size).
         self.qkv_proj = QKVParallelLinear(
-            config.hidden_size, self.head_dim, heads, kv_heads, bias=qkv_bias,
+            input_size or config.hidden_size, self.head_dim, heads, kv_heads, bias=qkv_bias,
             quant_config=quant_config, prefixes=[f"{prefix}.{p}_proj" for p in "qkv"])
         self.o_proj = RowParallelLinear(heads * self.head_dim, config.hidden_size, bias=o_bias,
                                         quant_config=quant_config, prefix=f"{prefix}.o_proj")
@@ -122,13 +124,25 @@ class LlamaModel(nn.Module):
                               f"model.layers.{i}")
             for i in range(config.num_hidden_layers))
         self.norm = RMSNorm(config.hidden_size, config.rms_norm_eps)
+        # Layer ids whose input residual stream the forward also returns (EAGLE-3's auxiliary
+        # hidden states); id == len(layers) is the stream after the last layer, before the norm.
+        self.aux_hidden_layers: tuple[int, ...] = ()
 
-    def forward(self, input_ids: torch.Tensor, positions: torch.Tensor,
-                meta: AttentionMetadata) -> torch.Tensor:
+    def forward(self, input_ids: torch.Tensor, positions: torch.Tensor, meta: AttentionMetadata
+                ) -> Union[torch.Tensor, tuple[torch.Tensor, torch.Tensor]]:
+        aux_ids = self.aux_hidden_layers
+        aux: list[torch.Tensor] = []
         x, residual = self.embed_tokens(input_ids), None
-        for layer in self.layers:
+        for i, layer in enumerate(self.layers):
+            if i in aux_ids:
+                stream = x if residual is None else x + residual
+                aux += [stream] * aux_ids.count(i)
             x, residual = layer(positions, x, residual, meta)
+        if len(self.layers) in aux_ids:
+            aux += [x + residual] * aux_ids.count(len(self.layers))
         x, _ = self.norm(x, residual)
+        if aux_ids:
+            return x, torch.cat(aux, dim=-1)
         return x
 
 
@@ -157,10 +171,26 @@ class LlamaForCausalLM(nn.Module):
         if self.tie_word_embeddings:
             self.lm_head.tie(self.model.embed_tokens)
 
-    def forward(self, input_ids: torch.Tensor, positions: torch.Tensor,
-                meta: AttentionMetadata) -> torch.Tensor:
-        """input_ids, positions [T] -> final hidden states [T, hidden]."""
+    def forward(self, input_ids: torch.Tensor, positions: torch.Tensor, meta: AttentionMetadata
+                ) -> Union[torch.Tensor, tuple[torch.Tensor, torch.Tensor]]:
+        """input_ids, positions [T] -> final hidden states [T, hidden]; with auxiliary layers
+        set, also their residual streams side by side [T, len(aux_hidden_layers) * hidden]."""
         return self.model(input_ids, positions, meta)
+
+    def set_aux_hidden_layers(self, layer_ids: Iterable[int]) -> None:
+        """Return the residual stream entering each of `layer_ids` from every forward (in
+        ascending id order; id == num_hidden_layers: after the last layer). Empty: stop."""
+        ids = tuple(sorted(int(i) for i in layer_ids))
+        n = len(self.model.layers)
+        bad = [i for i in ids if not 0 <= i <= n]
+        if bad:
+            raise ValueError(f"auxiliary hidden-state layer ids {bad} out of range for a "
+                             f"{n}-layer model (0..{n})")
+        self.model.aux_hidden_layers = ids
+
+    def embed_input_ids(self, input_ids: torch.Tensor) -> torch.Tensor:
+        """The token embeddings (an EAGLE-3 head without its own embedding reads these)."""
+        return self.model.embed_tokens(input_ids)
 
     def compute_logits(self, hidden: torch.Tensor) -> torch.Tensor:
         """hidden [N, hidden] -> float32 logits [N, vocab]."""

@@ -50,6 +50,12 @@ class SpeculativeConfig:
         else:
             _require(bool(self.model), "model", f"method {self.method!r} needs a draft model path")
 
+    @property
+    def needs_eager_target(self) -> bool:
+        """EAGLE-3 reads the target's auxiliary hidden states, which the captured CUDA graphs
+        do not return: the target runs eagerly."""
+        return self.method == "eagle3"
+
     @classmethod
     def from_dict(cls, d: Any) -> "SpeculativeConfig":
         if isinstance(d, SpeculativeConfig):

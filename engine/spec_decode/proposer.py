@@ -3,7 +3,13 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 
-from engine.sequence import Sequence
+from engine.sequence import Request, Sequence
+
+
+def speculates(req: Request) -> bool:
+    """Requests that speculate: one sequence, not beam search (n > 1 decodes plainly), no
+    output grammar (its mask advances token by token; constrained requests decode plainly)."""
+    return req.single_seq and req.beam_state is None and req.grammar is None
 
 
 class Proposer(ABC):

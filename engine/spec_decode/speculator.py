@@ -14,35 +14,34 @@ from engine.config import EngineConfig
 from engine.sequence import Request, Sequence, SequenceStatus
 from engine.spec_decode.config import SpeculativeConfig
 from engine.spec_decode.metrics import SpecDecodeMetrics
-from engine.spec_decode.proposer import Proposer
+from engine.spec_decode.proposer import Proposer, speculates
 from engine.spec_decode.verifier import Verified
 
 
-def build_proposer(config: EngineConfig, target_vocab_size: int, num_gpu_blocks: int) -> Proposer:
+def build_proposer(config: EngineConfig, runner) -> Proposer:
+    """The configured proposer; `runner` is the target's ModelRunner."""
     spec: SpeculativeConfig = config.speculative
     if spec.method == "ngram":
         from engine.spec_decode.ngram import NgramProposer
         return NgramProposer(spec.prompt_lookup_min, spec.prompt_lookup_max)
     if spec.method == "draft_model":
         from engine.spec_decode.draft_model import DraftModelProposer
-        return DraftModelProposer(config, target_vocab_size, num_gpu_blocks)
-    raise ValueError(f"speculative_config.method: {spec.method!r} is not implemented yet "
-                     "(available: ngram, draft_model)")
+        return DraftModelProposer(config, runner.vocab_size, runner.num_gpu_blocks)
+    if spec.method == "eagle3":
+        from engine.spec_decode.eagle3 import Eagle3Proposer
+        return Eagle3Proposer(config, runner)
+    raise ValueError(f"speculative_config.method: {spec.method!r} is not implemented")
 
 
 class Speculator:
-    def __init__(self, config: EngineConfig, target_vocab_size: int, num_gpu_blocks: int):
+    def __init__(self, config: EngineConfig, runner):
         self.k = config.speculative.num_speculative_tokens
         self.disable_by_batch_size = config.speculative.disable_by_batch_size
         self.max_model_len = config.scheduler.max_model_len
-        self.proposer = build_proposer(config, target_vocab_size, num_gpu_blocks)
+        self.proposer = build_proposer(config, runner)
         self.metrics = SpecDecodeMetrics(self.k)
 
-    @staticmethod
-    def eligible(req: Request) -> bool:
-        """Requests that speculate: one sequence, not beam search (n > 1 decodes plainly), no
-        output grammar (its mask advances token by token; constrained requests decode plainly)."""
-        return req.single_seq and req.beam_state is None and req.grammar is None
+    eligible = staticmethod(speculates)
 
     def propose(self, running: list[Request]) -> None:
         seqs: list[Sequence] = []
