@@ -70,9 +70,12 @@ if triton is not None:
 def default_config(m: int, n: int, k: int) -> dict:
     """Tile sizes by M, from the H200 sweep at Llama-3-8B shapes (benchmarks/kernel_bench/
     scaled_gemm.py): decode rows take narrow N tiles and long K steps so that N / 32 programs
-    stream the weight; 17-256 rows 64 x 64 tiles; larger M 128 x 128."""
+    stream the weight; 17-128 rows 64 x 128 x 256; to 256 rows 64 x 64 x 128; larger 128 x 128."""
     if m <= 16:
         return {"BLOCK_M": 16, "BLOCK_N": 32, "BLOCK_K": 512, "SPLIT_K": 1, "num_warps": 4,
+                "num_stages": 4}
+    if m <= 128:  # INT8 at M = 64: 3.7 ms for 32 layers vs 4.2 with 64 x 64 x 128 tiles
+        return {"BLOCK_M": 64, "BLOCK_N": 128, "BLOCK_K": 256, "SPLIT_K": 1, "num_warps": 4,
                 "num_stages": 4}
     if m <= 256:
         return {"BLOCK_M": 64, "BLOCK_N": 64, "BLOCK_K": 128, "SPLIT_K": 1, "num_warps": 4,
