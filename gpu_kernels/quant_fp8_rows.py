@@ -48,19 +48,27 @@ if triton is not None:
 
 def quant_fp8_rows(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """x [R, C] -> (q [R, C] float8_e4m3fn, scale [R] float32); see the module docstring."""
+    return launch_row_quant(_quant_fp8_rows_kernel if triton is not None else None, x, FP8,
+                            FP8_MAX, MIN_SCALE)
+
+
+def launch_row_quant(kernel, x: torch.Tensor, q_dtype: torch.dtype,
+                     *scalars) -> tuple[torch.Tensor, torch.Tensor]:
+    """Check x [R, C], allocate q [R, C] `q_dtype` and scale [R] fp32, and run a per-row
+    quantization kernel (one program per row) taking (x, q, scale, C, strides, *scalars)."""
     require_triton(x)
     check_dtype("x", x, FLOAT_DTYPES)
     if x.dim() != 2:
         raise ValueError(f"x must be [rows, cols], got {tuple(x.shape)}")
     check_last_dim_contiguous("x", x)
     rows, cols = x.shape
-    q = torch.empty(rows, cols, dtype=FP8, device=x.device)
+    q = torch.empty(rows, cols, dtype=q_dtype, device=x.device)
     scale = torch.empty(rows, dtype=torch.float32, device=x.device)
     if rows == 0:
         return q, scale
     block = min(2048, triton.next_power_of_2(max(cols, 16)))
-    _quant_fp8_rows_kernel[(rows,)](x, q, scale, cols, x.stride(0), q.stride(0), FP8_MAX,
-                                    MIN_SCALE, BLOCK=block, num_warps=4)
+    kernel[(rows,)](x, q, scale, cols, x.stride(0), q.stride(0), *scalars, BLOCK=block,
+                    num_warps=4)
     return q, scale
 
 

@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import torch
 
-from gpu_kernels._triton_utils import (FLOAT_DTYPES, check_dtype, check_last_dim_contiguous,
-                                       require_triton, tl, triton)
+from gpu_kernels._triton_utils import tl, triton
+from gpu_kernels.quant_fp8_rows import launch_row_quant
 
 INT8_MAX = 127.0
 MIN_SCALE = 1e-12
@@ -41,20 +41,8 @@ if triton is not None:
 
 def quant_int8_rows(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """x [R, C] -> (q [R, C] int8, scale [R] float32); see the module docstring."""
-    require_triton(x)
-    check_dtype("x", x, FLOAT_DTYPES)
-    if x.dim() != 2:
-        raise ValueError(f"x must be [rows, cols], got {tuple(x.shape)}")
-    check_last_dim_contiguous("x", x)
-    rows, cols = x.shape
-    q = torch.empty(rows, cols, dtype=torch.int8, device=x.device)
-    scale = torch.empty(rows, dtype=torch.float32, device=x.device)
-    if rows == 0:
-        return q, scale
-    block = min(2048, triton.next_power_of_2(max(cols, 16)))
-    _quant_int8_rows_kernel[(rows,)](x, q, scale, cols, x.stride(0), q.stride(0), MIN_SCALE,
-                                     BLOCK=block, num_warps=4)
-    return q, scale
+    return launch_row_quant(_quant_int8_rows_kernel if triton is not None else None, x,
+                            torch.int8, MIN_SCALE)
 
 
 def quant_int8_rows_ref(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

@@ -34,7 +34,7 @@ from engine.layers.linear import ReplicatedLinear
 from engine.layers.rotary import get_rope
 from engine.layers.vocab_parallel import ParallelLMHead, VocabParallelEmbedding
 from engine.models.llama import LlamaAttention, LlamaForCausalLM, LlamaMLP
-from engine.models.utils import WeightLoader, is_ignored
+from engine.models.stacked_loading import load_stacked
 
 EAGLE3_ARCHITECTURES = ("LlamaForCausalLMEagle3", "Eagle3LlamaForCausalLM")
 
@@ -131,27 +131,25 @@ class Eagle3LlamaHead(nn.Module):
         return ids + self.d2t[ids]
 
     def load_weights(self, weights: Iterable[tuple[str, torch.Tensor]]) -> None:
-        loader = WeightLoader(self)
         has_d2t = False
-        for name, tensor in weights:
-            name = name.removeprefix("model.")
-            if name == "t2d" or is_ignored(name):
-                continue
-            if name == "d2t":
+
+        def layers() -> Iterable[tuple[str, torch.Tensor]]:
+            nonlocal has_d2t
+            for name, tensor in weights:
+                if name.removeprefix("model.") != "d2t":
+                    yield name, tensor
+                    continue
                 if tuple(tensor.shape) != tuple(self.d2t.shape):
                     raise ValueError(f"checkpoint weight 'd2t' has shape {tuple(tensor.shape)}, "
                                      f"expected {tuple(self.d2t.shape)}")
                 self.d2t.copy_(tensor)
                 has_d2t = True
-                continue
-            for hf_part, (fused, shard) in self.stacked_params.items():
-                if hf_part in name:
-                    loader.copy(name.replace(hf_part, fused), tensor, src_name=name,
-                                shard_id=shard)
-                    break
-            else:
-                loader.copy(name, tensor)
-        loader.finish()
+
+        def rename(name: str) -> Optional[str]:
+            name = name.removeprefix("model.")
+            return None if name == "t2d" else name
+
+        load_stacked(self, layers(), self.stacked_params, rename=rename)
         if not has_d2t and self.draft_vocab_size != self.config.vocab_size:
             raise ValueError(f"checkpoint has no 'd2t' but its draft vocabulary "
                              f"({self.draft_vocab_size}) is not the full one "

@@ -218,18 +218,24 @@ class Eagle3Proposer(Proposer):
             plan = self._plan(st, seq.token_ids, min(start + n, len(seq.token_ids) - 1), False)
             if plan is None:
                 continue
-            f, end = plan
-            need = self.bm.blocks_needed(st.shadow, end - f)
-            if need > free:
-                self._drop_context(st)
-                continue
-            free -= need
-            batch.append((st, end - f))
-            pieces.append(st.h[f - st.h_start:end - st.h_start])
+            free = self._admit(st, plan, 0, free, batch, pieces)[1]
         if batch:
             self._forward(batch, pieces)
         for st, n in batch:
             st.keep_from(st.fed_end - 1)
+
+    def _admit(self, st: _State, plan: tuple[int, int], scratch: int, free: int,
+               batch: list, pieces: list) -> tuple[bool, int]:
+        """Queue feeding positions [f, end) of `plan` (plus `scratch` draft positions) if the
+        head's pool has the blocks, else drop the sequence's head context. (admitted, free)."""
+        f, end = plan
+        need = self.bm.blocks_needed(st.shadow, end - f + scratch)
+        if need > free:
+            self._drop_context(st)
+            return False, free
+        batch.append((st, end - f))
+        pieces.append(st.h[f - st.h_start:end - st.h_start])
+        return True, free - need
 
     @torch.inference_mode()
     def propose(self, seqs: list[Sequence], max_tokens: list[int]) -> list[list[int]]:
@@ -247,15 +253,9 @@ class Eagle3Proposer(Proposer):
             plan = self._plan(st, seq.token_ids, c, True)
             if plan is None:
                 continue
-            f, end = plan
-            need = self.bm.blocks_needed(st.shadow, end - f + k - 1)
-            if need > free:
-                self._drop_context(st)
-                continue
-            free -= need
-            batch.append((st, end - f))
-            pieces.append(st.h[f - st.h_start:end - st.h_start])
-            index.append(i)
+            admitted, free = self._admit(st, plan, k - 1, free, batch, pieces)
+            if admitted:
+                index.append(i)
         if not batch:
             return drafts
         fed = [st.shadow.num_computed_tokens + n for st, n in batch]
