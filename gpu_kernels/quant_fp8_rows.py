@@ -21,14 +21,20 @@ MIN_SCALE = 1e-12
 if triton is not None:
 
     @triton.jit
-    def _quant_fp8_rows_kernel(x_ptr, q_ptr, s_ptr, C, stride_x, stride_q, fp8_max, min_scale,
-                               BLOCK: tl.constexpr):
-        row = tl.program_id(0).to(tl.int64)
+    def row_absmax(x_row, C, BLOCK: tl.constexpr):
+        """max |x_row[c]| over c < C, as a [BLOCK] vector (take tl.max of it)."""
         amax = tl.zeros((BLOCK,), dtype=tl.float32)
         for c0 in range(0, C, BLOCK):
             cols = c0 + tl.arange(0, BLOCK)
-            x = tl.load(x_ptr + row * stride_x + cols, mask=cols < C, other=0.0).to(tl.float32)
+            x = tl.load(x_row + cols, mask=cols < C, other=0.0).to(tl.float32)
             amax = tl.maximum(amax, tl.abs(x))
+        return amax
+
+    @triton.jit
+    def _quant_fp8_rows_kernel(x_ptr, q_ptr, s_ptr, C, stride_x, stride_q, fp8_max, min_scale,
+                               BLOCK: tl.constexpr):
+        row = tl.program_id(0).to(tl.int64)
+        amax = row_absmax(x_ptr + row * stride_x, C, BLOCK)
         scale = tl.maximum(tl.max(amax, axis=0) / fp8_max, min_scale)
         tl.store(s_ptr + row, scale)
         for c0 in range(0, C, BLOCK):

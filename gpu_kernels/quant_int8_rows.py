@@ -17,16 +17,13 @@ INT8_MAX = 127.0
 MIN_SCALE = 1e-12
 
 if triton is not None:
+    from gpu_kernels.quant_fp8_rows import row_absmax
 
     @triton.jit
     def _quant_int8_rows_kernel(x_ptr, q_ptr, s_ptr, C, stride_x, stride_q, min_scale,
                                 BLOCK: tl.constexpr):
         row = tl.program_id(0).to(tl.int64)
-        amax = tl.zeros((BLOCK,), dtype=tl.float32)
-        for c0 in range(0, C, BLOCK):
-            cols = c0 + tl.arange(0, BLOCK)
-            x = tl.load(x_ptr + row * stride_x + cols, mask=cols < C, other=0.0).to(tl.float32)
-            amax = tl.maximum(amax, tl.abs(x))
+        amax = row_absmax(x_ptr + row * stride_x, C, BLOCK)
         scale = tl.maximum(tl.max(amax, axis=0) / 127.0, min_scale)
         tl.store(s_ptr + row, scale)
         for c0 in range(0, C, BLOCK):
