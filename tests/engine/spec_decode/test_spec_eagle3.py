@@ -190,3 +190,19 @@ def test_head_that_does_not_fit_fails_at_start_up(change, match, target, head, t
 def test_non_llama_target_fails_at_start_up(tiny_model_dir, head):
     with pytest.raises(ValueError, match="speculative_config.model: .*auxiliary hidden states"):
         LLM(model=tiny_model_dir("gpt2"), device="cpu", speculative_config=_eagle3(head))
+
+
+def test_seeded_sampling_reproducible_and_batch_mixed(target, head):
+    """Seeded sampled requests give the same tokens twice and alone vs in a batch with greedy
+    ones; the greedy ones equal their plain decode."""
+    sampled = [SamplingParams(temperature=0.8, top_p=0.9, seed=i, max_tokens=12, ignore_eos=True)
+               for i in range(2)]
+    llm = LLM(model=target, device="cpu", speculative_config=_eagle3(head))
+    first = _tokens(llm, PROMPTS[:2], sampled)
+    assert _tokens(llm, PROMPTS[:2], sampled) == first
+    mixed = llm.generate(PROMPTS[:3], sampled + [GREEDY], use_tqdm=False)
+    assert [o.outputs[0].token_ids for o in mixed[:2]] == first
+    assert mixed[2].outputs[0].token_ids == _tokens(LLM(model=target, device="cpu"),
+                                                   PROMPTS[2:3])[0]
+    assert llm.stats()["spec_decode_num_drafts"] > 0
+    _no_leak(llm)
