@@ -1,17 +1,22 @@
-"""EAGLE-3 proposer: greedy outputs identical with speculation on and off (random heads), drafts
-made and counted, preemption mid-speculation, a head built to copy its target is accepted, and
-heads that do not fit the target fail at start-up."""
+"""EAGLE-3 proposer: greedy outputs identical with speculation on and off (random heads, chunked
+prefill, small blocks), drafts made, counted and mapped to target ids through d2t, preemption
+mid-speculation, seeded sampling, a head built to copy its target is accepted, the CLI flag, and
+heads that do not fit the target or are incomplete fail at start-up."""
 from __future__ import annotations
 
 import json
 import shutil
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
 from engine import LLM, SamplingParams
+from engine.models.llama_eagle3 import aux_layer_ids
+from engine.spec_decode.config import SpeculativeConfig
+from server.args import make_parser, resolve_args
 
 PROMPTS = [f"Request number {i} says: " + "word " * (3 + 5 * i) for i in range(4)]
 GREEDY = SamplingParams(temperature=0, max_tokens=20, ignore_eos=True)
@@ -98,10 +103,30 @@ def _no_leak(llm):
     assert proposer.bm.num_free_gpu_blocks == proposer.bm.gpu.num_blocks
 
 
+def _record_drafts(llm) -> list[int]:
+    """Every draft token the proposer returns from now on."""
+    proposer, drafted = _proposer(llm), []
+    propose = proposer.propose
+
+    def recording(seqs, max_tokens):
+        drafts = propose(seqs, max_tokens)
+        drafted.extend(t for d in drafts for t in d)
+        return drafts
+
+    proposer.propose = recording
+    return drafted
+
+
 def test_greedy_identical_with_chunked_prefill(target, head, reference):
-    llm = LLM(model=target, device="cpu", max_num_batched_tokens=16,
-              speculative_config=_eagle3(head))
+    llm = LLM(model=target, device="cpu", max_num_batched_tokens=16, block_size=4,
+              num_kv_blocks=128, speculative_config=_eagle3(head))
+    drafted = _record_drafts(llm)
     assert _tokens(llm) == reference
+    # Drafts are target ids: the head's 1024-token draft vocabulary mapped through d2t (draft
+    # id i is target id i + d2t[i]), not raw draft ids (all below 1024).
+    d2t = load_file(str(Path(head) / "model.safetensors"))["d2t"]
+    targets = set((d2t + torch.arange(len(d2t))).tolist())
+    assert drafted and set(drafted) <= targets and max(drafted) >= len(d2t)
     stats = llm.stats()
     assert stats["spec_decode_num_drafts"] > 0
     assert stats["spec_decode_num_draft_tokens"] >= 2 * stats["spec_decode_num_drafts"]
@@ -185,6 +210,42 @@ def test_head_that_does_not_fit_fails_at_start_up(change, match, target, head, t
     (bad / "config.json").write_text(json.dumps(config))
     with pytest.raises(ValueError, match="speculative_config.model: .*" + match):
         LLM(model=target, device="cpu", speculative_config=_eagle3(str(bad)))
+
+
+def _drop_file(folder: Path, name: str) -> None:
+    (folder / name).unlink()
+
+
+def _drop_tensor(folder: Path, name: str) -> None:
+    tensors = load_file(str(folder / "model.safetensors"))
+    del tensors[name]
+    save_file(tensors, str(folder / "model.safetensors"))
+
+
+@pytest.mark.parametrize("break_head,match", [
+    (lambda d: shutil.rmtree(d), "does not exist"),
+    (lambda d: _drop_file(d, "config.json"), "has no config.json"),
+    (lambda d: _drop_file(d, "model.safetensors"), "has no safetensors"),
+    (lambda d: _drop_tensor(d, "fc.weight"), "missing 1 weight.*fc.weight"),
+    (lambda d: _drop_tensor(d, "d2t"), r"no 'd2t' but its draft vocabulary \(1024\)"),
+], ids=["no_folder", "no_config", "no_weights", "no_fc", "no_d2t"])
+def test_missing_head_files_fail_at_start_up(break_head, match, target, head, tmp_path):
+    bad = tmp_path / "bad_head"
+    shutil.copytree(head, bad)
+    break_head(bad)
+    with pytest.raises(ValueError, match="speculative_config.model: .*" + match):
+        LLM(model=target, device="cpu", speculative_config=_eagle3(str(bad)))
+
+
+def test_cli_flag_and_default_aux_layers(head):
+    engine_args, _ = resolve_args(make_parser().parse_args(
+        ["serve", "--speculative-config", json.dumps(_eagle3(head, k=5))]))
+    cfg = SpeculativeConfig.from_dict(engine_args.speculative_config)
+    assert (cfg.method, cfg.model, cfg.num_speculative_tokens) == ("eagle3", head, 5)
+    # Without eagle_aux_hidden_state_layer_ids: EAGLE-3's low / middle / high default.
+    assert aux_layer_ids(SimpleNamespace(), 32) == [2, 16, 29]
+    nested = SimpleNamespace(eagle_config={"eagle_aux_hidden_state_layer_ids": [1, 9, 20]})
+    assert aux_layer_ids(nested, 32) == [1, 9, 20]
 
 
 def test_non_llama_target_fails_at_start_up(tiny_model_dir, head):
