@@ -248,6 +248,18 @@ def test_cli_flag_and_default_aux_layers(head):
     assert aux_layer_ids(nested, 32) == [1, 9, 20]
 
 
+@pytest.mark.parametrize("arch", ["mistral", "qwen2"])
+def test_greedy_identical_on_other_llama_family_targets(arch, tiny_model_dir, head):
+    """Mistral (sliding window, head_dim 32 != hidden / heads) and Qwen2 (qkv bias) targets."""
+    target = tiny_model_dir(arch)
+    params = SamplingParams(temperature=0, max_tokens=12, ignore_eos=True)
+    ref = _tokens(LLM(model=target, device="cpu"), PROMPTS[1:3], params)
+    llm = LLM(model=target, device="cpu", speculative_config=_eagle3(head))
+    assert _tokens(llm, PROMPTS[1:3], params) == ref
+    assert llm.stats()["spec_decode_num_draft_tokens"] > 0
+    _no_leak(llm)
+
+
 def test_non_llama_target_fails_at_start_up(tiny_model_dir, head):
     with pytest.raises(ValueError, match="speculative_config.model: .*auxiliary hidden states"):
         LLM(model=tiny_model_dir("gpt2"), device="cpu", speculative_config=_eagle3(head))
