@@ -9,8 +9,8 @@ where `torch._int_mm` needs a separate multiply, scale and cast (and M > 16), an
 row-wise-scaled FP8 GEMM picks a 128 x 128 tile even for a one-row decode (H200: ~31 us per
 Llama-3-8B linear at M = 1 and at M = 256 alike, 2.4x its weight-streaming time).
 
-For small M (decode) the grid runs over N only, with narrow BLOCK_N so that enough programs stream
-the weight; `SPLIT_K` > 1 cuts K across programs that add fp32 partial tiles atomically (the
+For small M (decode) one 16-row tile covers M and narrow BLOCK_N tiles give enough programs to
+stream the weight; `SPLIT_K` > 1 cuts K across programs that add fp32 partial tiles atomically (the
 output is then an fp32 buffer, scaled and cast afterwards). `config=` overrides the heuristic
 (used by `benchmarks/kernel_bench/scaled_gemm.py` to sweep).
 """

@@ -1,7 +1,8 @@
 """FP8 W8A8 quantized at load (`quantization="fp8"` on a dense checkpoint): each linear's weight
 becomes float8_e4m3fn with one fp32 scale per output channel (absmax / 448); activations are
-quantized per token at run time (dynamic absmax scale). CUDA runs the Triton `scaled_gemm` for
-decode-sized batches and `torch._scaled_mm` with row-wise scales above (Hopper / Ada, compute capability >= 8.9; older GPUs fail at load); the CPU path
+quantized per token at run time (dynamic absmax scale). CUDA (Hopper / Ada, compute capability
+>= 8.9; older GPUs fail at load) runs the Triton `scaled_gemm` for decode-sized batches and
+`torch._scaled_mm` with row-wise scales above; the CPU path
 emulates the same arithmetic in fp32 (quantize, dequantize, matmul) and is the reference.
 
 HF `fp8` checkpoints (block-wise or per-tensor scales) load through `fp8_block.py` / `w8a8.py`;

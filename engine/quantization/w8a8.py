@@ -18,20 +18,13 @@ import torch
 from torch import nn
 
 from engine.quantization.base import LinearMethod, set_param_attrs
-from engine.quantization.fp8 import FP8, FP8_MAX, MIN_SCALE, check_fp8_gpu, fp8_linear
-
-INT8_MAX = 127.0
+from engine.quantization.fp8 import FP8, FP8_MAX, check_fp8_gpu, fp8_linear
+from gpu_kernels.quant_int8_rows import quant_int8_rows_ref
 
 
 def _param(shape, dtype, **attrs) -> nn.Parameter:
     return set_param_attrs(nn.Parameter(torch.empty(shape, dtype=dtype), requires_grad=False),
                            **attrs)
-
-
-def quantize_int8_rows(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    scale = (x.abs().amax(dim=-1).float() / INT8_MAX).clamp(min=MIN_SCALE)
-    q = torch.round(x.float() / scale[:, None]).clamp(-128, 127).to(torch.int8)
-    return q, scale
 
 
 class Int8W8A8LinearMethod(LinearMethod):
@@ -42,8 +35,7 @@ class Int8W8A8LinearMethod(LinearMethod):
         layer.weight_scale = _param((n, 1), torch.float32, output_dim=0)
 
     def process_weights_after_loading(self, layer: nn.Module) -> None:
-        layer.weight_scale_row = layer.weight_scale.data.reshape(1, -1).float()
-        layer.weight_scale_flat = layer.weight_scale_row.reshape(-1).contiguous()
+        layer.weight_scale_flat = layer.weight_scale.data.reshape(-1).float().contiguous()
 
     def apply(self, layer: nn.Module, x: torch.Tensor,
               bias: Optional[torch.Tensor]) -> torch.Tensor:
@@ -56,9 +48,9 @@ class Int8W8A8LinearMethod(LinearMethod):
             out = scaled_gemm(xq, layer.weight, xs, layer.weight_scale_flat, bias,
                               out_dtype=x.dtype)
             return out.reshape(*shape[:-1], -1)
-        xq, xs = quantize_int8_rows(x2)
+        xq, xs = quant_int8_rows_ref(x2)
         acc = (xq.double() @ layer.weight.double().t()).float()
-        out = acc * xs[:, None] * layer.weight_scale_row
+        out = acc * xs[:, None] * layer.weight_scale_flat
         if bias is not None:
             out = out + bias.float()
         return out.to(x.dtype).reshape(*shape[:-1], -1)
