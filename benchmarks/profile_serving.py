@@ -66,7 +66,7 @@ class StepTimer:
         if self.runner.graphs is not None:
             self.runner.graphs.run = self._run
 
-    def launch(self, out, prev=None):
+    def launch(self, out, prev=None, **kw):
         events = None
         if self.cuda:
             events = (torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True))
@@ -74,7 +74,7 @@ class StepTimer:
         t0 = time.perf_counter()
         if events:
             events[0].record()
-        step = self._launch(out, prev)
+        step = self._launch(out, prev, **kw)
         if events:
             events[1].record()
         host = time.perf_counter() - t0
@@ -99,6 +99,8 @@ def main() -> None:
     ap.add_argument("--gpu-memory-utilization", type=float, default=None)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--output", default=None)
+    ap.add_argument("--dump-steps", action="store_true",
+                    help="keep every step's row (kind, seqs, tokens, host/gpu/idle ms) in --output")
     args = ap.parse_args()
     from engine import EngineArgs, LLMEngine, SamplingParams
 
@@ -125,7 +127,7 @@ def main() -> None:
     gc.freeze()  # as the server's engine core process does after loading
     reports = []
     for rate in args.request_rate:
-        report = run_load(eng, reqs, prompts, params, rate, args.seed)
+        report = run_load(eng, reqs, prompts, params, rate, args.seed, args.dump_steps)
         report["params"] = dict(vars(args), request_rate=rate, model=spec.label)
         print(f"== request rate {rate}")
         print_report(report)
@@ -135,7 +137,7 @@ def main() -> None:
             json.dump(reports if len(reports) > 1 else reports[0], f, indent=2)
 
 
-def run_load(eng, reqs, prompts, params, rate: float, seed: int) -> dict:
+def run_load(eng, reqs, prompts, params, rate: float, seed: int, dump: bool = False) -> dict:
     """One load at `rate` through `eng`; returns summarize()'s report."""
     timer = StepTimer(eng.core.runner)
     rng = random.Random(seed + 1)
@@ -168,7 +170,10 @@ def run_load(eng, reqs, prompts, params, rate: float, seed: int) -> dict:
     sync()
     wall = time.perf_counter() - t_run
     timer.restore()
-    return summarize(timer.rows, wall, added, first, last, ntok)
+    report = summarize(timer.rows, wall, added, first, last, ntok)
+    if dump:
+        report["step_rows"] = timer.rows
+    return report
 
 def summarize(rows, wall, added, first, last, ntok) -> dict:
     prev_end = None

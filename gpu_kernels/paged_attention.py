@@ -218,19 +218,21 @@ def _check_cache(query: torch.Tensor, key_cache: torch.Tensor, value_cache: torc
 
 def choose_num_splits(num_seqs: int, num_kv_heads: int, max_seq_len: int, block_n: int,
                       device: torch.device) -> int:
-    """Splits per sequence. Small batches: about four programs per SM (at least 256 tokens per
-    split). Any batch: no split longer than ~512 tokens, because serving batches are ragged and
-    one program walking a long context alone would set the kernel's time (H200, contexts
-    log-normal around 900, batch 128: 0.61 of copy bandwidth unsplit, 0.78 at 512-token splits;
-    batch 32: 0.26 vs 0.51; uniform batch 64 x 4096: 0.97 unsplit)."""
+    """Splits per sequence. Small batches (fewer (sequence, KV head) pairs than SMs): the finest
+    split allowed, ~256 tokens, so that short contexts still spread over several programs. The
+    split count is sized for `max_seq_len`, which under CUDA graphs is the model's longest
+    context while real ones are far shorter: sized to fill the SMs at 8192 tokens, batch 4 got
+    512-token splits, one or two programs per context, and its decode step at serving contexts
+    (300-1000 tokens) ran 0.3-0.4 ms slower than at batch 2 (H200, Llama-3-8B shape). Programs of
+    splits past a context return at once. Larger batches: no split longer than ~512 tokens,
+    because serving batches are ragged and one program walking a long context alone would set
+    the kernel's time (H200, contexts log-normal around 900, batch 128: 0.61 of copy bandwidth
+    unsplit, 0.78 at 512-token splits; batch 32: 0.26 vs 0.51; uniform batch 64 x 4096: 0.97
+    unsplit)."""
     base = max(1, num_seqs * num_kv_heads)
-    sms = num_sms(device)
-    by_len = cdiv(max_seq_len, _MAX_PARTITION)
-    if base >= sms:
-        return max(1, min(by_len, 128))
-    want = cdiv(4 * sms, base)
-    most = max(1, cdiv(max_seq_len, max(_MIN_PARTITION, block_n)))
-    return max(1, min(max(min(want, most), by_len), 128))
+    if base >= num_sms(device):
+        return max(1, min(cdiv(max_seq_len, _MAX_PARTITION), 128))
+    return max(1, min(cdiv(max_seq_len, max(_MIN_PARTITION, block_n)), 128))
 
 
 def paged_attention_decode(query: torch.Tensor, key_cache: torch.Tensor,

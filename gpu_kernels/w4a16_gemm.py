@@ -14,7 +14,7 @@ applied to the fp32 partial product: acc += (x @ (q - z)) * s. Otherwise each K 
 own group's zero and scale (any group size). For the small-M decode shapes the K loop is split
 over SPLIT_K programs (split-K), so that enough programs stream the weight when N / BLOCK_N alone
 gives few; they add fp32 partial tiles into a workspace and the last to arrive writes the tile,
-all in one launch (see `_workspace`). `config=` overrides the tile heuristic (swept by
+all in one launch (gpu_kernels/splitk.py). `config=` overrides the tile heuristic (swept by
 `benchmarks/kernel_bench/w4a16_gemm.py --sweep`).
 """
 from __future__ import annotations
@@ -24,6 +24,10 @@ from typing import Optional
 import torch
 
 from gpu_kernels._triton_utils import FLOAT_DTYPES, check_dtype, require_triton, same_device, tl, triton
+from gpu_kernels.splitk import splitk_workspace
+
+if triton is not None:
+    from gpu_kernels.splitk import splitk_reduce
 
 if triton is not None:
 
@@ -96,20 +100,12 @@ if triton is not None:
         o_mask = m_ok[:, None] & n_ok[None, :]
         if SPLIT_K == 1:
             tl.store(out_ptrs, acc.to(out_ptr.dtype.element_ty), mask=o_mask)
-        else:
-            # Split-K in one launch: partial tiles are added into an fp32 workspace (kept zeroed
-            # between calls); the tile's last program to arrive (a counter per tile) writes the
-            # output and zeroes the workspace tile and the counter for the next call.
+        else:  # split-K in one launch (gpu_kernels/splitk.py)
             ws_ptrs = ws_ptr + offs_m[:, None].to(tl.int64) * N + offs_n[None, :]
-            tl.atomic_add(ws_ptrs, acc, mask=o_mask, sem="release")
-            tl.debug_barrier()  # every thread's adds issued before the counter's release
             tile = pid_m * tl.num_programs(1) + pid_n
-            arrived = tl.atomic_add(cnt_ptr + tile, 1, sem="acq_rel")
-            if arrived == SPLIT_K - 1:
-                total = tl.load(ws_ptrs, mask=o_mask, other=0.0, cache_modifier=".cg")
+            total, last = splitk_reduce(acc, ws_ptrs, o_mask, cnt_ptr, tile)
+            if last:
                 tl.store(out_ptrs, total.to(out_ptr.dtype.element_ty), mask=o_mask)
-                tl.store(ws_ptrs, tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32), mask=o_mask)
-                tl.store(cnt_ptr + tile, 0)
 
 
 GEMV_MAX_ROWS = 4  # up to this many rows: the CUDA-core GEMV (w4a16_gemv.py)
@@ -175,7 +171,7 @@ def w4a16_gemm(x: torch.Tensor, qweight: torch.Tensor, scales: torch.Tensor, zer
         if split_k:
             cfg["SPLIT_K"] = split_k
         return launch_gemv(x, qweight, scales, zeros, bits, group_size,
-                           lambda elems, tiles: _workspace(x.device, elems, tiles), cfg)
+                           lambda elems, tiles: splitk_workspace(x.device, elems, tiles), cfg)
     cfg = {**default_config(m, n, k, bits, group_size), **(config or {})}
     if split_k:
         cfg["SPLIT_K"] = split_k
@@ -189,33 +185,12 @@ def w4a16_gemm(x: torch.Tensor, qweight: torch.Tensor, scales: torch.Tensor, zer
     if m == 0:
         return out
     grid = (triton.cdiv(m, cfg["BLOCK_M"]), triton.cdiv(n, cfg["BLOCK_N"]), split)
-    ws, cnt = _workspace(x.device, m * n, grid[0] * grid[1]) if split > 1 else (out, out)
+    ws, cnt = splitk_workspace(x.device, m * n, grid[0] * grid[1]) if split > 1 else (out, out)
     _w4a16_gemm_kernel[grid](x, qweight, scales, zeros, out, ws, cnt, m, n, k, group_size,
                              x.stride(0), qweight.stride(0), scales.stride(0), out.stride(0),
                              BITS=bits, SPLIT_K=split, ALIGNED=aligned, PER_VALUE=per_value,
                              IEEE=x.dtype == torch.float32, **cfg)
     return out
-
-
-_WORKSPACES: dict[torch.device, tuple[torch.Tensor, torch.Tensor]] = {}
-_RETIRED: list[tuple[torch.Tensor, torch.Tensor]] = []  # captured graphs may still point at them
-
-
-def _workspace(device: torch.device, elems: int, tiles: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """The split-K fp32 accumulator and per-tile counters of `device`, zeroed once: every launch
-    leaves them zeroed again, so calls on one stream (and CUDA graph replays) share them. Grown,
-    never shrunk (32 MB at first: M x N of every decode shape up to a 70B model's), and a replaced
-    pair is kept alive for CUDA graphs captured with it."""
-    ws, cnt = _WORKSPACES.get(device, (None, None))
-    if ws is None or ws.numel() < elems or cnt.numel() < tiles:
-        if ws is not None:
-            _RETIRED.append((ws, cnt))
-        size = max(elems, 1 << 23, ws.numel() if ws is not None else 0)
-        ntiles = max(tiles, 4096, cnt.numel() if cnt is not None else 0)
-        ws = torch.zeros(size, dtype=torch.float32, device=device)
-        cnt = torch.zeros(ntiles, dtype=torch.int32, device=device)
-        _WORKSPACES[device] = (ws, cnt)
-    return ws, cnt
 
 
 def w4a16_gemm_ref(x: torch.Tensor, qweight: torch.Tensor, scales: torch.Tensor,

@@ -24,6 +24,9 @@ import torch
 from gpu_kernels._triton_utils import tl, triton
 
 if triton is not None:
+    from gpu_kernels.splitk import splitk_reduce
+
+if triton is not None:
 
     @triton.jit
     def _small_int_to_float(q):
@@ -78,17 +81,12 @@ if triton is not None:
         out_ptrs = out_ptr + row.to(tl.int64) * stride_om + offs_n
         if SPLIT_K == 1:
             tl.store(out_ptrs, res.to(out_ptr.dtype.element_ty), mask=n_ok)
-        else:  # as in w4a16_gemm: workspace adds, the tile's last program writes and re-zeroes
+        else:  # split-K in one launch (gpu_kernels/splitk.py)
             ws_ptrs = ws_ptr + row.to(tl.int64) * N + offs_n
-            tl.atomic_add(ws_ptrs, res, mask=n_ok, sem="release")
-            tl.debug_barrier()
             tile = row * tl.num_programs(1) + pid_n
-            arrived = tl.atomic_add(cnt_ptr + tile, 1, sem="acq_rel")
-            if arrived == SPLIT_K - 1:
-                total = tl.load(ws_ptrs, mask=n_ok, other=0.0, cache_modifier=".cg")
+            total, last = splitk_reduce(res, ws_ptrs, n_ok, cnt_ptr, tile)
+            if last:
                 tl.store(out_ptrs, total.to(out_ptr.dtype.element_ty), mask=n_ok)
-                tl.store(ws_ptrs, tl.zeros((BLOCK_N,), dtype=tl.float32), mask=n_ok)
-                tl.store(cnt_ptr + tile, 0)
 
 
 def default_gemv_config(m: int, n: int, k: int, bits: int, group: int) -> dict:

@@ -16,6 +16,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from engine.distributed import parallel_state
+from engine.quantization.unquantized import dense_linear
 
 
 class VocabParallelEmbedding(nn.Module):
@@ -74,7 +75,7 @@ class ParallelLMHead(VocabParallelEmbedding):
         return self.weight_loader(param.view(-1, 1), loaded.view(-1, 1), shard_id)
 
     def forward(self, hidden: torch.Tensor) -> torch.Tensor:
-        logits = F.linear(hidden, self.weight, self.bias)
+        logits = dense_linear(hidden, self.weight, self.bias)
         if self.tp_size == 1:
             return logits
         return parallel_state.all_gather_last_dim(logits)[..., :self.num_embeddings]

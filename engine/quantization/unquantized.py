@@ -1,4 +1,6 @@
-"""Dense weights: a [out, in] parameter applied with F.linear (bit-identical to nn.Linear)."""
+"""Dense weights: a [out, in] parameter applied with F.linear (bit-identical to nn.Linear), or, for
+decode-sized batches on a GPU whose tuned table says it is faster for the shape, the Triton
+`skinny_gemm` (gpu_kernels/skinny_gemm.py; H200 table in gpu_kernels/tuned/)."""
 from __future__ import annotations
 
 from typing import Optional
@@ -21,7 +23,23 @@ class UnquantizedLinearMethod(LinearMethod):
 
     def apply(self, layer: nn.Module, x: torch.Tensor,
               bias: Optional[torch.Tensor]) -> torch.Tensor:
-        return F.linear(x, layer.weight, bias)
+        return dense_linear(x, layer.weight, bias)
 
     def init_dummy(self, layer: nn.Module, generator: torch.Generator) -> None:
         layer.weight.data.normal_(0.0, DUMMY_STD, generator=generator)
+
+
+def dense_linear(x: torch.Tensor, weight: torch.Tensor,
+                 bias: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """F.linear, except where the skinny GEMM's tuned table has a (non-library) entry for this
+    many rows and this weight shape (CUDA, 16-bit, at most 16 rows)."""
+    if x.is_cuda and x.dim() == 2 and x.shape[0] <= 16 and x.dtype != torch.float32:
+        from gpu_kernels.tuned_configs import tuned_config
+
+        n, k = weight.shape
+        cfg = tuned_config("skinny_gemm", x.device, x.shape[0], n, k, 16, 0)
+        if (cfg and not cfg.get("library") and x.stride(-1) == 1 and weight.stride(-1) == 1
+                and (bias is None or bias.dtype == x.dtype)):
+            from gpu_kernels.skinny_gemm import skinny_gemm
+            return skinny_gemm(x, weight, bias, config=cfg)
+    return F.linear(x, weight, bias)

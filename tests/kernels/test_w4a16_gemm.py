@@ -78,7 +78,7 @@ def test_gemm_tile_paths(m, k, n, bits, group, cfg, device):
 def test_split_k_workspace_left_zeroed(device):
     """Split-K calls share one workspace: each leaves it zeroed, so repeated calls (and calls of
     other shapes in between) give the same result."""
-    from gpu_kernels import w4a16_gemm as mod
+    from gpu_kernels import splitk as mod
     q, zeros, scales = random_quantized(256, 80, 4, 64, device)
     qw = pack_int32(q, 4, dim=0)
     x = torch.randn(2, 256, device=device)
