@@ -4,10 +4,11 @@ quantized per token at run time (dynamic absmax scale). CUDA (Hopper / Ada, comp
 >= 8.9; older GPUs fail at load) runs the Triton `scaled_gemm` for decode-sized batches and
 `torch._scaled_mm` with row-wise scales above; the CPU path
 emulates the same arithmetic in fp32 (quantize, dequantize, matmul) and is the reference.
-The per-token activation quantization is usually not done here: the method advertises it
-(`input_quant`), and the RMSNorm / SiLU-and-mul feeding qkv_proj, gate_up_proj and down_proj
-emit the quantized input directly (fused kernels, engine/quantization/input_quant.py); o_proj
-and unwired models quantize here, with the same bits.
+The method advertises its per-token input quantization (`input_quant`): in models that declare
+the fusion (Llama family) the RMSNorm / SiLU-and-mul feeding qkv_proj, gate_up_proj and down_proj
+emit the quantized input themselves (one fused kernel on CUDA, engine/quantization/input_quant.py)
+and `fp8_linear` receives a `QuantizedInput`; o_proj and other models quantize here, with the
+same bits.
 
 HF `fp8` checkpoints (block-wise or per-tensor scales) load through `fp8_block.py` / `w8a8.py`;
 compressed-tensors FP8 checkpoints through `compressed_tensors.py`.
@@ -76,6 +77,7 @@ def fp8_linear(x: Union[torch.Tensor, QuantizedInput], w_fp8: torch.Tensor,
     if bias is not None:
         out = out + bias.float()
     return out.to(dtype).reshape(*lead, out.shape[-1])
+
 
 class Fp8Config(QuantizationConfig):
     name = "fp8"
