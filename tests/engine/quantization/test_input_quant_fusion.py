@@ -168,3 +168,20 @@ def test_fused_kernels_equal_unfused_gpu(config, dtype, tiny_model_dir, tmp_path
     unfused_llm = LLM(model=path, **kw)
     assert _wiring(_model(unfused_llm)) == [(None, None, None)] * 2
     assert _generate(unfused_llm) == fused
+
+
+def test_eagle3_on_a_wired_target(tiny_model_dir, tmp_path):
+    """An FP8 target (wired) with an EAGLE-3 head (unquantized: nothing wired): the auxiliary
+    residual streams are unaffected, greedy outputs equal the target's without speculation."""
+    from tests.engine.spec_decode.test_spec_eagle3 import _eagle3, _random_head
+    target = tiny_model_dir("llama")
+    params = SamplingParams(temperature=0, max_tokens=12, ignore_eos=True)
+    ref = LLM(model=target, device="cpu", quantization="fp8", num_kv_blocks=64)
+    want = [o.outputs[0].token_ids for o in ref.generate(PROMPTS, params, use_tqdm=False)]
+    llm = LLM(model=target, device="cpu", quantization="fp8", num_kv_blocks=64,
+              speculative_config=_eagle3(_random_head(tmp_path / "head")))
+    assert _wiring(_model(llm)) == [(InputQuant("fp8"),) * 3] * 2
+    head = llm.llm_engine.core.speculator.proposer.head
+    assert not [m for m in head.modules() if getattr(m, "output_quant", None) is not None]
+    got = [o.outputs[0].token_ids for o in llm.generate(PROMPTS, params, use_tqdm=False)]
+    assert got == want and llm.stats()["spec_decode_num_draft_tokens"] > 0
