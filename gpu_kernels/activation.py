@@ -19,18 +19,22 @@ if triton is not None:
     from gpu_kernels._triton_utils import round_to
 
     @triton.jit
+    def silu_mul_values(a, b, DT: tl.constexpr):
+        """silu(a) * b for float32 a, b, rounded to DT (kept in float32). silu(a) is rounded to DT
+        before the product, as the unfused model code (`act(gate) * up`) rounds it: half-precision
+        results equal HF's bit for bit. Shared with the fused `silu_mul_quant`."""
+        y = round_to(a / (1.0 + tl.exp(-a)), DT) * b
+        return round_to(y, DT)
+
+    @triton.jit
     def _silu_and_mul_kernel(x_ptr, out_ptr, d, stride_x, stride_o, BLOCK: tl.constexpr):
         row = tl.program_id(0).to(tl.int64)
         cols = tl.program_id(1) * BLOCK + tl.arange(0, BLOCK)
         mask = cols < d
         a = tl.load(x_ptr + row * stride_x + cols, mask=mask, other=0.0).to(tl.float32)
         b = tl.load(x_ptr + row * stride_x + d + cols, mask=mask, other=0.0).to(tl.float32)
-        # silu(a) is rounded to the output dtype before the product, as the unfused model code
-        # (`act(gate) * up`) rounds it: half-precision results equal HF's bit for bit.
         dt = out_ptr.dtype.element_ty
-        y = round_to(a / (1.0 + tl.exp(-a)), dt) * b
-        tl.store(out_ptr + row * stride_o + cols, round_to(y, dt).to(dt), mask=mask)
-
+        tl.store(out_ptr + row * stride_o + cols, silu_mul_values(a, b, dt).to(dt), mask=mask)
 
 def silu_and_mul(x: torch.Tensor, out: Optional[torch.Tensor] = None) -> torch.Tensor:
     """x [..., 2d] -> silu(x[..., :d]) * x[..., d:] of shape [..., d]."""

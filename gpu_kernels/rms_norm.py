@@ -18,10 +18,12 @@ if triton is not None:
     from gpu_kernels._triton_utils import round_to
 
     @triton.jit
-    def _rms_norm_kernel(x_ptr, res_ptr, w_ptr, out_ptr, res_out_ptr, n, eps,
-                         stride_x, stride_r, stride_o, stride_ro,
-                         HAS_RESIDUAL: tl.constexpr, BLOCK: tl.constexpr):
-        row = tl.program_id(0).to(tl.int64)
+    def rms_norm_row(x_ptr, res_ptr, w_ptr, res_out_ptr, row, n, eps, stride_x, stride_r,
+                     stride_ro, HAS_RESIDUAL: tl.constexpr, BLOCK: tl.constexpr):
+        """Row `row`'s normalised values [BLOCK] (float32, rounded to x's dtype; 0 past n), after
+        storing its new residual when HAS_RESIDUAL. Shared with the fused `rms_norm_quant`:
+        launched with the same BLOCK and num_warps (`launch_config`), both reduce in the same
+        order and agree bit for bit."""
         cols = tl.arange(0, BLOCK)
         mask = cols < n
         dt = x_ptr.dtype.element_ty
@@ -32,14 +34,27 @@ if triton is not None:
             tl.store(res_out_ptr + row * stride_ro + cols, xf.to(dt), mask=mask)
         rstd = 1.0 / tl.sqrt(tl.sum(xf * xf, 0) / n + eps)
         w = tl.load(w_ptr + cols, mask=mask, other=0.0)
-        y = round_to(xf * rstd, dt) * w.to(tl.float32)
-        dt_out = out_ptr.dtype.element_ty
-        tl.store(out_ptr + row * stride_o + cols, round_to(y, dt_out).to(dt_out), mask=mask)
+        return round_to(round_to(xf * rstd, dt) * w.to(tl.float32), dt)
+
+    @triton.jit
+    def _rms_norm_kernel(x_ptr, res_ptr, w_ptr, out_ptr, res_out_ptr, n, eps,
+                         stride_x, stride_r, stride_o, stride_ro,
+                         HAS_RESIDUAL: tl.constexpr, BLOCK: tl.constexpr):
+        row = tl.program_id(0).to(tl.int64)
+        y = rms_norm_row(x_ptr, res_ptr, w_ptr, res_out_ptr, row, n, eps, stride_x, stride_r,
+                         stride_ro, HAS_RESIDUAL, BLOCK)
+        cols = tl.arange(0, BLOCK)
+        tl.store(out_ptr + row * stride_o + cols, y.to(out_ptr.dtype.element_ty), mask=cols < n)
 
 
-def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float,
-             residual: Optional[torch.Tensor] = None) -> tuple[torch.Tensor, torch.Tensor]:
-    """x [..., n], weight [n] -> (out, new_residual); see the module docstring."""
+def launch_config(n: int) -> dict:
+    """BLOCK and num_warps for a row of n: the whole row in registers."""
+    return dict(BLOCK=next_pow2(n), num_warps=8 if n >= 4096 else 4)
+
+
+def check_inputs(x: torch.Tensor, weight: torch.Tensor,
+                 residual: Optional[torch.Tensor]) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
+    """Validate; x and residual as [rows, n] with a contiguous last dim (residual contiguous)."""
     require_triton(x, weight)
     same_device(x, weight, residual)
     check_dtype("x", x, FLOAT_DTYPES)
@@ -51,20 +66,22 @@ def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float,
     x2 = x.reshape(-1, n)
     if x2.stride(-1) != 1:
         x2 = x2.contiguous()
+    r2 = residual.reshape(-1, n).contiguous() if residual is not None else None
+    return x2, r2
+
+
+def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float,
+             residual: Optional[torch.Tensor] = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """x [..., n], weight [n] -> (out, new_residual); see the module docstring."""
+    x2, r2 = check_inputs(x, weight, residual)
+    n, rows = x2.shape[1], x2.shape[0]
     out = torch.empty(x.shape, dtype=x.dtype, device=x.device)
-    rows = x2.shape[0]
-    if residual is not None:
-        r2 = residual.reshape(-1, n).contiguous()
-        res_out = torch.empty_like(out)
-    else:
-        r2, res_out = x2, out  # unused by the kernel
+    res_out = torch.empty_like(out) if residual is not None else out
     if rows:
         _rms_norm_kernel[(rows,)](
-            x2, r2, weight, out, res_out, n, float(eps),
-            x2.stride(0), r2.stride(0), n, n,
-            HAS_RESIDUAL=residual is not None, BLOCK=next_pow2(n),
-            num_warps=8 if n >= 4096 else 4,
-        )
+            x2, r2 if r2 is not None else x2, weight, out, res_out, n, float(eps),
+            x2.stride(0), r2.stride(0) if r2 is not None else 0, n, n,
+            HAS_RESIDUAL=residual is not None, **launch_config(n))
     return out, (res_out if residual is not None else x)
 
 

@@ -1,15 +1,18 @@
 """Activations by HF name, and the gated SiLU of Llama-family MLPs.
 
-`silu_and_mul` is the function a fused kernel can replace.
+`silu_and_mul` is the function a fused kernel can replace; `silu_and_mul_quantized` is it
+followed by the per-token quantization of the linear it feeds (down_proj).
 """
 from __future__ import annotations
 
 import math
-from typing import Callable
+from typing import Callable, Optional, Union
 
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from engine.quantization.input_quant import InputQuant, QuantizedInput, quantize_input
 
 
 def silu_and_mul(x: torch.Tensor) -> torch.Tensor:
@@ -21,10 +24,28 @@ def silu_and_mul(x: torch.Tensor) -> torch.Tensor:
     return F.silu(x[..., :d]) * x[..., d:]
 
 
-class SiluAndMul(nn.Module):
-    """Gated SiLU over a fused gate_up projection output."""
+def silu_and_mul_quantized(x: torch.Tensor, spec: InputQuant) -> QuantizedInput:
+    """`silu_and_mul`, then `quantize_input(out, spec)`: one fused kernel on CUDA (16-bit dtypes,
+    as `silu_and_mul`), the two steps elsewhere; the same bits either way."""
+    if x.is_cuda and x.dtype != torch.float32:
+        from gpu_kernels.silu_mul_quant import silu_mul_quant
+        q, scale = silu_mul_quant(x, spec.kind)
+        return QuantizedInput(q, scale, x.dtype, x.shape[:-1])
+    return quantize_input(silu_and_mul(x), spec)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+
+class SiluAndMul(nn.Module):
+    """Gated SiLU over a fused gate_up projection output. `output_quant` (set by
+    `wire_input_quant` when down_proj quantizes its input per token) makes forward return that
+    quantized input, a `QuantizedInput`."""
+
+    def __init__(self):
+        super().__init__()
+        self.output_quant: Optional[InputQuant] = None
+
+    def forward(self, x: torch.Tensor) -> Union[torch.Tensor, QuantizedInput]:
+        if self.output_quant is not None:
+            return silu_and_mul_quantized(x, self.output_quant)
         return silu_and_mul(x)
 
 

@@ -22,6 +22,7 @@ from torch import nn
 
 from engine.distributed import parallel_state
 from engine.quantization.base import LinearMethod, QuantizationConfig
+from engine.quantization.input_quant import QuantizedInput
 from engine.quantization.unquantized import UnquantizedLinearMethod
 
 ShardId = Union[int, str, None]
@@ -66,7 +67,9 @@ class LinearBase(nn.Module):
             param.weight_loader = self.weight_loader
         self._shared_loaded: set[int] = set()
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: Union[torch.Tensor, QuantizedInput]) -> torch.Tensor:
+        # x is a QuantizedInput when the producing module emits what `quant_method.input_quant`
+        # asked for (quantization/input_quant.py); the method takes it as it is.
         # A row-parallel layer adds its bias on one rank only (the all-reduce sums the rest).
         bias = self.bias if not (self.split_input and self.tp_rank) else None
         return self.quant_method.apply(self, x, bias)
@@ -234,7 +237,7 @@ class RowParallelLinear(LinearBase):
         # tp_size outside one, as in loader tests, returns its partial sum).
         self.reduce = self.tp_size > 1 and parallel_state.tp_size() == self.tp_size
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: Union[torch.Tensor, QuantizedInput]) -> torch.Tensor:
         out = super().forward(x)
         return parallel_state.all_reduce(out) if self.reduce else out
 

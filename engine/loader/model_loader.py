@@ -13,6 +13,7 @@ from torch import nn
 from engine.layers.layernorm import RMSNorm
 from engine.layers.linear import LinearBase, linear_layers
 from engine.models.registry import get_model_class
+from engine.quantization.input_quant import wire_input_quant
 from engine.quantization.kv_cache import KVScales
 
 DUMMY_STD = 0.02
@@ -36,6 +37,7 @@ def load_model(model_config: Any, device: torch.device) -> nn.Module:
         kv_scales.apply(model)
     for layer in linear_layers(model):
         layer.quant_method.process_weights_after_loading(layer)
+    wire_input_quant(model)  # every method is final now; fuses input quantization into producers
     return model.eval()
 
 

@@ -88,6 +88,12 @@ class LlamaMLP(nn.Module):
 
 
 class LlamaDecoderLayer(nn.Module):
+    # Producer -> the linear it feeds: with a W8A8 scheme quantizing inputs per token, the norm /
+    # activation emits the quantized input itself (engine/quantization/input_quant.py).
+    input_quant_fusions = (("input_layernorm", "self_attn.qkv_proj"),
+                           ("post_attention_layernorm", "mlp.gate_up_proj"),
+                           ("mlp.act_fn", "mlp.down_proj"))
+
     def __init__(self, config: Any, layer_idx: int, qkv_bias: bool, o_bias: bool,
                  rotary_emb: nn.Module, quant_config: Optional[QuantizationConfig], prefix: str):
         super().__init__()

@@ -5,14 +5,18 @@ loaded (repacking for a kernel, quantizing dense weights) and computes the layer
 A linear layer (engine/layers/linear.py) never knows which scheme it runs: it calls
 `create_weights` once, `process_weights_after_loading` once, `apply` per forward. Parameters made by
 `create_weights` carry the attributes the layer's weight loader reads (see `set_param_attrs`).
+A method that quantizes its input per token says so in `input_quant`; the module producing that
+input may then hand `apply` a `QuantizedInput` instead of a tensor (input_quant.py).
 """
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from typing import Any, ClassVar, Optional
+from typing import Any, ClassVar, Optional, Union
 
 import torch
 from torch import nn
+
+from engine.quantization.input_quant import InputQuant, QuantizedInput
 
 
 class LinearMethod(ABC):
@@ -28,9 +32,15 @@ class LinearMethod(ABC):
         """Called once after every parameter is filled (checkpoint or dummy)."""
 
     @abstractmethod
-    def apply(self, layer: nn.Module, x: torch.Tensor,
+    def apply(self, layer: nn.Module, x: Union[torch.Tensor, QuantizedInput],
               bias: Optional[torch.Tensor]) -> torch.Tensor:
-        """x [..., input_size] -> [..., output_size] in x's dtype."""
+        """x [..., input_size] -> [..., output_size] in x's dtype. x is a `QuantizedInput` only
+        when `input_quant` returned a spec (then its shape and dtype are x's)."""
+
+    def input_quant(self, layer: nn.Module) -> Optional[InputQuant]:
+        """The per-token quantization `apply` performs on its input, which the producing module
+        may do instead (fused); None: the input must arrive as a tensor."""
+        return None
 
     @abstractmethod
     def init_dummy(self, layer: nn.Module, generator: torch.Generator) -> None:

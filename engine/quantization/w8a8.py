@@ -9,17 +9,24 @@ them), one weight scale per output channel and one activation scale per token:
 - `float-quantized`: float8_e4m3fn `weight` [N, K] + `weight_scale` [N, 1] (or one per-tensor
   scale per fused shard); activations quantized dynamically per token (absmax / 448), or with the
   checkpoint's static per-tensor `input_scale`. CUDA: `torch._scaled_mm`; CPU: fp32 emulation.
+
+Both methods with dynamic activation scales advertise the per-token quantization
+(`input_quant`): in wired models (engine/quantization/input_quant.py) the RMSNorm / SiLU-and-mul
+in front of qkv_proj, gate_up_proj and down_proj emit the quantized input themselves (fused
+kernels on CUDA), and `apply` receives a `QuantizedInput`; o_proj quantizes here as before.
 """
 from __future__ import annotations
 
-from typing import Optional
+from typing import Optional, Union
 
 import torch
 from torch import nn
 
 from engine.quantization.base import LinearMethod, set_param_attrs
-from engine.quantization.fp8 import FP8, FP8_MAX, check_fp8_gpu, fp8_linear
-from gpu_kernels.quant_int8_rows import quant_int8_rows_ref
+from engine.quantization.fp8 import FP8, FP8_INPUT, FP8_MAX, check_fp8_gpu, fp8_linear
+from engine.quantization.input_quant import InputQuant, QuantizedInput, as_quantized
+
+INT8_INPUT = InputQuant("int8")
 
 
 def _param(shape, dtype, **attrs) -> nn.Parameter:
@@ -37,23 +44,22 @@ class Int8W8A8LinearMethod(LinearMethod):
     def process_weights_after_loading(self, layer: nn.Module) -> None:
         layer.weight_scale_flat = layer.weight_scale.data.reshape(-1).float().contiguous()
 
-    def apply(self, layer: nn.Module, x: torch.Tensor,
+    def input_quant(self, layer: nn.Module) -> Optional[InputQuant]:
+        return INT8_INPUT
+
+    def apply(self, layer: nn.Module, x: Union[torch.Tensor, QuantizedInput],
               bias: Optional[torch.Tensor]) -> torch.Tensor:
-        shape = x.shape
-        x2 = x.reshape(-1, shape[-1])
-        if x.is_cuda:  # fused quantization, then one GEMM with both scales in its epilogue
-            from gpu_kernels.quant_int8_rows import quant_int8_rows
+        xq, xs, dtype, lead = as_quantized(x, INT8_INPUT)
+        if xq.is_cuda:  # one GEMM with both scales in its epilogue
             from gpu_kernels.scaled_gemm import scaled_gemm
-            xq, xs = quant_int8_rows(x2.contiguous())
             out = scaled_gemm(xq, layer.weight, xs, layer.weight_scale_flat, bias,
-                              out_dtype=x.dtype)
-            return out.reshape(*shape[:-1], -1)
-        xq, xs = quant_int8_rows_ref(x2)
+                              out_dtype=dtype)
+            return out.reshape(*lead, -1)
         acc = (xq.double() @ layer.weight.double().t()).float()
         out = acc * xs[:, None] * layer.weight_scale_flat
         if bias is not None:
             out = out + bias.float()
-        return out.to(x.dtype).reshape(*shape[:-1], -1)
+        return out.to(dtype).reshape(*lead, -1)
 
     def init_dummy(self, layer: nn.Module, generator: torch.Generator) -> None:
         layer.weight.data.copy_(torch.randint(-127, 128, layer.weight.shape, generator=generator,
@@ -87,7 +93,10 @@ class Fp8W8A8LinearMethod(LinearMethod):
             # Fused shards share one input: the largest scale keeps every shard in range.
             layer.x_scale = layer.input_scale.data.float().max().reshape(1)
 
-    def apply(self, layer: nn.Module, x: torch.Tensor,
+    def input_quant(self, layer: nn.Module) -> Optional[InputQuant]:
+        return None if self.static_input else FP8_INPUT
+
+    def apply(self, layer: nn.Module, x: Union[torch.Tensor, QuantizedInput],
               bias: Optional[torch.Tensor]) -> torch.Tensor:
         x_scale = layer.x_scale if self.static_input else None
         return fp8_linear(x, layer.weight, layer.w_scale, bias, x_scale)
