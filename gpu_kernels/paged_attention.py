@@ -216,23 +216,25 @@ def _check_cache(query: torch.Tensor, key_cache: torch.Tensor, value_cache: torc
         check_last_dim_contiguous(name, t)
 
 
-def choose_num_splits(num_seqs: int, num_kv_heads: int, max_seq_len: int, block_n: int,
-                      device: torch.device) -> int:
-    """Splits per sequence. Small batches (fewer (sequence, KV head) pairs than SMs): the finest
-    split allowed, ~256 tokens, so that short contexts still spread over several programs. The
-    split count is sized for `max_seq_len`, which under CUDA graphs is the model's longest
-    context while real ones are far shorter: sized to fill the SMs at 8192 tokens, batch 4 got
-    512-token splits, one or two programs per context, and its decode step at serving contexts
-    (300-1000 tokens) ran 0.3-0.4 ms slower than at batch 2 (H200, Llama-3-8B shape). Programs of
-    splits past a context return at once. Larger batches: no split longer than ~512 tokens,
-    because serving batches are ragged and one program walking a long context alone would set
-    the kernel's time (H200, contexts log-normal around 900, batch 128: 0.61 of copy bandwidth
-    unsplit, 0.78 at 512-token splits; batch 32: 0.26 vs 0.51; uniform batch 64 x 4096: 0.97
-    unsplit)."""
-    base = max(1, num_seqs * num_kv_heads)
-    if base >= num_sms(device):
-        return max(1, min(cdiv(max_seq_len, _MAX_PARTITION), 128))
-    return max(1, min(cdiv(max_seq_len, max(_MIN_PARTITION, block_n)), 128))
+def choose_partition(num_seqs: int, num_kv_heads: int, span: int, block_n: int,
+                     device: torch.device) -> int:
+    """Tokens per context split, fixed by the batch's width rather than by `span` (the longest
+    context the launch may see; under CUDA graphs the model's longest, far above real ones), so a
+    step splits its contexts the same way whether it replays a graph or runs eagerly.
+
+    Small batches (fewer (sequence, KV head) pairs than SMs): ~256 tokens, the finest split worth
+    its overhead, so that short contexts still spread over several programs. (Sized to fill the
+    SMs at the model's longest context instead, batch 4 got 512-token splits, one or two programs
+    per context, and its decode step at serving contexts of 300-1000 tokens ran 0.3-0.4 ms slower
+    than at batch 2: H200, Llama-3-8B shape.) Larger batches: ~512 tokens, because serving
+    batches are ragged and one program walking a long context alone would set the kernel's time
+    (H200, contexts log-normal around 900, batch 128: 0.61 of copy bandwidth unsplit, 0.78 at
+    512-token splits; batch 32: 0.26 vs 0.51; uniform batch 64 x 4096: 0.97 unsplit). At most
+    128 splits: longer spans get longer splits. Programs of splits past a context return at once.
+    """
+    wide = max(1, num_seqs * num_kv_heads) >= num_sms(device)
+    tokens = max(_MAX_PARTITION if wide else _MIN_PARTITION, cdiv(max(span, 1), 128))
+    return cdiv(tokens, block_n) * block_n
 
 
 def paged_attention_decode(query: torch.Tensor, key_cache: torch.Tensor,
@@ -278,8 +280,9 @@ def paged_attention_decode(query: torch.Tensor, key_cache: torch.Tensor,
     use_window = sliding_window is not None and sliding_window > 0
     span = min(max_seq_len, sliding_window) if use_window else max_seq_len
     if num_splits is None:
-        num_splits = choose_num_splits(num_seqs, kv_heads, span, block_n, query.device)
-    partition = cdiv(cdiv(max(span, 1), num_splits), block_n) * block_n
+        partition = choose_partition(num_seqs, kv_heads, span, block_n, query.device)
+    else:
+        partition = cdiv(cdiv(max(span, 1), num_splits), block_n) * block_n
     num_splits = max(1, cdiv(max(span, 1), partition))
     split = num_splits > 1
     scale_log2 = float(scale) * LOG2E
