@@ -34,15 +34,17 @@ if triton is not None:
     def quant_scale(amax, KIND: tl.constexpr):
         """The row's fp32 scale from its absmax (a scalar)."""
         if KIND == "fp8":
-            return tl.maximum(amax / 448.0, 1e-12)
+            return tl.maximum(tl.math.div_rn(amax, 448.0), 1e-12)
         else:
-            return tl.maximum(amax / 127.0, 1e-12)
+            return tl.maximum(tl.math.div_rn(amax, 127.0), 1e-12)
 
     @triton.jit
     def quantize_values(x, scale, KIND: tl.constexpr):
         """float32 x / scale on the quantized grid, still float32 (the cast to e4m3 / int8 that
-        follows is exact)."""
-        v = x / scale
+        follows is exact). Divisions round to nearest (`div_rn`), as torch's do: fp32 `/` may
+        compile to an approximate division, or to a hoisted reciprocal in one kernel and not in
+        another, and the fused and standalone kernels would then disagree on rare values."""
+        v = tl.math.div_rn(x, scale)
         if KIND == "fp8":
             q = tl.minimum(tl.maximum(v, -448.0), 448.0)
             # e4m3 has 3 mantissa bits and is normal from 2^-6 (subnormal step 2^-9): round |q|

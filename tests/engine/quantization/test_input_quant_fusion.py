@@ -154,7 +154,10 @@ def test_fused_kernels_equal_unfused_gpu(config, dtype, tiny_model_dir, tmp_path
     """On CUDA the producers run the fused kernels (with CUDA graphs): the same tokens and
     logprobs as an engine whose loader does not wire them (unfused norm / activation kernels,
     then the quantization kernel in the linear)."""
-    path = tiny_model_dir("llama")
+    from tests.fixtures_models import make_tiny_model
+    # head size 64: the GPU attention kernels take 64, 80, 96, 128 or 256
+    path = str(make_tiny_model("llama", tmp_path / "model", hidden_size=256,
+                               num_attention_heads=4, head_dim=64))
     kw = dict(dtype=dtype, num_kv_blocks=64)
     if config is None:
         kw["quantization"] = "fp8"
