@@ -74,7 +74,7 @@ class ServerArgs:
     log_level: str = "INFO"
     log_stats_interval: float = 5.0
     access_log: bool = False
-    cpu_threads: Optional[int] = None  # torch threads of a CPU engine core (default: cores - 1)
+    cpu_threads: Optional[int] = None  # torch threads of the engine core (CPU: cores - 1, GPU: 1)
     max_request_body_bytes: int = 8 * 1024 * 1024
     engine_restart: bool = True  # restart a dead engine core (else exit non-zero)
     engine_restart_retries: int = 3
@@ -124,7 +124,8 @@ _SERVER_HELP = {
                         "pythonic",
     "runner": "generate (text) or pooling (embeddings at /v1/embeddings: BERT-family encoders "
               "mean-pooled, decoders last-token pooled)",
-    "cpu_threads": "torch threads of an engine core on the CPU (default: CPU cores - 1, min 1)",
+    "cpu_threads": "torch threads of the engine core process (default: CPU cores - 1, min 1, on "
+                   "the CPU; 1 on a GPU unless OMP_NUM_THREADS is set)",
     "max_request_body_bytes": "larger request bodies get 413 (default 8 MiB)",
     "engine_restart": "restart a dead engine core (default); --no-engine-restart exits non-zero",
     "engine_restart_retries": "consecutive restart attempts before giving up (default 3)",
