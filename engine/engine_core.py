@@ -138,7 +138,9 @@ class EngineCore:
         if prev is not None:
             outputs += self._finish(prev)
         if cur is not None:
-            self.runner.sample(cur)
+            # A deferred sampling (a grammar's mask) runs on the runner's sampling thread: its
+            # mask fill overlaps returning these outputs and scheduling the next step.
+            self.runner.sample(cur, background=True)
         self._inflight = cur
         return outputs
 

@@ -5,7 +5,9 @@ Owns the model, the GPU KV pool (one K and one V tensor per layer, laid out
 """
 from __future__ import annotations
 
+import contextlib
 import logging
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Optional
 
@@ -51,6 +53,14 @@ class InFlight:
     # True when every sequence sampled here got a placeholder token (the next step may be
     # scheduled before this one's tokens are known).
     overlappable: bool = False
+    # Sampling running on the runner's sampling thread (`ModelRunner.sample(background=True)`).
+    sampling: Optional[Future] = None
+
+    def wait_sampled(self) -> None:
+        """Wait for a background sampling launch (re-raising its error)."""
+        if self.sampling is not None:
+            future, self.sampling = self.sampling, None
+            future.result()
 
 
 class ModelRunner:
@@ -75,6 +85,7 @@ class ModelRunner:
         self.sampler = Sampler(config.model.seed)
         # Hooks that transform logits before sampling (see SamplingMetadata.from_rows).
         self.logits_processors: list = []
+        self._sampling_pool: Optional[ThreadPoolExecutor] = None  # see `sample(background=)`
         # Hooks called after every forward pass as `observer(sched, inputs, hidden, aux)`:
         # `aux` holds the auxiliary hidden states a model returns beside its final ones (see
         # LlamaForCausalLM.set_aux_hidden_layers), or None. The EAGLE-3 proposer reads them.
@@ -224,6 +235,8 @@ class ModelRunner:
             return step
         pad = self.graphs.block_table_width if self.graphs else 0
         inputs = build_model_inputs(out, self.block_size, self.device, pad_block_tables_to=pad)
+        if prev is not None:
+            prev.wait_sampled()  # its tokens feed this step's placeholders, on the same stream
         if inputs.placeholder_rows:
             self._fill_placeholders(inputs, prev)
         hidden, aux = self._forward(inputs)
@@ -244,19 +257,36 @@ class ModelRunner:
             self.sample(step)
         return step
 
-    @torch.inference_mode()
-    def sample(self, step: "InFlight") -> None:
-        """Launch the sampling of a step launched with `sample=False` (no-op otherwise)."""
+    def sample(self, step: "InFlight", background: bool = False) -> None:
+        """Launch the sampling of a step launched with `sample=False` (no-op otherwise).
+
+        `background`: on the runner's sampling thread, so that the host's work on the masks
+        (xgrammar's bitmask fill, which releases the GIL) overlaps what the engine does next:
+        returning outputs, scheduling and building the next step. `launch(prev=step)` and
+        `finish(step)` wait for it."""
         if step.logits is None:
             return
-        meta = SamplingMetadata.from_rows(step.rows, self.vocab_size, self.device,
-                                          self.logits_processors)
-        step.pending = self.sampler.launch(step.logits, meta)
+        if not background:
+            self._sample_now(step, None)
+            return
+        if self._sampling_pool is None:
+            self._sampling_pool = ThreadPoolExecutor(1, thread_name_prefix="pagedserve-sample")
+        stream = torch.cuda.current_stream(self.device) if self.device.type == "cuda" else None
+        step.sampling = self._sampling_pool.submit(self._sample_now, step, stream)
+
+    @torch.inference_mode()
+    def _sample_now(self, step: "InFlight", stream: Optional["torch.cuda.Stream"]) -> None:
+        # The launching thread's stream: kernels queue behind the step's forward pass.
+        with torch.cuda.stream(stream) if stream is not None else contextlib.nullcontext():
+            meta = SamplingMetadata.from_rows(step.rows, self.vocab_size, self.device,
+                                              self.logits_processors)
+            step.pending = self.sampler.launch(step.logits, meta)
         step.logits = None
         step.row_of_seq = {seq.seq_id: i for i, (_, seq) in enumerate(step.rows)}
 
     def finish(self, step: "InFlight") -> RunnerOutput:
         """Wait for the step's samples; the RunnerOutput of `launch`'s step."""
+        step.wait_sampled()
         self.sample(step)
         if step.pending is not None:
             sampled = step.pending.result()

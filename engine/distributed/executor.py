@@ -105,8 +105,8 @@ class TPModelRunner:
         step.tp_step_id = step_id
         return step
 
-    def sample(self, step) -> None:
-        self.runner.sample(step)
+    def sample(self, step, background: bool = False) -> None:
+        self.runner.sample(step)  # never deferred here (overlaps_constrained is False)
 
     def finish(self, step):
         self._broadcast(("finish", step.tp_step_id))

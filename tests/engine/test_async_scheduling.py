@@ -135,7 +135,17 @@ def test_constrained_requests_overlap_and_keep_outputs(engines):
                              structured_outputs=SO(json=schema)),
               SamplingParams(temperature=0, max_tokens=12, stop_token_ids=[11])]
     want = run(sync, params)
-    assert run(asy, params) == want
+    runner = asy.llm_engine.core.runner
+    threaded = []  # deferred samplings launched on the runner's sampling thread
+    sample = runner.sample
+    runner.sample = lambda step, background=False: (
+        threaded.append(step.logits is not None and background),
+        sample(step, background=background))[1]
+    try:
+        assert run(asy, params) == want
+    finally:
+        runner.sample = sample
+    assert sum(threaded) >= 10
     assert want[3][0][2] in ("yes", "no", "maybe") and want[3][0][1] == "stop"
     assert count_overlapped(asy, SamplingParams(
         temperature=0, max_tokens=30, ignore_eos=True,
