@@ -276,8 +276,11 @@ class ModelRunner:
 
     @torch.inference_mode()
     def _sample_now(self, step: "InFlight", stream: Optional["torch.cuda.Stream"]) -> None:
-        # The launching thread's stream: kernels queue behind the step's forward pass.
-        with torch.cuda.stream(stream) if stream is not None else contextlib.nullcontext():
+        # The launching thread's device and stream: kernels queue behind the step's forward pass.
+        with contextlib.ExitStack() as ctx:
+            if stream is not None:
+                ctx.enter_context(torch.cuda.device(stream.device))
+                ctx.enter_context(torch.cuda.stream(stream))
             meta = SamplingMetadata.from_rows(step.rows, self.vocab_size, self.device,
                                               self.logits_processors)
             step.pending = self.sampler.launch(step.logits, meta)
