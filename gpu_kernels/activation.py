@@ -36,8 +36,9 @@ if triton is not None:
         dt = out_ptr.dtype.element_ty
         tl.store(out_ptr + row * stride_o + cols, silu_mul_values(a, b, dt).to(dt), mask=mask)
 
-def silu_and_mul(x: torch.Tensor, out: Optional[torch.Tensor] = None) -> torch.Tensor:
-    """x [..., 2d] -> silu(x[..., :d]) * x[..., d:] of shape [..., d]."""
+
+def gated_rows(x: torch.Tensor) -> tuple[torch.Tensor, int]:
+    """Check a gated-activation input x [..., 2d] = [gate | up]; returns (x as [R, 2d], d)."""
     require_triton(x)
     check_dtype("x", x, FLOAT_DTYPES)
     if x.shape[-1] % 2:
@@ -45,6 +46,12 @@ def silu_and_mul(x: torch.Tensor, out: Optional[torch.Tensor] = None) -> torch.T
     d = x.shape[-1] // 2
     x2 = x.reshape(-1, 2 * d)
     check_last_dim_contiguous("x", x2)
+    return x2, d
+
+
+def silu_and_mul(x: torch.Tensor, out: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """x [..., 2d] -> silu(x[..., :d]) * x[..., d:] of shape [..., d]."""
+    x2, d = gated_rows(x)
     if out is None:
         out = torch.empty(*x.shape[:-1], d, dtype=x.dtype, device=x.device)
     if out.shape != (*x.shape[:-1], d) or not out.is_contiguous():

@@ -13,9 +13,8 @@ from __future__ import annotations
 
 import torch
 
-from gpu_kernels._triton_utils import (FLOAT_DTYPES, check_dtype, check_last_dim_contiguous,
-                                       require_triton, tl, triton)
-from gpu_kernels.activation import silu_and_mul_ref
+from gpu_kernels._triton_utils import tl, triton
+from gpu_kernels.activation import gated_rows, silu_and_mul_ref
 from gpu_kernels.quant_fp8_rows import quant_fp8_rows_ref
 from gpu_kernels.quant_int8_rows import quant_int8_rows_ref
 from gpu_kernels.row_quant import Q_DTYPES, check_kind
@@ -51,13 +50,7 @@ if triton is not None:
 def silu_mul_quant(x: torch.Tensor, kind: str) -> tuple[torch.Tensor, torch.Tensor]:
     """x [..., 2d] = [gate | up] -> (q [R, d] e4m3 / int8, scale [R] fp32), R = x.numel() // 2d."""
     check_kind(kind)
-    require_triton(x)
-    check_dtype("x", x, FLOAT_DTYPES)
-    if x.shape[-1] % 2:
-        raise ValueError(f"last dim must be even, got {x.shape[-1]}")
-    d = x.shape[-1] // 2
-    x2 = x.reshape(-1, 2 * d)
-    check_last_dim_contiguous("x", x2)
+    x2, d = gated_rows(x)
     rows = x2.shape[0]
     q = torch.empty(rows, d, dtype=Q_DTYPES[kind], device=x.device)
     scale = torch.empty(rows, dtype=torch.float32, device=x.device)

@@ -11,6 +11,17 @@ def bench_ms(fn, warmup_ms: int = 50, rep_ms: int = 300) -> float:
     return float(triton.testing.do_bench(fn, warmup=warmup_ms, rep=rep_ms, return_mode="median"))
 
 
+def print_device_header() -> float:
+    """Print the device, torch version and measured copy bandwidth as one JSON line; returns the
+    bandwidth in bytes/s (for weight floors)."""
+    import json
+
+    bw = copy_bandwidth(torch.device("cuda"))
+    print(json.dumps({"device": torch.cuda.get_device_name(), "torch": torch.__version__,
+                      "copy_bw_gb_s": bw / 1e9}), flush=True)
+    return bw
+
+
 def copy_bandwidth(device: torch.device, nbytes: int = 2 << 30) -> float:
     """Device-to-device copy bandwidth in bytes/s, counting bytes read plus bytes written."""
     src = torch.empty(nbytes // 2, dtype=torch.bfloat16, device=device).normal_()

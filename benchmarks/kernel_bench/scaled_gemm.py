@@ -21,7 +21,7 @@ import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
 
-from benchmarks.kernel_bench._common import bench_ms, copy_bandwidth  # noqa: E402
+from benchmarks.kernel_bench._common import bench_ms, print_device_header  # noqa: E402
 from gpu_kernels.quant_fp8_rows import quant_fp8_rows  # noqa: E402
 from gpu_kernels.quant_int8_rows import quant_int8_rows  # noqa: E402
 from gpu_kernels.scaled_gemm import scaled_gemm  # noqa: E402
@@ -95,9 +95,7 @@ def main() -> None:
     ap.add_argument("--only-int8", action="store_true", help="sweep the INT8 kernel only")
     ap.add_argument("--output-json")
     args = ap.parse_args()
-    copy_bw = copy_bandwidth(torch.device("cuda"))
-    print(json.dumps({"device": torch.cuda.get_device_name(), "torch": torch.__version__,
-                      "copy_bw_gb_s": copy_bw / 1e9}), flush=True)
+    copy_bw = print_device_header()
     rows = []
     for m in args.m:
         for name, k, n in SHAPES:

@@ -22,7 +22,7 @@ import torch.nn.functional as F
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
 
-from benchmarks.kernel_bench._common import bench_ms, copy_bandwidth  # noqa: E402
+from benchmarks.kernel_bench._common import bench_ms, print_device_header  # noqa: E402
 from gpu_kernels.skinny_gemm import skinny_gemm  # noqa: E402
 
 # (name, K, N, times per decode step)
@@ -61,9 +61,7 @@ def main() -> None:
     ap.add_argument("--write-tuned")
     ap.add_argument("--output-json")
     args = ap.parse_args()
-    copy_bw = copy_bandwidth(torch.device("cuda"))
-    print(json.dumps({"device": torch.cuda.get_device_name(), "torch": torch.__version__,
-                      "copy_bw_gb_s": copy_bw / 1e9}), flush=True)
+    copy_bw = print_device_header()
     rows = []
     for m in args.m:
         for name, k, n, times in SHAPES:
