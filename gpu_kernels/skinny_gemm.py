@@ -96,8 +96,8 @@ def skinny_gemm(x: torch.Tensor, w: torch.Tensor, bias: Optional[torch.Tensor] =
     if m == 0:
         return out
     if config is None:
-        from gpu_kernels.tuned_configs import tuned_config
-        config = tuned_config("skinny_gemm", x.device, m, n, k, 16, 0)
+        from gpu_kernels.tuned_configs import shared_tuned_config
+        config = shared_tuned_config("skinny_gemm", x.device, m, n, k, 16, 0)
     cfg = {**default_config(m, n, k), **(config or {})}
     split = cfg.pop("SPLIT_K")
     grid = (triton.cdiv(m, cfg["BLOCK_M"]), triton.cdiv(n, cfg["BLOCK_N"]), split)

@@ -48,6 +48,14 @@ def tuned_config(kernel: str, device: torch.device, m: int, n: int, k: int, bits
 
 
 @functools.lru_cache(maxsize=4096)
+def shared_tuned_config(kernel: str, device: torch.device, m: int, n: int, k: int, bits: int,
+                        group: int) -> Optional[dict]:
+    """`tuned_config` parsed once per shape: the same dict on every call (callers on hot paths
+    must not mutate it)."""
+    return tuned_config(kernel, device, m, n, k, bits, group)
+
+
+@functools.lru_cache(maxsize=4096)
 def _lookup(kernel: str, slug: str, m: int, n: int, k: int, bits: int,
             group: int) -> Optional[str]:
     best = None
@@ -61,3 +69,4 @@ def clear_cache() -> None:
     """Forget loaded tables (tests switch `$PAGEDSERVE_TUNED_CONFIGS`)."""
     _table.cache_clear()
     _lookup.cache_clear()
+    shared_tuned_config.cache_clear()

@@ -161,8 +161,8 @@ def w4a16_gemm(x: torch.Tensor, qweight: torch.Tensor, scales: torch.Tensor, zer
         x = x.contiguous()
     qweight, scales, zeros = qweight.contiguous(), scales.contiguous(), zeros.contiguous()
     if config is None and m > 0:
-        from gpu_kernels.tuned_configs import tuned_config
-        config = tuned_config("w4a16_gemm", x.device, m, n, k, bits, group_size)
+        from gpu_kernels.tuned_configs import shared_tuned_config
+        config = shared_tuned_config("w4a16_gemm", x.device, m, n, k, bits, group_size)
     if gemv is None:
         gemv = m <= GEMV_MAX_ROWS if config is None else "BLOCK_M" not in config
     if gemv and m > 0:

@@ -34,10 +34,10 @@ def dense_linear(x: torch.Tensor, weight: torch.Tensor,
     """F.linear, except where the skinny GEMM's tuned table has a (non-library) entry for this
     many rows and this weight shape (CUDA, 16-bit, at most 16 rows)."""
     if x.is_cuda and x.dim() == 2 and x.shape[0] <= 16 and x.dtype != torch.float32:
-        from gpu_kernels.tuned_configs import tuned_config
+        from gpu_kernels.tuned_configs import shared_tuned_config
 
         n, k = weight.shape
-        cfg = tuned_config("skinny_gemm", x.device, x.shape[0], n, k, 16, 0)
+        cfg = shared_tuned_config("skinny_gemm", x.device, x.shape[0], n, k, 16, 0)
         if (cfg and not cfg.get("library") and x.stride(-1) == 1 and weight.stride(-1) == 1
                 and (bias is None or bias.dtype == x.dtype)):
             from gpu_kernels.skinny_gemm import skinny_gemm
