@@ -175,6 +175,10 @@ class ModelRunner:
         inputs = dummy_prefill_inputs(n, self.block_size, self.device)
         hidden = self.model(inputs.input_ids, inputs.positions, inputs.meta)
         self.model.compute_logits(hidden[-min(n, sched.max_num_seqs):])
+        # The LM head runs outside CUDA graphs on the sampled rows: compile the GEMM variants of
+        # decode-sized row counts (gpu_kernels/skinny_gemm.py's tuned tiles) now, not in a step.
+        for rows in (1, 2, 4, 8, 16):
+            self.model.compute_logits(hidden[:rows])
         torch.cuda.synchronize(self.device)
         peak = torch.cuda.max_memory_allocated(self.device) - base
         del scratch, hidden
