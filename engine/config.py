@@ -206,7 +206,7 @@ class EngineArgs:
     skip_tokenizer_init: bool = False
     quantization: Optional[str] = None  # None: whatever the checkpoint's quantization_config says
     kv_cache_dtype: str = "auto"
-    async_scheduling: Optional[bool] = None  # None: on for CUDA, off on the CPU
+    async_scheduling: Optional[bool] = None  # None: on for CUDA (not with eagle3), off on the CPU
     hf_overrides: dict = field(default_factory=dict)
     # {"method": "ngram" | "draft_model" | "eagle3", "num_speculative_tokens": k, ...}
     speculative_config: Optional[dict] = None
@@ -226,9 +226,10 @@ class EngineArgs:
         if self.speculative_config is not None:
             from engine.spec_decode.config import SpeculativeConfig
             speculative = SpeculativeConfig.from_dict(self.speculative_config)
-            # A verify step's accepted count decides the next step's input: no overlap.
-            _require(not self.async_scheduling, "async_scheduling",
-                     "cannot be combined with speculative_config")
+            # Steps that may carry drafts run synchronously (a verify step's accepted count
+            # decides the next step's input); the others overlap, with proposers that allow it.
+            _require(not self.async_scheduling or speculative.overlaps_steps, "async_scheduling",
+                     f"cannot be combined with speculative_config method {speculative.method!r}")
             # The draft model and verify chunks are not sharded across ranks yet.
             _require(self.tensor_parallel_size == 1, "speculative_config",
                      "cannot be combined with tensor_parallel_size > 1 yet")
@@ -279,9 +280,10 @@ class EngineArgs:
                                   max_cuda_graph_batch=min(max_num_seqs, 512),
                                   max_cuda_graph_tokens=min(self.max_cuda_graph_tokens,
                                                             max_batched),
-                                  async_scheduling=(on_gpu and speculative is None
-                                                    if self.async_scheduling is None
-                                                    else self.async_scheduling))
+                                  async_scheduling=(
+                                      on_gpu and (speculative is None or speculative.overlaps_steps)
+                                      if self.async_scheduling is None
+                                      else self.async_scheduling))
         parallel_cfg = ParallelConfig(tensor_parallel_size=self.tensor_parallel_size,
                                       data_parallel_size=self.data_parallel_size,
                                       distributed_timeout_s=self.distributed_timeout_s)

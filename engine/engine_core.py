@@ -126,6 +126,8 @@ class EngineCore:
         if prev is not None and not prev.overlappable:
             outputs += self._finish(prev)
             prev = None
+        if self.speculator is not None:  # sequences still holding a placeholder draft nothing
+            self.speculator.propose(self.scheduler.running)
         sched_out = self.scheduler.schedule()
         cur = None
         if not sched_out.is_empty or sched_out.has_block_ops:
@@ -155,9 +157,11 @@ class EngineCore:
         values, so it does not stop the overlap (clients such as benchmarks send min_tokens =
         max_tokens on every request). A grammar needs the latest token for the next mask, but
         only at sampling: such steps launch their forward pass, then sample once the previous
-        step's tokens are known (`_sampling_reads_tokens`), where the runner allows it."""
+        step's tokens are known (`_sampling_reads_tokens`), where the runner allows it. A request
+        that may draft (speculation, batch small enough) needs its tokens before proposing."""
         return (req.single_seq and req.beam_state is None and not req.has_penalties
-                and (req.grammar is None or self.runner.overlaps_constrained))
+                and (req.grammar is None or self.runner.overlaps_constrained)
+                and not (self.speculator is not None and self.speculator.drafting(req)))
 
     @staticmethod
     def _sampling_reads_tokens(out: SchedulerOutput) -> bool:

@@ -51,6 +51,13 @@ class SpeculativeConfig:
             _require(bool(self.model), "model", f"method {self.method!r} needs a draft model path")
 
     @property
+    def overlaps_steps(self) -> bool:
+        """Whether async scheduling may run beside this proposer: its proposals read only token
+        ids (n-gram, draft model). EAGLE-3's head follows the target's hidden states step by
+        step, which an overlapped step hands over before its tokens are known."""
+        return self.method != "eagle3"
+
+    @property
     def needs_eager_target(self) -> bool:
         """EAGLE-3 reads the target's auxiliary hidden states, which the captured CUDA graphs
         do not return: the target runs eagerly."""

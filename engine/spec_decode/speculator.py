@@ -40,6 +40,7 @@ class Speculator:
         self.max_model_len = config.scheduler.max_model_len
         self.proposer = build_proposer(config, runner)
         self.metrics = SpecDecodeMetrics(self.k)
+        self.active = True  # the last `propose` drafted (the batch was small enough)
 
     eligible = staticmethod(speculates)
 
@@ -67,12 +68,19 @@ class Speculator:
                 seqs.append(seq)
                 limits.append(limit)
         self.proposer.release(live)
-        if not seqs or (self.disable_by_batch_size is not None
-                        and len(live) > self.disable_by_batch_size):
+        self.active = (self.disable_by_batch_size is None
+                       or len(live) <= self.disable_by_batch_size)
+        if not seqs or not self.active:
             return  # nothing to draft for, or a batch large enough to decode plainly
         for seq, draft in zip(seqs, self.proposer.propose(seqs, limits)):
             if draft:
                 seq.add_drafts(draft)
+
+    def drafting(self, req: Request) -> bool:
+        """Whether `req`'s next step may carry drafts. Its tokens must then reach the host
+        before that step is scheduled (proposals read them), so with async scheduling its
+        steps do not overlap; in batches too large to draft for, they do."""
+        return self.active and self.eligible(req)
 
     def apply(self, req: Request, seq: Sequence, verified: Verified, scheduler) -> int:
         """Replace `seq`'s drafts by the verified tokens, stopping where a stop condition hits;
