@@ -230,9 +230,11 @@ class EngineArgs:
             # decides the next step's input); the others overlap, with proposers that allow it.
             _require(not self.async_scheduling or speculative.overlaps_steps, "async_scheduling",
                      f"cannot be combined with speculative_config method {speculative.method!r}")
-            # The draft model and verify chunks are not sharded across ranks yet.
-            _require(self.tensor_parallel_size == 1, "speculative_config",
-                     "cannot be combined with tensor_parallel_size > 1 yet")
+            # Verify chunks run on every rank like any chunk; a draft model or head is not
+            # sharded across ranks yet.
+            _require(self.tensor_parallel_size == 1 or speculative.method == "ngram",
+                     "speculative_config", f"method {speculative.method!r} cannot be combined "
+                     "with tensor_parallel_size > 1 yet (ngram can)")
         device = resolve_device(self.device)
         dtype = resolve_dtype(self.dtype, device)
         resolved = resolve_model(self.model, self.tokenizer, self.load_format,

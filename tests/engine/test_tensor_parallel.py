@@ -103,8 +103,54 @@ def test_gptq_checkpoint_tp2_equals_tp1(tiny_model_dir, tmp_path):
     assert got[2] == got[1]
 
 
-def test_speculation_with_tensor_parallelism_is_refused(tiny_model_dir):
-    with pytest.raises(ValueError, match="speculative_config: cannot be combined with "
-                                         "tensor_parallel_size"):
-        LLM(model=tiny_model_dir("llama"), device="cpu", tensor_parallel_size=2,
-            speculative_config={"method": "ngram", "num_speculative_tokens": 2})
+def _token_chain_model(src: str, dst) -> str:
+    """The tiny model with its attention and MLP outputs zeroed and its LM head equal to its
+    embedding: the next greedy token is (almost always) the current one, a repetition that
+    n-gram drafts predict."""
+    import shutil
+
+    from safetensors.torch import load_file, save_file
+
+    shutil.copytree(src, dst)
+    weights = load_file(f"{src}/model.safetensors")
+    for name, w in weights.items():
+        if name.endswith(("o_proj.weight", "down_proj.weight")):
+            w.zero_()
+    weights["lm_head.weight"] = weights["model.embed_tokens.weight"].clone()
+    save_file(weights, f"{dst}/model.safetensors", metadata={"format": "pt"})
+    return str(dst)
+
+
+def test_ngram_speculation_tp2_equals_tp1(tiny_model_dir, tmp_path):
+    """Verify chunks run on every rank like any chunk; rank 0's verifier decides."""
+    path = _token_chain_model(tiny_model_dir("llama"), tmp_path / "chain")
+    spec = {"method": "ngram", "num_speculative_tokens": 3, "prompt_lookup_max": 3}
+    params = [SamplingParams(temperature=0, max_tokens=24, ignore_eos=True, logprobs=1),
+              SamplingParams(temperature=0.8, seed=3, max_tokens=12, ignore_eos=True),
+              SamplingParams(temperature=0, max_tokens=20, ignore_eos=True)]
+    prompts = PROMPTS[:3]
+    want = [o.outputs[0].token_ids
+            for o in LLM(model=path, device="cpu").generate(prompts, params, use_tqdm=False)]
+    got, stats = {}, {}
+    for tp in (1, 2):
+        llm = LLM(model=path, device="cpu", tensor_parallel_size=tp, speculative_config=spec,
+                  distributed_timeout_s=120)
+        try:
+            got[tp] = [o.outputs[0].token_ids
+                       for o in llm.generate(prompts, params, use_tqdm=False)]
+            stats[tp] = llm.stats()
+        finally:
+            llm.shutdown()
+    assert got[2] == got[1]
+    assert got[1][0] == want[0] and got[1][2] == want[2]  # greedy: as without speculation
+    assert stats[2]["spec_decode_num_accepted_tokens"] > 0
+    assert stats[2]["num_free_blocks"] == stats[2]["num_total_blocks"]
+
+
+def test_model_drafts_with_tensor_parallelism_are_refused(tiny_model_dir):
+    path = tiny_model_dir("llama")
+    with pytest.raises(ValueError, match="speculative_config: method 'draft_model' cannot be "
+                                         "combined with tensor_parallel_size"):
+        LLM(model=path, device="cpu", tensor_parallel_size=2,
+            speculative_config={"method": "draft_model", "model": path,
+                                "num_speculative_tokens": 2})
