@@ -65,7 +65,7 @@ def stub_runner(engine: Any, seed: int = 0) -> None:
     pool = [rng.randrange(runner.vocab_size) for _ in range(1 << 16)]
     offset = 0
 
-    def launch(out, prev: Optional[InFlight] = None) -> InFlight:
+    def launch(out, prev: Optional[InFlight] = None, sample: bool = True) -> InFlight:
         nonlocal offset
         step = InFlight(out)
         if out.is_empty:
