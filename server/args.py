@@ -41,7 +41,8 @@ _HELP = {
     "max_queue_len": "answer 429 while more than this many requests wait",
     "hf_overrides": "JSON object of HF config overrides",
     "speculative_config": "JSON object: speculative decoding, e.g. '{\"method\": \"ngram\", "
-                          "\"num_speculative_tokens\": 4}' (methods: ngram, draft_model)",
+                          "\"num_speculative_tokens\": 4}' (methods: ngram, draft_model, "
+                          "eagle3)",
 }
 
 
