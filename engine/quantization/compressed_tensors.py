@@ -143,6 +143,13 @@ def _fp8_w8a8(w: dict, act: Optional[dict]) -> tuple[Callable[[], LinearMethod],
             "activation scales")
 
 
+def _split_weight_shape(shape: torch.Tensor, sizes: list[int]) -> list[torch.Tensor]:
+    """A checkpoint-fused module's (N, K) as each fused shard's (n, K) (Phi-3's qkv_proj)."""
+    if shape.numel() != 2 or int(shape[0]) != sum(sizes):
+        raise ValueError(f"weight_shape {shape.tolist()} does not hold the fused shards {sizes}")
+    return [torch.tensor([s, int(shape[1])], dtype=shape.dtype) for s in sizes]
+
+
 class PackQuantizedLinearMethod(LinearMethod):
     def __init__(self, params: WeightOnlyParams, symmetric: bool):
         self.p, self.symmetric = params, symmetric
@@ -167,7 +174,7 @@ class PackQuantizedLinearMethod(LinearMethod):
                                             input_dim=1, packed_dim=0, pack_factor=pf)
         # (N, K) of each fused shard; checked against the layer after loading.
         layer.weight_shape = param((len(output_sizes), 2), torch.int64, per_shard=True,
-                                   optional=True)
+                                   optional=True, split_fused=_split_weight_shape)
         layer.weight_shape.data.copy_(torch.tensor([[s, k] for s in output_sizes]))
 
     def process_weights_after_loading(self, layer: nn.Module) -> None:
