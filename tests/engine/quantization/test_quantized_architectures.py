@@ -1,10 +1,11 @@
 """Quantized Qwen3, Phi-3, Gemma 3 and Phi: FP8 at load, 4-bit weight-only checkpoints (GPTQ,
-compressed-tensors pack-quantized) and INT8 W8A8 compressed-tensors checkpoints, the last two
-quantized at test time by AutoRound, generate what the Llama tests' references give (same greedy
-tokens, logprobs within 1e-3). Phi-3's checkpoints fuse qkv_proj / gate_up_proj themselves, so
-its quantized tensors (packed zero points, shared g_idx, weight_shape) are split into the fused
-shards at load. The Qwen3 / Phi-3 norms and SiLU emit W8A8 inputs quantized (fused); Gemma's and
-Phi's producers do not. Mixture-of-experts models refuse quantization before loading."""
+compressed-tensors pack-quantized) and W8A8 compressed-tensors checkpoints (INT8; Phi-3 also
+static FP8), the last two quantized at test time by AutoRound, generate what the Llama tests'
+references give (same greedy tokens, logprobs within 1e-3). Phi-3's checkpoints fuse qkv_proj /
+gate_up_proj themselves, so its quantized tensors (packed zero points, shared g_idx,
+weight_shape, per-tensor input scales) are split into the fused shards at load. The Qwen3 /
+Phi-3 norms and SiLU emit W8A8 inputs quantized (fused); Gemma's and Phi's producers do not.
+Mixture-of-experts models refuse quantization before loading."""
 from __future__ import annotations
 
 import json
@@ -87,15 +88,19 @@ def test_weight_only_matches_library_dequantized_reference(case, quantized):
     _assert_matches(llm, reference_model(path))
 
 
-@pytest.mark.parametrize("arch", ARCHS)
-def test_int8_w8a8_matches_reference(arch, quantized):
-    path = quantized(arch, "llm_compressor", scheme="INT8_W8A8")
+@pytest.mark.parametrize("arch,scheme", [(a, "INT8_W8A8") for a in ARCHS]
+                         + [("phi3", "FP8_STATIC")])
+def test_w8a8_matches_reference(arch, scheme, quantized):
+    """INT8 W8A8 (dynamic per-token inputs); Phi-3 also static FP8, whose per-tensor input scale
+    of each checkpoint-fused module goes to every fused shard."""
+    path = quantized(arch, "llm_compressor", scheme=scheme)
     llm = LLM(model=path, device="cpu", num_kv_blocks=64)
-    assert llm.stats()["quantization"].startswith("compressed-tensors (int8")
+    kind = "int8" if scheme.startswith("INT8") else "fp8"
+    assert llm.stats()["quantization"].startswith(f"compressed-tensors ({kind}")
     producers = _input_quant_producers(_model(llm))
-    if arch in FUSED:  # per layer: input norm, post-attention norm, SiLU-and-mul
+    if arch in FUSED and kind == "int8":  # per layer: input norm, post-attn norm, SiLU-and-mul
         assert producers.count(InputQuant("int8")) == 3 * 2
-    else:
+    else:  # no fusable producer, or static input scales (quantized in the linear)
         assert all(p is None for p in producers)
     _assert_matches(llm, w8a8_reference_model(path))
 
