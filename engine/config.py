@@ -239,14 +239,12 @@ class EngineArgs:
         dtype = resolve_dtype(self.dtype, device)
         resolved = resolve_model(self.model, self.tokenizer, self.load_format,
                                  self.trust_remote_code, self.hf_overrides)
-        from engine.models.registry import get_model_class
+        from engine.models.registry import check_quantization_support, get_model_class
         from engine.quantization import get_quantization_config
         # Unsupported architectures and quantization methods fail before any loading.
         model_cls = get_model_class(resolved.hf_config)
         quant_config = get_quantization_config(resolved.hf_config, self.quantization)
-        if quant_config is not None and not getattr(model_cls, "supports_quantization", False):
-            raise ValueError(f"quantization: architecture {model_cls.__name__} does not support "
-                             f"quantized weights yet ({quant_config.describe()})")
+        check_quantization_support(model_cls, quant_config)
         derived_len = max_len_from_hf_config(resolved.hf_config)
         if self.max_model_len is None:
             max_model_len = derived_len

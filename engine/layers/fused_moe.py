@@ -24,6 +24,10 @@ _PER_EXPERT = re.compile(r"^(?P<prefix>.*\.experts)\.(?P<e>\d+)\."
                          r"(?P<proj>w1|w2|w3|gate_proj|up_proj|down_proj)\.weight$")
 _PROJ = {"w1": ("w13_weight", 0), "gate_proj": ("w13_weight", 0), "w3": ("w13_weight", 1),
          "up_proj": ("w13_weight", 1), "w2": ("w2_weight", None), "down_proj": ("w2_weight", None)}
+# Why the MoE models refuse quantized checkpoints (and `quantization=`), before loading.
+MOE_QUANT_LIMITATION = ("quantized mixture-of-experts weights are not supported (the experts run "
+                        "in the fused MoE layer, which has no quantized kernels); serve the dense "
+                        "checkpoint")
 _STACKED = {".experts.gate_up_proj": ".experts.w13_weight",
             ".experts.down_proj": ".experts.w2_weight"}
 

@@ -14,6 +14,10 @@ Gemma 2 (Gemma2ForCausalLM, engine/models/gemma2.py) is the same layout without 
 with one RoPE for every layer, sliding-window layers alternating with global ones, and attention
 scores soft-capped (`attn_logit_softcapping`, done inside the attention kernels). Bidirectional
 attention is not implemented and is refused at construction.
+Quantized checkpoints load as in Llama (each linear gets the quant config and its checkpoint
+module names). No input-quantization fusion: the (1 + w) norms and the GELU-gated MLP are not
+the RMSNorm / SiLU-and-mul producers that can emit a quantized input, so W8A8 linears quantize
+their inputs themselves.
 """
 from __future__ import annotations
 
@@ -31,7 +35,9 @@ from engine.distributed.parallel_state import heads_per_rank, kv_heads_per_rank
 from engine.layers.linear import MergedColumnParallelLinear, QKVParallelLinear, RowParallelLinear
 from engine.layers.vocab_parallel import ParallelLMHead, VocabParallelEmbedding
 from engine.models.qwen3 import head_dim_of, kv_heads_of
+from engine.models.registry import check_quantization_support
 from engine.models.stacked_loading import QKV_GATE_UP, load_stacked
+from engine.quantization.base import QuantizationConfig
 
 
 def is_gemma2(config: Any) -> bool:
@@ -59,7 +65,8 @@ def rope_for(config: Any, kind: str, head_dim: int) -> nn.Module:
 
 
 class Gemma3Attention(nn.Module):
-    def __init__(self, config: Any, kind: str, rotary_emb: nn.Module):
+    def __init__(self, config: Any, kind: str, rotary_emb: nn.Module,
+                 quant_config: Optional[QuantizationConfig], prefix: str):
         super().__init__()
         self.num_heads = heads_per_rank(config.num_attention_heads)  # this rank's heads
         self.num_kv_heads = kv_heads_per_rank(kv_heads_of(config))
@@ -69,9 +76,11 @@ class Gemma3Attention(nn.Module):
         bias = bool(getattr(config, "attention_bias", False))
         self.qkv_proj = QKVParallelLinear(config.hidden_size, self.head_dim,
                                           config.num_attention_heads, kv_heads_of(config),
-                                          bias=bias)
+                                          bias=bias, quant_config=quant_config,
+                                          prefixes=[f"{prefix}.{p}_proj" for p in "qkv"])
         self.o_proj = RowParallelLinear(config.num_attention_heads * self.head_dim,
-                                        config.hidden_size, bias=bias)
+                                        config.hidden_size, bias=bias,
+                                        quant_config=quant_config, prefix=f"{prefix}.o_proj")
         self.qk_norm = not is_gemma2(config)
         if self.qk_norm:
             self.q_norm = GemmaRMSNorm(self.head_dim, config.rms_norm_eps)
@@ -95,14 +104,16 @@ class Gemma3Attention(nn.Module):
 
 
 class Gemma3MLP(nn.Module):
-    def __init__(self, config: Any):
+    def __init__(self, config: Any, quant_config: Optional[QuantizationConfig], prefix: str):
         super().__init__()
         act = getattr(config, "hidden_activation", None) or config.hidden_act
         self.act_fn = get_act_fn(act)
-        self.gate_up_proj = MergedColumnParallelLinear(config.hidden_size,
-                                                       [config.intermediate_size] * 2, bias=False)
+        self.gate_up_proj = MergedColumnParallelLinear(
+            config.hidden_size, [config.intermediate_size] * 2, bias=False,
+            quant_config=quant_config, prefixes=[f"{prefix}.gate_proj", f"{prefix}.up_proj"])
         self.down_proj = RowParallelLinear(config.intermediate_size, config.hidden_size,
-                                           bias=False)
+                                           bias=False, quant_config=quant_config,
+                                           prefix=f"{prefix}.down_proj")
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         gate, up = self.gate_up_proj(x).chunk(2, dim=-1)
@@ -110,11 +121,13 @@ class Gemma3MLP(nn.Module):
 
 
 class Gemma3DecoderLayer(nn.Module):
-    def __init__(self, config: Any, kind: str, rotary_emb: nn.Module):
+    def __init__(self, config: Any, kind: str, rotary_emb: nn.Module,
+                 quant_config: Optional[QuantizationConfig], prefix: str):
         super().__init__()
         h, eps = config.hidden_size, config.rms_norm_eps
-        self.self_attn = Gemma3Attention(config, kind, rotary_emb)
-        self.mlp = Gemma3MLP(config)
+        self.self_attn = Gemma3Attention(config, kind, rotary_emb, quant_config,
+                                         f"{prefix}.self_attn")
+        self.mlp = Gemma3MLP(config, quant_config, f"{prefix}.mlp")
         self.input_layernorm = GemmaRMSNorm(h, eps)
         self.post_attention_layernorm = GemmaRMSNorm(h, eps)
         self.pre_feedforward_layernorm = GemmaRMSNorm(h, eps)
@@ -128,15 +141,16 @@ class Gemma3DecoderLayer(nn.Module):
 
 
 class Gemma3Model(nn.Module):
-    def __init__(self, config: Any):
+    def __init__(self, config: Any, quant_config: Optional[QuantizationConfig] = None):
         super().__init__()
         self.hidden_size = config.hidden_size
         self.embed_tokens = VocabParallelEmbedding(config.vocab_size, config.hidden_size)
         kinds = layer_types(config)
         head_dim = head_dim_of(config)
         ropes = {kind: rope_for(config, kind, head_dim) for kind in sorted(set(kinds))}
-        self.layers = nn.ModuleList(Gemma3DecoderLayer(config, kind, ropes[kind])
-                                    for kind in kinds)
+        self.layers = nn.ModuleList(
+            Gemma3DecoderLayer(config, kind, ropes[kind], quant_config, f"model.layers.{i}")
+            for i, kind in enumerate(kinds))
         self.norm = GemmaRMSNorm(config.hidden_size, config.rms_norm_eps)
 
     def forward(self, input_ids: torch.Tensor, positions: torch.Tensor,
@@ -152,13 +166,16 @@ class Gemma3Model(nn.Module):
 class Gemma3ForCausalLM(nn.Module):
     """Gemma 3 text causal LM (see module docstring); the LM head is tied by default."""
 
-    def __init__(self, hf_config: Any):
+    supports_quantization = True
+
+    def __init__(self, hf_config: Any, quant_config: Optional[QuantizationConfig] = None):
         super().__init__()
+        check_quantization_support(type(self), quant_config)
         if getattr(hf_config, "use_bidirectional_attention", False):
             raise ValueError(f"{type(self).__name__}: use_bidirectional_attention (an encoder) "
                              "is not supported")
         self.config = hf_config
-        self.model = Gemma3Model(hf_config)
+        self.model = Gemma3Model(hf_config, quant_config)
         self.lm_head = ParallelLMHead(hf_config.vocab_size, hf_config.hidden_size)
         self.tie_word_embeddings = bool(getattr(hf_config, "tie_word_embeddings", True))
         if self.tie_word_embeddings:

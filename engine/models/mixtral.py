@@ -7,15 +7,18 @@ from typing import Any
 
 from torch import nn
 
-from engine.layers.fused_moe import SparseMoeBlock, expert_weight_target
+from engine.layers.fused_moe import MOE_QUANT_LIMITATION, SparseMoeBlock, expert_weight_target
 from engine.models.qwen3 import Qwen3ForCausalLM
 
 
 class MixtralForCausalLM(Qwen3ForCausalLM):
     qk_norm = False
     mlp_name = "block_sparse_moe"
+    # Quantized experts would need quantized fused-MoE kernels: refused before loading.
+    supports_quantization = False
+    quantization_limitation = MOE_QUANT_LIMITATION
 
-    def make_mlp(self, config: Any, layer_idx: int) -> nn.Module:
+    def make_mlp(self, config: Any, layer_idx: int, quant_config=None) -> nn.Module:
         return SparseMoeBlock(config.hidden_size, config.num_local_experts,
                               config.num_experts_per_tok, config.intermediate_size,
                               renormalize=True)

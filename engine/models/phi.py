@@ -4,11 +4,13 @@ Each layer runs attention and the MLP in parallel on one LayerNorm's output and 
 residual: `x + attn(ln(x)) + mlp(ln(x))`. RoPE covers the first `partial_rotary_factor` of each
 head (neox style); q/k/v/dense and the MLP carry biases, optional per-head LayerNorms on q and k
 (`qk_layernorm`), GELU (`gelu_new`), and an untied LM head with a bias. q/k/v load into one fused
-`qkv_proj`.
+`qkv_proj`. Quantized checkpoints load as in Llama (each linear gets the quant config and its
+checkpoint module names); LayerNorm and GELU emit no quantized input, so W8A8 linears quantize
+their inputs themselves.
 """
 from __future__ import annotations
 
-from typing import Any, Iterable
+from typing import Any, Iterable, Optional
 
 import torch
 from torch import nn
@@ -21,11 +23,14 @@ from engine.distributed.parallel_state import heads_per_rank, kv_heads_per_rank
 from engine.layers.linear import ColumnParallelLinear, QKVParallelLinear, RowParallelLinear
 from engine.layers.vocab_parallel import ParallelLMHead, VocabParallelEmbedding
 from engine.models.qwen3 import head_dim_of, kv_heads_of, layer_sliding_window
+from engine.models.registry import check_quantization_support
 from engine.models.stacked_loading import QKV_GATE_UP, load_stacked
+from engine.quantization.base import QuantizationConfig
 
 
 class PhiAttention(nn.Module):
-    def __init__(self, config: Any, layer_idx: int, rotary_emb: nn.Module):
+    def __init__(self, config: Any, layer_idx: int, rotary_emb: nn.Module,
+                 quant_config: Optional[QuantizationConfig], prefix: str):
         super().__init__()
         self.num_heads = heads_per_rank(config.num_attention_heads)  # this rank's heads
         self.num_kv_heads = kv_heads_per_rank(kv_heads_of(config))
@@ -34,9 +39,11 @@ class PhiAttention(nn.Module):
         self.kv_size = self.num_kv_heads * self.head_dim
         self.qkv_proj = QKVParallelLinear(config.hidden_size, self.head_dim,
                                           config.num_attention_heads, kv_heads_of(config),
-                                          bias=True)
+                                          bias=True, quant_config=quant_config,
+                                          prefixes=[f"{prefix}.{p}_proj" for p in "qkv"])
         self.dense = RowParallelLinear(config.num_attention_heads * self.head_dim,
-                                       config.hidden_size, bias=True)
+                                       config.hidden_size, bias=True, quant_config=quant_config,
+                                       prefix=f"{prefix}.dense")
         self.qk_layernorm = bool(getattr(config, "qk_layernorm", False))
         if self.qk_layernorm:
             self.q_layernorm = nn.LayerNorm(self.head_dim, eps=config.layer_norm_eps)
@@ -57,10 +64,12 @@ class PhiAttention(nn.Module):
 
 
 class PhiMLP(nn.Module):
-    def __init__(self, config: Any):
+    def __init__(self, config: Any, quant_config: Optional[QuantizationConfig], prefix: str):
         super().__init__()
-        self.fc1 = ColumnParallelLinear(config.hidden_size, config.intermediate_size)
-        self.fc2 = RowParallelLinear(config.intermediate_size, config.hidden_size)
+        self.fc1 = ColumnParallelLinear(config.hidden_size, config.intermediate_size,
+                                        quant_config=quant_config, prefix=f"{prefix}.fc1")
+        self.fc2 = RowParallelLinear(config.intermediate_size, config.hidden_size,
+                                     quant_config=quant_config, prefix=f"{prefix}.fc2")
         self.activation_fn = Activation(config.hidden_act)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -68,10 +77,13 @@ class PhiMLP(nn.Module):
 
 
 class PhiDecoderLayer(nn.Module):
-    def __init__(self, config: Any, layer_idx: int, rotary_emb: nn.Module):
+    def __init__(self, config: Any, layer_idx: int, rotary_emb: nn.Module,
+                 quant_config: Optional[QuantizationConfig]):
         super().__init__()
-        self.self_attn = PhiAttention(config, layer_idx, rotary_emb)
-        self.mlp = PhiMLP(config)
+        prefix = f"model.layers.{layer_idx}"
+        self.self_attn = PhiAttention(config, layer_idx, rotary_emb, quant_config,
+                                      f"{prefix}.self_attn")
+        self.mlp = PhiMLP(config, quant_config, f"{prefix}.mlp")
         self.input_layernorm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
 
     def forward(self, positions: torch.Tensor, x: torch.Tensor,
@@ -81,11 +93,11 @@ class PhiDecoderLayer(nn.Module):
 
 
 class PhiModel(nn.Module):
-    def __init__(self, config: Any):
+    def __init__(self, config: Any, quant_config: Optional[QuantizationConfig] = None):
         super().__init__()
         self.embed_tokens = VocabParallelEmbedding(config.vocab_size, config.hidden_size)
         rotary_emb = get_rope(config, head_dim_of(config))
-        self.layers = nn.ModuleList(PhiDecoderLayer(config, i, rotary_emb)
+        self.layers = nn.ModuleList(PhiDecoderLayer(config, i, rotary_emb, quant_config)
                                     for i in range(config.num_hidden_layers))
         self.final_layernorm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
 
@@ -100,10 +112,13 @@ class PhiModel(nn.Module):
 class PhiForCausalLM(nn.Module):
     """Phi causal LM (see module docstring)."""
 
-    def __init__(self, hf_config: Any):
+    supports_quantization = True
+
+    def __init__(self, hf_config: Any, quant_config: Optional[QuantizationConfig] = None):
         super().__init__()
+        check_quantization_support(type(self), quant_config)
         self.config = hf_config
-        self.model = PhiModel(hf_config)
+        self.model = PhiModel(hf_config, quant_config)
         self.lm_head = ParallelLMHead(hf_config.vocab_size, hf_config.hidden_size, bias=True)
         self.tie_word_embeddings = bool(getattr(hf_config, "tie_word_embeddings", False))
         if self.tie_word_embeddings:

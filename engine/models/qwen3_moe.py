@@ -13,7 +13,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from engine.layers.fused_moe import SparseMoeBlock, expert_weight_target
+from engine.layers.fused_moe import MOE_QUANT_LIMITATION, SparseMoeBlock, expert_weight_target
 from engine.layers.linear import ReplicatedLinear
 from engine.models.qwen3 import Qwen3ForCausalLM, Qwen3MLP
 
@@ -39,10 +39,13 @@ class Qwen2MoeSparseMoeBlock(SparseMoeBlock):
 
 class Qwen3MoeForCausalLM(Qwen3ForCausalLM):
     qk_norm = True
+    # Quantized experts would need quantized fused-MoE kernels: refused before loading.
+    supports_quantization = False
+    quantization_limitation = MOE_QUANT_LIMITATION
 
-    def make_mlp(self, config: Any, layer_idx: int) -> nn.Module:
+    def make_mlp(self, config: Any, layer_idx: int, quant_config=None) -> nn.Module:
         if not is_sparse_layer(config, layer_idx):
-            return super().make_mlp(config, layer_idx)
+            return super().make_mlp(config, layer_idx, quant_config)
         return SparseMoeBlock(config.hidden_size, config.num_experts, config.num_experts_per_tok,
                               config.moe_intermediate_size, bool(config.norm_topk_prob))
 
@@ -58,7 +61,8 @@ class Qwen2MoeForCausalLM(Qwen3MoeForCausalLM):
     def o_bias(self, config: Any) -> bool:
         return False
 
-    def make_mlp(self, config: Any, layer_idx: int) -> nn.Module:
+    def make_mlp(self, config: Any, layer_idx: int, quant_config=None) -> nn.Module:
         if not is_sparse_layer(config, layer_idx):
-            return Qwen3MLP(config.hidden_size, config.intermediate_size, config.hidden_act)
+            return Qwen3MLP(config.hidden_size, config.intermediate_size, config.hidden_act,
+                            quant_config=quant_config, prefix=f"model.layers.{layer_idx}.mlp")
         return Qwen2MoeSparseMoeBlock(config)

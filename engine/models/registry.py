@@ -37,3 +37,19 @@ def get_model_class(hf_config: Any) -> type[nn.Module]:
     module_name, cls_name = _MODELS[arch]
     module = importlib.import_module(f"engine.models.{module_name}")
     return getattr(module, cls_name)
+
+
+def quantization_refusal(model_cls: type, scheme: str) -> str:
+    """The error for a quantized checkpoint (or `quantization=`) on an architecture without
+    quantized weights (`supports_quantization` False); names the class's
+    `quantization_limitation` when it declares one."""
+    why = getattr(model_cls, "quantization_limitation", "")
+    return (f"quantization: architecture {model_cls.__name__} does not support quantized weights "
+            f"yet ({scheme})" + (f": {why}" if why else ""))
+
+
+def check_quantization_support(model_cls: type, quant_config: Any) -> None:
+    """ValueError (before any weight is read) when `quant_config` is set and `model_cls` cannot
+    load quantized weights."""
+    if quant_config is not None and not getattr(model_cls, "supports_quantization", False):
+        raise ValueError(quantization_refusal(model_cls, quant_config.describe()))

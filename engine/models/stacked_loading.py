@@ -65,17 +65,30 @@ def load_stacked(model: nn.Module, weights: Iterable[tuple[str, torch.Tensor]],
 
 
 def _split_fused(layer: LinearBase, name: str, tensor: torch.Tensor, src: str):
-    """(shard id, rows) of a checkpoint tensor holding every shard of a fused layer."""
+    """(shard id, part) of a checkpoint tensor holding every shard of a fused layer: rows along
+    the output dim (packed or not); a parameter every output row shares (GPTQ g_idx) loads
+    whole; a per-shard one (per-tensor scales) gets the fused module's value in every shard, or
+    the parts its `split_fused(tensor, sizes)` hook returns (compressed-tensors weight_shape)."""
     param = getattr(layer, name.rpartition(".")[2], None)
+    ids = ["q", "k", "v"] if isinstance(layer, QKVParallelLinear) else None
+    sizes = list(layer.checkpoint_sizes)
+    ids = ids or list(range(len(sizes)))
+    if getattr(param, "per_shard", False):
+        split = getattr(param, "split_fused", None)
+        if split is not None:
+            return zip(ids, split(tensor, sizes))
+        if tensor.numel() != 1:
+            raise ValueError(f"checkpoint weight '{src}' has shape {tuple(tensor.shape)}, "
+                             "expected one value for the fused module")
+        return ((shard, tensor) for shard in ids)
     dim = getattr(param, "output_dim", None)
     if dim is None:
-        raise ValueError(f"checkpoint weight '{src}': cannot split a fused tensor without an "
-                         "output dim")
-    sizes = list(layer.checkpoint_sizes)
+        if param is None:
+            raise ValueError(f"checkpoint weight '{src}' does not match any model parameter")
+        return [(None, tensor)]  # shared by every shard (and every output row)
     if getattr(param, "packed_dim", None) == dim:
         sizes = [s // param.pack_factor for s in sizes]
-    if tensor.shape[dim] != sum(sizes):
-        raise ValueError(f"checkpoint weight '{src}' has {tensor.shape[dim]} rows along dim "
-                         f"{dim}, expected {sum(sizes)} (fused {sizes})")
-    ids = ["q", "k", "v"] if isinstance(layer, QKVParallelLinear) else range(len(sizes))
+    if tensor.dim() <= dim or tensor.shape[dim] != sum(sizes):
+        raise ValueError(f"checkpoint weight '{src}' has shape {tuple(tensor.shape)}, expected "
+                         f"{sum(sizes)} rows along dim {dim} (fused {sizes})")
     return zip(ids, tensor.split(sizes, dim=dim))

@@ -11,6 +11,7 @@ rejected at load, naming what was found.
 from __future__ import annotations
 
 import re
+from functools import partial
 from typing import Any, Callable, Optional
 
 import torch
@@ -97,7 +98,7 @@ def _weight_only(w: dict, act: Optional[dict]) -> tuple[Callable[[], LinearMetho
                          f"(group, channel)")
     params = WeightOnlyParams(int(w.get("num_bits", 4)), group_size)
     sym = bool(w.get("symmetric", True))
-    return (lambda: PackQuantizedLinearMethod(params, sym),
+    return (partial(PackQuantizedLinearMethod, params, sym),
             f"pack-quantized w{params.bits}a16, group {group_size}")
 
 
@@ -125,7 +126,7 @@ def _fp8_w8a8(w: dict, act: Optional[dict]) -> tuple[Callable[[], LinearMethod],
             raise ValueError(f"compressed-tensors: block fp8 needs [bn, bk] blocks and dynamic "
                              f"per-token groups of bk activations, got {w}, {act}")
         bn, bk = int(block[0]), int(block[1])
-        return (lambda: Fp8BlockLinearMethod((bn, bk), "weight_scale"),
+        return (partial(Fp8BlockLinearMethod, (bn, bk), "weight_scale"),
                 f"fp8 w8a8, {bn}x{bk} weight blocks / per-token-group activation scales")
     if int(w.get("num_bits", 0)) != 8 or strategy not in ("channel", "tensor"):
         raise ValueError(f"compressed-tensors: fp8 weights must be 8-bit channel or tensor "
@@ -138,9 +139,16 @@ def _fp8_w8a8(w: dict, act: Optional[dict]) -> tuple[Callable[[], LinearMethod],
         raise ValueError(f"compressed-tensors: fp8 activations must be static per-tensor or "
                          f"dynamic per-token, got {act}")
     per_tensor = strategy == "tensor"
-    return (lambda: Fp8W8A8LinearMethod(per_tensor, static),
+    return (partial(Fp8W8A8LinearMethod, per_tensor, static),
             f"fp8 w8a8, {strategy} weight / {'static tensor' if static else 'dynamic token'} "
             "activation scales")
+
+
+def _split_weight_shape(shape: torch.Tensor, sizes: list[int]) -> list[torch.Tensor]:
+    """A checkpoint-fused module's (N, K) as each fused shard's (n, K) (Phi-3's qkv_proj)."""
+    if shape.numel() != 2 or int(shape[0]) != sum(sizes):
+        raise ValueError(f"weight_shape {shape.tolist()} does not hold the fused shards {sizes}")
+    return [torch.tensor([s, int(shape[1])], dtype=shape.dtype) for s in sizes]
 
 
 class PackQuantizedLinearMethod(LinearMethod):
@@ -165,18 +173,20 @@ class PackQuantizedLinearMethod(LinearMethod):
         if not self.symmetric:
             layer.weight_zero_point = param((n // pf, g), torch.int32, output_dim=0,
                                             input_dim=1, packed_dim=0, pack_factor=pf)
-        # (N, K) of each fused shard; checked against the layer after loading.
+        # The checkpoint's (N, K) of each fused shard (whole, not this rank's slice); checked
+        # against the layer after loading; -1: not in the checkpoint.
         layer.weight_shape = param((len(output_sizes), 2), torch.int64, per_shard=True,
-                                   optional=True)
-        layer.weight_shape.data.copy_(torch.tensor([[s, k] for s in output_sizes]))
+                                   optional=True, split_fused=_split_weight_shape)
+        layer.weight_shape.data.fill_(-1)
 
     def process_weights_after_loading(self, layer: nn.Module) -> None:
         k, offset = layer.input_size, 1 << (self.p.bits - 1)
-        for shard, size in enumerate(layer.output_sizes):
-            if layer.weight_shape.data[shard].tolist() != [size, k]:
-                raise ValueError(f"'{layer.prefix}.weight_shape' is "
-                                 f"{layer.weight_shape.data[shard].tolist()}, expected "
-                                 f"{[size, k]}")
+        k_full = k * layer.tp_size if layer.split_input else k
+        for shard, size in enumerate(layer.checkpoint_sizes):
+            got = layer.weight_shape.data[shard].tolist()
+            if got != [-1, -1] and got != [size, k_full]:
+                raise ValueError(f"'{layer.prefix}.weight_shape' is {got}, expected "
+                                 f"{[size, k_full]}")
         q = unpack_int32(layer.weight_packed.data, self.p.bits, dim=1)[:, :k]
         if self.symmetric:
             zeros = torch.full_like(layer.weight_scale.data, offset, dtype=torch.int32)

@@ -15,6 +15,7 @@ compressed-tensors FP8 checkpoints through `compressed_tensors.py`.
 """
 from __future__ import annotations
 
+from functools import partial
 from typing import Any, Optional, Union
 
 import torch
@@ -104,12 +105,13 @@ class Fp8Config(QuantizationConfig):
                 raise ValueError(f"fp8: block-wise checkpoints need dynamic activations and a "
                                  f"[block_n, block_k] weight_block_size, got {config}")
             bn, bk = int(block[0]), int(block[1])
-            return cls(lambda: Fp8BlockLinearMethod((bn, bk), "weight_scale_inv"),
+            return cls(partial(Fp8BlockLinearMethod, (bn, bk), "weight_scale_inv"),
                        f"w8a8 e4m3 checkpoint, {bn}x{bk} weight blocks / per-token-group "
                        "activation scales")
         from engine.quantization.w8a8 import Fp8W8A8LinearMethod
         static = scheme == "static"
-        return cls(lambda: Fp8W8A8LinearMethod(per_tensor_weight=True, static_input=static),
+        return cls(partial(Fp8W8A8LinearMethod, per_tensor_weight=True,
+                           static_input=static),
                    f"w8a8 e4m3 checkpoint, per-tensor weight / {scheme} activation scales")
 
     def get_linear_method(self, prefixes: list[str]) -> Optional[LinearMethod]:

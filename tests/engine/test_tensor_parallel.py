@@ -84,18 +84,22 @@ def test_async_scheduling_then_dead_worker_fails_the_next_step(tiny_model_dir):
         llm.shutdown()
 
 
-def test_gptq_checkpoint_tp2_equals_tp1(tiny_model_dir, tmp_path):
-    """A 4-bit GPTQ checkpoint (group 32): packed weights, scales and zeros shard along their
-    group boundaries; the sharded model generates what the one-rank model generates."""
+@pytest.mark.parametrize("arch,fmt,sym,method", [
+    ("llama", "auto_gptq", True, "gptq"),
+    ("phi3", "llm_compressor", False, "compressed-tensors")])
+def test_weight_only_checkpoint_tp2_equals_tp1(arch, fmt, sym, method, tiny_model_dir, tmp_path):
+    """A 4-bit checkpoint (group 32): packed weights, scales and zeros shard along their group
+    boundaries (Phi-3's checkpoint-fused qkv / gate_up split into shards first); the sharded
+    model generates what the one-rank model generates."""
     from tests.engine.quantization._reference import quantize
 
-    path = str(quantize(tiny_model_dir("llama"), tmp_path, "auto_gptq", 4, 32, True))
+    path = str(quantize(tiny_model_dir(arch), tmp_path, fmt, 4, 32, sym))
     params = SamplingParams(temperature=0, max_tokens=8, ignore_eos=True)
     got = {}
     for tp in (1, 2):
         llm = LLM(model=path, device="cpu", tensor_parallel_size=tp, distributed_timeout_s=120)
         try:
-            assert "gptq" in llm.stats()["quantization"]
+            assert llm.stats()["quantization"].startswith(method)
             outs = llm.generate(PROMPTS[2:], params, use_tqdm=False)
             got[tp] = [o.outputs[0].token_ids for o in outs]
         finally:
