@@ -281,7 +281,7 @@ class EngineCore:
             if req.beam_state is not None:
                 req.beam_state.step(group, result, sched)
                 continue
-            num_sampled += self._apply_samples(req, group, sampled, resolve)
+            num_sampled += self._apply_samples(req, group, result, resolve)
         self.generation_tokens_total += num_sampled
         if finished:
             sched.retire(finished)
@@ -297,22 +297,27 @@ class EngineCore:
         return outputs
 
     def _apply_samples(self, req: Request, group: list[ScheduledSeq],
-                       sampled: dict, resolve: bool) -> int:
-        """Append (or resolve) the samples of a request with several sequences; forks siblings
-        and checks stops. Returns the number of tokens applied."""
+                       result: RunnerOutput, resolve: bool) -> int:
+        """Append (or resolve) the samples of a request with several sequences (a verified
+        sequence's accepted tokens, stops checked as they are appended); forks siblings and
+        checks stops. Returns the number of tokens applied."""
         sched = self.scheduler
         n = 0
+        plain: list[Sequence] = []
         for s in group:
             for seq in s.sample_seqs:
-                n += _apply_sample(seq, sampled, resolve)
+                if seq.num_draft:
+                    n += self.speculator.apply(req, seq, result.verified[seq.seq_id], sched)
+                else:
+                    n += _apply_sample(seq, result.sampled, resolve)
+                    plain.append(seq)
         # Fork before stop checks: a leader that finishes at once must not take the prompt
         # blocks its siblings are about to share.
         if req.needs_fork():
             sched.fork_siblings(req)
-        for s in group:
-            for seq in s.sample_seqs:
-                if not seq.is_finished:
-                    sched.check_stop(req, seq)
+        for seq in plain:
+            if not seq.is_finished:
+                sched.check_stop(req, seq)
         return n
 
     def _output(self, req: Request) -> Optional[EngineCoreOutput]:

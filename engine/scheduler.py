@@ -134,17 +134,10 @@ class Scheduler:
                 # `_plan` for one sequence (no siblings to fork): everything it holds, budget
                 # permitting; it samples once the step catches up with its last token.
                 seq = req.seqs[0]
+                if seq.num_draft:
+                    self._fit_drafts(seq, budget, gpu.num_free)
                 computed, held = seq.num_computed_tokens, len(seq.token_ids)
                 n = min(held - computed, budget)
-                if seq.num_draft and (computed + n < held
-                                      or bm.blocks_needed(seq, n) > gpu.num_free):
-                    # Draft tokens are optional: those past the budget are dropped (not chunked),
-                    # and all of them rather than preempting anything for their slots.
-                    seq.drop_drafts(held - computed - n if computed + n < held else None)
-                    if bm.blocks_needed(seq, len(seq.token_ids) - computed) > gpu.num_free:
-                        seq.drop_drafts()
-                    held = len(seq.token_ids)
-                    n = min(held - computed, budget)
                 plan = ([ScheduledSeq(req, seq, n, [seq] if computed + n == held else [])]
                         if n > 0 and not seq.is_finished else [])
             else:
@@ -211,6 +204,16 @@ class Scheduler:
             self._insert_ordered(self.running, req)
             budget -= self._commit(plan, out)
 
+    def _fit_drafts(self, seq: Sequence, budget: int, free_blocks: int) -> None:
+        """Draft tokens are optional: those past the budget are dropped (not chunked), and all
+        of them when their slots would need more than `free_blocks` (never preempt for them)."""
+        computed, held = seq.num_computed_tokens, len(seq.token_ids)
+        n = min(held - computed, budget)
+        if computed + n < held:
+            seq.drop_drafts(held - computed - n)
+        if self.bm.blocks_needed(seq, len(seq.token_ids) - computed) > free_blocks:
+            seq.drop_drafts()
+
     def _plan(self, req: Request, budget: int) -> list[ScheduledSeq]:
         """Tokens each live sequence of `req` runs this step within `budget`."""
         live = req.live_seqs()
@@ -218,11 +221,14 @@ class Scheduler:
         # Siblings hold no blocks until the leader has computed the prompt; then they fork.
         unforked = [s for s in live[1:] if not s.block_table]
         plan: list[ScheduledSeq] = []
+        free = self.bm.gpu.num_free  # what this plan's drafts may take
         for seq in live:
             if budget <= 0:
                 break
             if seq in unforked:
                 continue
+            if seq.num_draft:
+                self._fit_drafts(seq, budget, free)
             n = seq.num_uncomputed_tokens
             if unforked and seq is leader:
                 n = min(n, req.prompt_len - seq.num_computed_tokens)
@@ -236,6 +242,7 @@ class Scheduler:
                     sample += [s for s in unforked if s.num_tokens == req.prompt_len]
             plan.append(ScheduledSeq(req, seq, n, sample))
             budget -= n
+            free -= self.bm.blocks_needed(seq, n)
         return plan
 
     def _commit(self, plan: list[ScheduledSeq], out: SchedulerOutput) -> int:

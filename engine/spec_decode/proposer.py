@@ -7,9 +7,10 @@ from engine.sequence import Request, Sequence
 
 
 def speculates(req: Request) -> bool:
-    """Requests that speculate: one sequence, not beam search (n > 1 decodes plainly), no
-    output grammar (its mask advances token by token; constrained requests decode plainly)."""
-    return req.single_seq and req.beam_state is None and req.grammar is None
+    """Requests whose sequences speculate (each of n > 1 on its own): not beam search (its
+    candidates are ranked a step at a time), no output grammar (its mask advances token by
+    token; constrained requests decode plainly)."""
+    return req.beam_state is None and req.grammar is None
 
 
 class Proposer(ABC):

@@ -51,22 +51,22 @@ class Speculator:
         for req in running:
             if not self.eligible(req):
                 continue
-            seq = req.seqs[0]
-            if seq.is_finished or seq.status != SequenceStatus.RUNNING:
-                continue
-            live.add(seq.seq_id)
-            seq.drop_drafts()  # stale ones from a step that did not schedule this sequence
-            n = len(seq.token_ids)
-            if seq.num_computed_tokens != n - 1 or seq.num_pending:
-                continue  # still prefilling
-            # Drafts past max_tokens or max_model_len could never be emitted.
-            limit = min(self.k, self.max_model_len - n)
-            max_tokens = req.params.max_tokens
-            if max_tokens is not None:
-                limit = min(limit, max_tokens - seq.num_output_tokens - 1)
-            if limit > 0:
-                seqs.append(seq)
-                limits.append(limit)
+            for seq in req.seqs:
+                if seq.is_finished or seq.status != SequenceStatus.RUNNING:
+                    continue
+                live.add(seq.seq_id)
+                seq.drop_drafts()  # stale ones from a step that did not schedule this sequence
+                n = len(seq.token_ids)
+                if seq.num_computed_tokens != n - 1 or seq.num_pending or not seq.block_table:
+                    continue  # still prefilling (or a sibling not yet forked)
+                # Drafts past max_tokens or max_model_len could never be emitted.
+                limit = min(self.k, self.max_model_len - n)
+                max_tokens = req.params.max_tokens
+                if max_tokens is not None:
+                    limit = min(limit, max_tokens - seq.num_output_tokens - 1)
+                if limit > 0:
+                    seqs.append(seq)
+                    limits.append(limit)
         self.proposer.release(live)
         self.active = (self.disable_by_batch_size is None
                        or len(live) <= self.disable_by_batch_size)

@@ -105,14 +105,43 @@ def _lp(x):
     return getattr(x, "logprob", x)
 
 
-def test_n_greater_than_one_alongside_spec(spec_llm, plain):
+def _drafts(llm) -> int:
+    return llm.stats()["spec_decode_num_drafts"]
+
+
+def test_n_greater_than_one_speculates(spec_llm, plain):
+    """Each of a request's n sequences drafts and verifies on its own (after the fork)."""
+    top1 = SamplingParams(n=3, temperature=0.7, top_k=1, seed=1, max_tokens=12, ignore_eos=True)
+    before = _drafts(spec_llm)
+    got = spec_llm.generate(PROMPTS[1:2], top1, use_tqdm=False)[0]
+    assert _drafts(spec_llm) - before >= 3  # every sequence drafted
+    want = plain.generate(PROMPTS[1:2], top1, use_tqdm=False)[0]
+    assert [c.token_ids for c in got.outputs] == [c.token_ids for c in want.outputs]
     params = [GREEDY, SamplingParams(n=2, temperature=1.0, seed=3, max_tokens=12, ignore_eos=True),
-              GREEDY]
-    want = plain.generate(PROMPTS[:3], params, use_tqdm=False)
-    got = spec_llm.generate(PROMPTS[:3], params, use_tqdm=False)
-    for w, g in zip(want, got):
-        assert [c.token_ids for c in g.outputs] == [c.token_ids for c in w.outputs]
+              top1]
+    first = [[c.token_ids for c in o.outputs]
+             for o in spec_llm.generate(PROMPTS[:3], params, use_tqdm=False)]
+    again = [[c.token_ids for c in o.outputs]
+             for o in spec_llm.generate(PROMPTS[:3], params, use_tqdm=False)]
+    assert first == again  # seeded: reproducible
+    assert first[0] == [c.token_ids for c in plain.generate(PROMPTS[:1], GREEDY,
+                                                            use_tqdm=False)[0].outputs]
     _no_leak(spec_llm)
+
+
+@pytest.mark.parametrize("mode", ["recompute", "swap"])
+def test_n_greater_than_one_preempted_mid_speculation(mode, path, plain):
+    params = SamplingParams(n=2, temperature=0.7, top_k=1, seed=5, max_tokens=20,
+                            ignore_eos=True)
+    want = [[c.token_ids for c in o.outputs]
+            for o in plain.generate(PROMPTS, params, use_tqdm=False)]
+    llm = LLM(model=path, device="cpu", num_kv_blocks=12, preemption_mode=mode,
+              max_num_batched_tokens=64, num_cpu_blocks=64, speculative_config=_spec(path))
+    got = [[c.token_ids for c in o.outputs] for o in llm.generate(PROMPTS, params, use_tqdm=False)]
+    assert got == want
+    stats = llm.stats()
+    assert stats["num_preemptions"] > 0 and stats["spec_decode_num_accepted_tokens"] > 0
+    _no_leak(llm)
 
 
 def test_prefix_caching(path, reference):
