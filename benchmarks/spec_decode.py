@@ -21,6 +21,10 @@ The engines (off, n-gram, draft) are resident together: on a GPU they share
 replay with fixed random token ids instead of tokenized text (no tokenizer needed; the same ids
 that benchmarks/vllm_spec_side.py gives vLLM, which builds its replay from its own greedy output).
 `--vllm-json` adds `metrics.vs_vllm` (our tokens/s with speculation ÷ vLLM's) to the cases vLLM ran.
+`--dummy-init uniform-small` re-fills every engine's floating-point weights with the same
+uniform(-1e-3, 1e-3) values, as vLLM's `load_format="dummy"` does: near-constant logits make greedy
+continuations repeat, so the replay prompts measure speculation at high acceptance on both
+engines (with the loader's N(0, 0.02) dummy weights nothing repeats and acceptance is ~0).
 """
 from __future__ import annotations
 
@@ -64,6 +68,19 @@ def _engine(args, spec: Optional[dict], mem: Optional[float] = None):
     return LLM(**kw)
 
 
+def _uniform_small(model) -> None:
+    """Every floating-point parameter uniform(-1e-3, 1e-3) from one seed (the same values in
+    every engine), in place: captured CUDA graphs read the same tensors."""
+    import torch
+
+    gen = torch.Generator(device="cpu").manual_seed(0)
+    with torch.no_grad():
+        for p in model.parameters():
+            if p.is_floating_point():
+                p.copy_(torch.empty(p.shape, dtype=torch.float32).uniform_(-1e-3, 1e-3,
+                                                                           generator=gen))
+
+
 def _run(llm, prompts: list[list[int]], max_tokens: int) -> tuple[float, list, dict]:
     from engine import SamplingParams
     params = SamplingParams(temperature=0.0, max_tokens=max_tokens, ignore_eos=True)
@@ -92,6 +109,8 @@ def main(argv: Optional[list[str]] = None) -> list[dict]:
     ap.add_argument("--gpu-memory-utilization", type=float, default=0.9,
                     help="in all, split between the resident engines")
     ap.add_argument("--random-seed-prompts", action="store_true")
+    ap.add_argument("--dummy-init", choices=["loader", "uniform-small"], default="loader",
+                    help="uniform-small: vLLM's dummy weights (see the module docstring)")
     ap.add_argument("--vllm-json", default=None)
     ap.add_argument("--disable-by-batch-size", type=int, default=None,
                     help="speculative_config.disable_by_batch_size for the n-gram engine")
@@ -115,6 +134,10 @@ def main(argv: Optional[list[str]] = None) -> list[dict]:
                             "num_speculative_tokens": args.k}, shares[2])
              if args.draft_model else None)
     vllm = json.load(open(args.vllm_json)).get("cases", {}) if args.vllm_json else {}
+    if args.dummy_init == "uniform-small":
+        for llm in (off, on, draft):
+            if llm is not None:
+                _uniform_small(llm.llm_engine.core.runner.model)
 
     # Replay prompts: prompt + the model's own greedy continuation + prompt again.
     if args.random_seed_prompts:
@@ -161,7 +184,8 @@ def main(argv: Optional[list[str]] = None) -> list[dict]:
             metrics["vllm_acceptance_rate"] = vllm[case].get("acceptance_rate")
             metrics["vs_vllm"] = metrics["tok_s_on"] / vllm[case]["tok_s_on"]
         params = {"case": case, "model": args.model or "SmolLM2-135M-Instruct (default)",
-                  "load_format": args.load_format or "auto", "k": args.k,
+                  "load_format": args.load_format or "auto", "dummy_init": args.dummy_init,
+                  "k": args.k,
                   "max_tokens": args.max_tokens, "batch": len(prompts),
                   "method": "draft_model" if engine_on is draft else "ngram",
                   "disable_by_batch_size": args.disable_by_batch_size}
