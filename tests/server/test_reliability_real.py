@@ -106,6 +106,8 @@ def _cap(case) -> None:
     if case.path == "/v1/chat/completions" and body.get("max_tokens") is None \
             and body.get("max_completion_tokens") is None:
         body["max_tokens"] = 2
+    if case.path == "/v1/completions" and "max_tokens" in body and body["max_tokens"] is None:
+        body["max_tokens"] = 2  # null asks for the whole context (vLLM's meaning): minutes on a CPU
     if case.path == "/v1/responses" and body.get("max_output_tokens") is None:
         body["max_output_tokens"] = 2
     for key in ("n", "best_of"):
