@@ -273,9 +273,7 @@ class EngineArgs:
             max_model_len=max_model_len, preemption_mode=self.preemption_mode,
             max_queue_len=self.max_queue_len,
         )
-        # EAGLE-3 reads auxiliary hidden states the captured CUDA graphs do not return.
-        eager = self.enforce_eager or (speculative is not None and speculative.needs_eager_target)
-        runner_cfg = RunnerConfig(device=device, enforce_eager=eager,
+        runner_cfg = RunnerConfig(device=device, enforce_eager=self.enforce_eager,
                                   attention_backend=self.attention_backend,
                                   max_cuda_graph_batch=min(max_num_seqs, 512),
                                   max_cuda_graph_tokens=min(self.max_cuda_graph_tokens,

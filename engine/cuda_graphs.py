@@ -18,7 +18,7 @@ from __future__ import annotations
 import bisect
 import logging
 import time
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Optional
 
 import torch
 
@@ -146,7 +146,8 @@ class CudaGraphRunner:
             return False
         return meta.num_seqs - _leading_decodes(meta.query_lens_cpu) <= MIXED_PREFILL_SLOTS
 
-    def run(self, inputs: ModelInputs) -> torch.Tensor:
+    def run(self, inputs: ModelInputs) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
+        """(final hidden states, auxiliary hidden states or None) of the step's rows."""
         meta = inputs.meta
         if not (meta.max_query_len == 1 and meta.num_tokens == meta.num_seqs):
             return self._run_mixed(inputs)
@@ -163,9 +164,9 @@ class CudaGraphRunner:
             self.seq_lens[n:bs].fill_(1)
             self.block_tables[n:bs].zero_()
         self.graphs[bs].replay()
-        return self.outputs[bs][:n]
+        return _rows(self.outputs[bs], n)
 
-    def _run_mixed(self, inputs: ModelInputs) -> torch.Tensor:
+    def _run_mixed(self, inputs: ModelInputs) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
         """Decodes are packed first (build_model_inputs): rows [0, nd) are the decode
         sequences [0, nd); the remaining sequences go to the prefill slots."""
         meta = inputs.meta
@@ -190,7 +191,15 @@ class CudaGraphRunner:
         lay.prefill_query_start_loc[:npf + 1].copy_(meta.query_start_loc[nd:], non_blocking=True)
         lay.prefill_query_start_loc[npf + 1:].fill_(n)  # unused slots: empty query ranges
         self.mixed_graphs[t].replay()
-        return self.mixed_outputs[t][:n]
+        return _rows(self.mixed_outputs[t], n)
+
+
+def _rows(out, n: int) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
+    """The first n rows of a captured output: hidden states, or (hidden, auxiliary hidden
+    states) for a model that returns its auxiliary layers (EAGLE-3's target)."""
+    if isinstance(out, tuple):
+        return out[0][:n], out[1][:n]
+    return out[:n], None
 
 
 def _leading_decodes(query_lens: list[int]) -> int:

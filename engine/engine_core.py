@@ -38,6 +38,7 @@ class EngineCore:
         if config.speculative is not None:
             from engine.spec_decode.speculator import Speculator
             self.speculator = Speculator(config, self.runner)
+        self.runner.capture_graphs()  # after the proposer set what the target returns
         self._inflight: Optional[InFlight] = None
         self._seq_ids = itertools.count()
         self.prompt_tokens_total = 0

@@ -115,8 +115,15 @@ class ModelRunner:
         bind_kv_caches(self.model, self.gpu_cache, self.backend)
         if self.device.type == "cuda":
             self._warm_up_attention(layers)
+        # Captured by `capture_graphs`, once whatever shapes the model's outputs is set (an
+        # EAGLE-3 proposer's auxiliary hidden-state layers).
         self.graphs = None
-        if (self.device.type == "cuda" and not config.runner.enforce_eager
+
+    def capture_graphs(self) -> None:
+        """Capture the CUDA graphs (CUDA, Triton backend, not `enforce_eager`); the graphs
+        return what the model returns then, auxiliary hidden states included."""
+        cfg = self.config.runner
+        if (self.graphs is None and self.device.type == "cuda" and not cfg.enforce_eager
                 and self.backend.name == "triton"):
             from engine.cuda_graphs import CudaGraphRunner
             self.graphs = CudaGraphRunner(self)
@@ -332,7 +339,7 @@ class ModelRunner:
     def _forward(self, inputs: ModelInputs) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
         """(final hidden states, auxiliary hidden states or None)."""
         if self.graphs is not None and self.graphs.can_run(inputs):
-            return self.graphs.run(inputs), None
+            return self.graphs.run(inputs)
         out = self.model(inputs.input_ids, inputs.positions, inputs.meta)
         return out if isinstance(out, tuple) else (out, None)
 

@@ -47,6 +47,7 @@ def run_worker(config, rank: int, init_method: str, conn: Connection,
                                             init_method, config.runner.device,
                                             config.parallel.distributed_timeout_s)
         runner = ModelRunner(config)
+        runner.capture_graphs()
         conn.send(("ready", runner.num_gpu_blocks))
         steps = {}
         while True:

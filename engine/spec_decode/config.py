@@ -57,12 +57,6 @@ class SpeculativeConfig:
         step, which an overlapped step hands over before its tokens are known."""
         return self.method != "eagle3"
 
-    @property
-    def needs_eager_target(self) -> bool:
-        """EAGLE-3 reads the target's auxiliary hidden states, which the captured CUDA graphs
-        do not return: the target runs eagerly."""
-        return self.method == "eagle3"
-
     @classmethod
     def from_dict(cls, d: Any) -> "SpeculativeConfig":
         if isinstance(d, SpeculativeConfig):

@@ -5,7 +5,7 @@ pool, as many blocks as the target's). Each target sequence has a shadow sequenc
 tokens follow the target's: before proposing, the shadow drops what the target rejected
 (`num_computed_tokens` rolled back, blocks past it freed), catches its KV up with the tokens
 the target accepted in one chunk, then decodes k tokens one step at a time, all shadows of the
-batch together.
+batch together. Its runner captures CUDA graphs like the target's unless `enforce_eager`.
 """
 from __future__ import annotations
 
@@ -26,6 +26,12 @@ def _vocab_size(hf_config) -> int:
     return int(getattr(text, "vocab_size"))
 
 
+# The draft's steps carrying more than one token per sequence are catch-ups of the target's
+# accepted tokens (k + 1 at most each) or whole prompts: mixed CUDA graphs up to this many
+# tokens serve the first; prompts run eagerly.
+_DRAFT_GRAPH_TOKENS = 256
+
+
 def draft_engine_config(config: EngineConfig, num_blocks: int) -> EngineConfig:
     """The draft's configuration: the target's device, dtype, block size and lengths."""
     args = EngineArgs(
@@ -33,7 +39,8 @@ def draft_engine_config(config: EngineConfig, num_blocks: int) -> EngineConfig:
         block_size=config.cache.block_size, num_kv_blocks=num_blocks, num_cpu_blocks=0,
         max_model_len=config.scheduler.max_model_len, max_num_seqs=config.scheduler.max_num_seqs,
         max_num_batched_tokens=config.scheduler.max_num_batched_tokens,
-        attention_backend=config.runner.attention_backend, enforce_eager=True,
+        attention_backend=config.runner.attention_backend,
+        enforce_eager=config.runner.enforce_eager, max_cuda_graph_tokens=_DRAFT_GRAPH_TOKENS,
         async_scheduling=False, seed=config.model.seed)
     return args.create_engine_config()
 
@@ -50,6 +57,7 @@ class DraftModelProposer(Proposer):
                 f"from the target's ({target_vocab_size}); a draft model must share the target's "
                 "tokenizer")
         self.runner = ModelRunner(draft_config)
+        self.runner.capture_graphs()
         self.bm = BlockManager(self.runner.num_gpu_blocks, 0, draft_config.cache.block_size)
         self._params = SamplingParams(temperature=0.0, max_tokens=None)
         self._shadows: dict[int, tuple[Request, Sequence]] = {}

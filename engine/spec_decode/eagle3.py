@@ -87,8 +87,9 @@ class Eagle3Proposer(Proposer):
         self.block_size = config.cache.block_size
         self.head, aux_ids = load_eagle3_head(config, runner)
         runner.model.set_aux_hidden_layers(aux_ids)
-        if runner.graphs is not None:  # the config runs the target eagerly with eagle3
-            raise RuntimeError("eagle3: the target must run without CUDA graphs")
+        if runner.graphs is not None:  # captured graphs would not return the auxiliary layers
+            raise RuntimeError("eagle3: the target's CUDA graphs were captured before its "
+                               "auxiliary hidden-state layers were set")
         attn = self.head.midlayer.self_attn.attn
         # The head's pool: as many blocks as the target's, plus room for every sequence's
         # k - 1 scratch draft positions.

@@ -1,9 +1,7 @@
 """The static buffers a mixed-step CUDA graph replays on give the eager step's tokens.
 
 Graph capture needs CUDA; here each "graph" replays its captured forward eagerly on the same
-static buffers (Triton under its CPU interpreter), so the test checks what the GPU path relies
-on: padding rows, decode rows through the decode kernel, prefills in fixed slots, buffers
-reused between sizes and steps.
+static buffers (tests/graph_replay.py; Triton under its CPU interpreter).
 """
 from __future__ import annotations
 
@@ -13,31 +11,8 @@ import torch
 pytest.importorskip("msgspec")  # the engine package needs it; absent on the bare GPU image
 
 from engine import LLM, SamplingParams
-from engine.cuda_graphs import CudaGraphRunner, mixed_token_sizes
-
-
-class _EagerReplay:
-    def __init__(self, fn):
-        self.fn = fn
-        self.replays = 0
-
-    def replay(self):
-        self.replays += 1
-        self.fn()
-
-
-class EagerGraphRunner(CudaGraphRunner):
-    """CudaGraphRunner whose 'graphs' run the captured forward eagerly at replay."""
-
-    def _capture_one(self, meta, n, pool, graphs, outputs):
-        model = self.runner.model
-
-        def forward():
-            outputs[n] = model(self.input_ids[:n], self.positions[:n], meta)
-
-        forward()
-        graphs[n] = _EagerReplay(forward)
-        return None
+from engine.cuda_graphs import mixed_token_sizes
+from tests.graph_replay import EagerGraphRunner, replays
 
 
 def test_mixed_token_sizes():
@@ -67,5 +42,5 @@ def test_graph_layout_matches_eager(tiny_model_dir, monkeypatch):
     with_graphs = [o.outputs[0].token_ids for o in llm.generate(
         [{"prompt_token_ids": p} for p in prompts], params, use_tqdm=False)]
     assert with_graphs == eager
-    assert sum(g.replays for g in graphs.mixed_graphs.values()) > 0
-    assert sum(g.replays for g in graphs.graphs.values()) > 0
+    decode, mixed = replays(graphs)
+    assert decode > 0 and mixed > 0
