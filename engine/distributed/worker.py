@@ -47,8 +47,9 @@ def run_worker(config, rank: int, init_method: str, conn: Connection,
                                             init_method, config.runner.device,
                                             config.parallel.distributed_timeout_s)
         runner = ModelRunner(config)
-        runner.capture_graphs()
         conn.send(("ready", runner.num_gpu_blocks))
+        # Capture runs collectives: rank 0 joins once its engine core is set up (after "ready").
+        runner.capture_graphs()
         steps = {}
         while True:
             try:
