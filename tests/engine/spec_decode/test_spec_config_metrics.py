@@ -4,7 +4,11 @@ from __future__ import annotations
 import pytest
 
 from engine.spec_decode.config import SpeculativeConfig
-from engine.spec_decode.ngram import ngram_lookup
+import random
+
+from engine.sequence import Request
+from engine.sampling_params import SamplingParams
+from engine.spec_decode.ngram import NgramProposer, ngram_lookup
 from server.args import make_parser, resolve_args
 from server.metrics import ServerMetrics, StatsLogger
 from tests.server.conftest import metric_value
@@ -27,6 +31,46 @@ def test_ngram_lookup():
     assert ngram_lookup([1, 2, 3, 9, 1, 2, 3, 7, 5, 2, 3], 3, 3, 2) == []
     assert ngram_lookup([4, 4, 4], 1, 2, 5) == [4]  # the continuation stops at the end
     assert ngram_lookup([1, 2, 3], 1, 3, 4) == []
+    # Packed 32-bit search: a byte pattern straddling two tokens is no match.
+    assert ngram_lookup([0x0100, 0x0200, 5, 2], 1, 1, 2) == []  # bytes 00 02 00 00 at offset 1
+    assert ngram_lookup([2 ** 31 - 1, 7, 2 ** 31 - 1], 1, 1, 1) == [7]
+
+
+def _walk(tokens: list[int], n_min: int, n_max: int, k: int) -> list[int]:
+    """The lookup's definition, token by token."""
+    for n in range(min(n_max, len(tokens) - 1), n_min - 1, -1):
+        for i in range(len(tokens) - n - 1, -1, -1):
+            if tokens[i:i + n] == tokens[len(tokens) - n:]:
+                return tokens[i + n:i + n + k]
+    return []
+
+
+def test_ngram_lookup_matches_its_definition():
+    rng = random.Random(0)
+    for _ in range(3000):
+        vocab = rng.choice([2, 3, 7, 256, 257, 65536, 2 ** 31 - 1])
+        tokens = [rng.randrange(vocab) for _ in range(rng.randrange(0, 40))]
+        lo = rng.randrange(1, 4)
+        hi, k = lo + rng.randrange(0, 3), rng.randrange(1, 6)
+        assert ngram_lookup(tokens, lo, hi, k) == _walk(tokens, lo, hi, k), (tokens, lo, hi, k)
+
+
+def test_ngram_proposer_follows_growing_and_cut_sequences():
+    """The proposer keeps each sequence's packed tokens between steps: extended as tokens are
+    appended, rebuilt when they were cut back, dropped on release."""
+    proposer = NgramProposer(1, 3)
+    seq = Request("r", [1, 2, 3, 4, 1, 2], SamplingParams(), [0], None).seqs[0]
+    rng = random.Random(1)
+    for step in range(200):
+        if step % 17 == 16:
+            del seq.token_ids[-rng.randrange(1, 4):]  # cut back (then regrown differently)
+        else:
+            seq.token_ids.append(rng.randrange(6))
+        assert proposer.propose([seq], [4]) == [_walk(seq.token_ids, 1, 3, 4)]
+    proposer.release({0})
+    assert 0 in proposer._packed
+    proposer.release(set())
+    assert not proposer._packed
 
 
 def test_spec_decode_metrics_and_log_line():
