@@ -189,6 +189,7 @@ class BeamSearchState:
             parent = c.parent
             bm.fork(parent, seq)  # frees seq's old blocks, shares the parent's computed blocks
             seq.token_ids = list(parent.token_ids)
+            seq.token_array = None  # its penalty history is the parent's now
             seq.num_new_outputs = parent.num_new_outputs
             seq.status = parent.status
             owner.append((seq, c))

@@ -156,19 +156,20 @@ class EngineCore:
 
         `min_tokens` needs only the count of output tokens (placeholders included), never their
         values, so it does not stop the overlap (clients such as benchmarks send min_tokens =
-        max_tokens on every request). A grammar needs the latest token for the next mask, but
-        only at sampling: such steps launch their forward pass, then sample once the previous
-        step's tokens are known (`_sampling_reads_tokens`), where the runner allows it. A request
-        that may draft (speculation, batch small enough) needs its tokens before proposing."""
-        return (req.single_seq and req.beam_state is None and not req.has_penalties
-                and (req.grammar is None or self.runner.overlaps_constrained)
+        max_tokens on every request). A grammar (the next mask) and penalties (the tokens seen)
+        need the latest token, but only at sampling: such steps launch their forward pass, then
+        sample once the previous step's tokens are known (`_sampling_reads_tokens`), where the
+        runner allows it. A request that may draft (speculation, batch small enough) needs its
+        tokens before proposing."""
+        return (req.single_seq and req.beam_state is None
+                and (not _reads_tokens(req) or self.runner.overlaps_constrained)
                 and not (self.speculator is not None and self.speculator.drafting(req)))
 
     @staticmethod
     def _sampling_reads_tokens(out: SchedulerOutput) -> bool:
         """Whether some request sampled in `out` builds its sampling from its latest tokens on
-        the host (a grammar's mask)."""
-        return any(s.sample_seqs and s.request.grammar is not None for s in out.scheduled)
+        the host (a grammar's mask, penalties)."""
+        return any(s.sample_seqs and _reads_tokens(s.request) for s in out.scheduled)
 
     def _add_placeholders(self, out: SchedulerOutput) -> bool:
         overlappable = self._overlappable
@@ -409,3 +410,8 @@ def _apply_sample(seq: Sequence, sampled: dict, resolve: bool) -> bool:
     if top is not None:
         seq.new_logprobs.append(top)
     return True
+
+
+def _reads_tokens(req: Request) -> bool:
+    """The request's sampling reads its latest tokens on the host."""
+    return req.grammar is not None or req.has_penalties

@@ -20,6 +20,7 @@ from engine.layers.attention import attention_layers, bind_kv_caches
 from engine.model_inputs import ModelInputs, build_model_inputs
 from engine.sampler import PendingSample, Sampler, SamplingMetadata, compute_prompt_logprobs
 from engine.scheduler_output import SchedulerOutput
+from engine.token_history import penalty_token_tensors
 from engine.transfer import to_device
 
 logger = logging.getLogger(__name__)
@@ -64,8 +65,9 @@ class InFlight:
 
 
 class ModelRunner:
-    # A constrained sequence may overlap steps: its sampling waits for the previous step's
-    # tokens (`launch(sample=False)` then `sample`). The tensor-parallel executor cannot.
+    # A sequence whose sampling reads its latest tokens (grammar, penalties) may overlap steps:
+    # its sampling waits for the previous step's tokens (`launch(sample=False)` then `sample`).
+    # The tensor-parallel executor cannot.
     overlaps_constrained = True
 
     def __init__(self, config: EngineConfig):
@@ -283,17 +285,21 @@ class ModelRunner:
         if self._sampling_pool is None:
             self._sampling_pool = ThreadPoolExecutor(1, thread_name_prefix="pagedserve-sample")
         stream = torch.cuda.current_stream(self.device) if self.device.type == "cuda" else None
-        step.sampling = self._sampling_pool.submit(self._sample_now, step, stream)
+        # Penalties read the sequences' tokens, which this thread goes on changing: read here.
+        penalty_tokens = (penalty_token_tensors(step.rows, self.vocab_size, self.device)
+                          if any(req.has_penalties for req, _ in step.rows) else None)
+        step.sampling = self._sampling_pool.submit(self._sample_now, step, stream, penalty_tokens)
 
     @torch.inference_mode()
-    def _sample_now(self, step: "InFlight", stream: Optional["torch.cuda.Stream"]) -> None:
+    def _sample_now(self, step: "InFlight", stream: Optional["torch.cuda.Stream"],
+                    penalty_tokens: Optional[tuple] = None) -> None:
         # The launching thread's device and stream: kernels queue behind the step's forward pass.
         with contextlib.ExitStack() as ctx:
             if stream is not None:
                 ctx.enter_context(torch.cuda.device(stream.device))
                 ctx.enter_context(torch.cuda.stream(stream))
             meta = SamplingMetadata.from_rows(step.rows, self.vocab_size, self.device,
-                                              self.logits_processors)
+                                              self.logits_processors, penalty_tokens)
             step.pending = self.sampler.launch(step.logits, meta)
         step.logits = None
         step.row_of_seq = {seq.seq_id: i for i, (_, seq) in enumerate(step.rows)}

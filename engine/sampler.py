@@ -41,6 +41,7 @@ import torch
 
 from engine import seeded_noise
 from engine.sequence import Request, Sequence
+from engine.token_history import penalty_token_tensors
 from engine.transfer import to_device
 
 _NEG_INF = float("-inf")
@@ -95,15 +96,18 @@ class SamplingMetadata:
 
     @classmethod
     def from_rows(cls, rows: list[tuple[Request, Sequence]], vocab_size: int,
-                  device: torch.device, processors: tuple = ()) -> SamplingMetadata:
+                  device: torch.device, processors: tuple = (),
+                  penalty_tokens: Optional[tuple] = None) -> SamplingMetadata:
         """Build the step's metadata; `rows[i]` is the sequence whose logits are row i.
 
         `processors`: objects with `prepare(rows) -> Optional[fn(logits) -> None]`; each returns
-        the step's in-place transform, or None when it has nothing to do this step."""
+        the step's in-place transform, or None when it has nothing to do this step.
+        `penalty_tokens`: `penalty_token_tensors(rows, ...)` when already built (by the thread
+        that owns the sequences, for a sampling that runs on another), else built here."""
         device = torch.device(device)
         n = len(rows)
         greedy, temps, top_k, top_p, min_p = [], [], [], [], []
-        rep, pres, freq, seen, outs = [], [], [], [], []
+        rep, pres, freq = [], [], []
         bias_r, bias_c, bias_v, mask_r, mask_c = [], [], [], [], []
         generators: list[tuple[int, torch.Generator]] = []
         num_logprobs: list[int] = []
@@ -134,13 +138,10 @@ class SamplingMetadata:
                         mask_r.append(i)
                         mask_c.append(tok)
             rep.append(p.repetition_penalty)
-            seen.append(seq.token_ids if p.repetition_penalty != 1.0 else [])
             need_rep |= p.repetition_penalty != 1.0
             pres.append(p.presence_penalty)
             freq.append(p.frequency_penalty)
-            has_freq = p.presence_penalty != 0.0 or p.frequency_penalty != 0.0
-            outs.append(seq.output_token_ids if has_freq else [])
-            need_freq |= has_freq
+            need_freq |= p.presence_penalty != 0.0 or p.frequency_penalty != 0.0
 
         def col(values: list[float]) -> torch.Tensor:
             return to_device(values, torch.float32, device).unsqueeze(1)
@@ -168,13 +169,15 @@ class SamplingMetadata:
             meta.bias_values = to_device(bias_v, torch.float32, device)
         if mask_r:
             meta.mask_index = idx(mask_r, mask_c)
-        if need_rep:
-            meta.repetition_penalty = col(rep)
-            meta.seen_token_ids = _pad(seen, vocab_size, device)
-        if need_freq:
-            meta.presence_penalty = col(pres)
-            meta.frequency_penalty = col(freq)
-            meta.output_token_ids = _pad(outs, vocab_size, device)
+        if need_rep or need_freq:
+            seen, outs = penalty_tokens or penalty_token_tensors(rows, vocab_size, device)
+            if need_rep:
+                meta.repetition_penalty = col(rep)
+                meta.seen_token_ids = seen
+            if need_freq:
+                meta.presence_penalty = col(pres)
+                meta.frequency_penalty = col(freq)
+                meta.output_token_ids = outs
         return meta
 
     @property
@@ -182,15 +185,6 @@ class SamplingMetadata:
         """True when any of processors / bias / min_tokens / penalties changes a logit."""
         return (bool(self.logits_fns) or self.bias_index is not None or self.mask_index is not None
                 or self.repetition_penalty is not None or self.presence_penalty is not None)
-
-
-def _pad(lists: list[list[int]], pad: int, device: torch.device) -> torch.Tensor:
-    width = max(1, max(len(x) for x in lists))
-    out = torch.full((len(lists), width), pad, dtype=torch.long)
-    for i, x in enumerate(lists):
-        if x:
-            out[i, :len(x)] = torch.tensor(x, dtype=torch.long)
-    return to_device(out, torch.long, device)
 
 
 class Sampler:

@@ -47,7 +47,7 @@ class Sequence:
     __slots__ = ("seq_id", "index", "token_ids", "prompt_len", "num_computed_tokens",
                  "block_table", "_status", "is_finished", "cumulative_logprob",
                  "stop_reason", "generator", "num_new_outputs", "block_hashes",
-                 "new_logprobs", "finish_reported", "num_pending", "num_draft")
+                 "new_logprobs", "finish_reported", "num_pending", "num_draft", "token_array")
 
     def __init__(self, seq_id: int, index: int, prompt_token_ids: list[int]):
         self.seq_id = seq_id
@@ -71,6 +71,8 @@ class Sequence:
         # Trailing draft tokens (speculative decoding): proposed before a step, scheduled with
         # it as one verify chunk, and replaced by the accepted ones once the step ran.
         self.num_draft = 0
+        # int64 copy of the known tokens, kept by engine/token_history.py for penalties.
+        self.token_array = None
 
     @property
     def output_token_ids(self) -> list[int]:

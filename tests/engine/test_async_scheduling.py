@@ -152,3 +152,25 @@ def test_constrained_requests_overlap_and_keep_outputs(engines):
         structured_outputs=SO(regex=r"[a-z ]+"))) >= 20
     stats = asy.stats()
     assert stats["num_free_blocks"] == stats["num_total_blocks"]
+
+
+def test_penalised_requests_overlap_and_keep_outputs(engines):
+    """Penalties read the tokens seen so far: like a grammar's mask, their sampling waits for the
+    previous step's tokens while the forward pass runs. Outputs equal the synchronous engine's
+    (the history excludes the in-flight placeholder) and the steps overlap."""
+    sync, asy = engines
+    params = [SamplingParams(temperature=0, max_tokens=24, repetition_penalty=1.8,
+                             ignore_eos=True),
+              SamplingParams(temperature=0.9, seed=2, max_tokens=20, presence_penalty=1.5),
+              SamplingParams(temperature=0, max_tokens=20, ignore_eos=True),
+              SamplingParams(temperature=0, max_tokens=22, frequency_penalty=2.0,
+                             repetition_penalty=0.7, ignore_eos=True),
+              SamplingParams(temperature=0.8, seed=6, max_tokens=16, frequency_penalty=-1.0),
+              SamplingParams(temperature=0, max_tokens=12, stop_token_ids=[11])]
+    want = run(sync, params)
+    plain = run(sync, SamplingParams(temperature=0, max_tokens=22, ignore_eos=True))
+    assert want[3][0][0] != plain[3][0][0]  # the penalties changed the tokens
+    assert run(asy, params) == want
+    assert count_overlapped(asy, params[0]) >= 15
+    stats = asy.stats()
+    assert stats["num_free_blocks"] == stats["num_total_blocks"]

@@ -239,3 +239,51 @@ def test_top_k_top_p_fast_paths_match_full_sort(monkeypatch):
     assert torch.equal(fast_k.isfinite(), apply_top_k_top_p(logits, k, torch.ones(6)).isfinite())
     assert torch.equal(fast_kp.isfinite(), apply_top_k_top_p(logits, k_small, p).isfinite())
     assert torch.equal(fast_kp[fast_kp.isfinite()], logits[fast_kp.isfinite()])
+
+
+def test_penalty_histories_follow_sequences():
+    """Each sequence's int64 token copy is extended step by step, leaves out placeholders and
+    drafts, and is rebuilt when its tokens were replaced; the padded tensors equal padding the
+    token lists."""
+    from engine.sequence import PLACEHOLDER
+    from engine.token_history import penalty_token_tensors
+
+    def expected(rows):
+        seen, outs = [], []
+        for req, seq in rows:
+            real = [t for t in seq.token_ids if t != PLACEHOLDER][:len(seq.token_ids)
+                                                                  - seq.num_pending
+                                                                  - seq.num_draft]
+            seen.append(real if req.params.repetition_penalty != 1.0 else [])
+            outs.append(real[seq.prompt_len:] if req.params.frequency_penalty else [])
+        return [_padded(x, 100) for x in (seen, outs)]
+
+    rows = [make_row(SamplingParams(repetition_penalty=1.2), prompt=(5, 6, 7)),
+            make_row(SamplingParams(frequency_penalty=0.5), prompt=(8,), output=(9, 9)),
+            make_row(SamplingParams(), prompt=(1, 2)),
+            make_row(SamplingParams(repetition_penalty=0.9, frequency_penalty=1.0),
+                     prompt=(3,) * 40, output=(4,))]
+    for step in range(12):
+        for i, (_, seq) in enumerate(rows):
+            if step % 4 == 1:
+                seq.append_placeholder()
+            elif step % 4 == 2 and seq.num_pending:
+                seq.resolve_placeholder(10 + i + step, 0.0)
+            elif step % 4 == 3:
+                seq.add_drafts([50, 51])
+            else:
+                seq.drop_drafts()
+                seq.append_token(20 + i + step, 0.0)
+        seen, outs = penalty_token_tensors(rows, 100, CPU)
+        want_seen, want_outs = expected(rows)
+        assert torch.equal(seen, want_seen) and torch.equal(outs, want_outs), step
+    seq = rows[0][1]
+    seq.drop_drafts()
+    seq.token_ids = [1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13]  # a beam adopting its parent's
+    seq.token_array = None  # what beam_search does on adoption
+    assert penalty_token_tensors(rows[:1], 100, CPU)[0].tolist() == [seq.token_ids]
+
+
+def _padded(lists, pad):
+    width = max([1] + [len(x) for x in lists])
+    return torch.tensor([x + [pad] * (width - len(x)) for x in lists], dtype=torch.long)
