@@ -8,7 +8,7 @@ HOST ?= 0.0.0.0
 PORT ?= 8000
 ARGS ?=
 
-.PHONY: install install-test test-browser serve test test-gpu bench-gpu bench-cpu clean
+.PHONY: install install-test test-browser serve test test-gpu bench-gpu bench-cpu carry clean
 
 install: $(STAMP)
 
@@ -73,6 +73,11 @@ bench-gpu:
 
 bench-cpu: install-test
 	$(VPY) benchmarks/cpu_generate.py
+
+# What calls to the lent GPU carry (.carry/, ignored; after `make install`): see
+# benchmarks/device/README.md. ARGS=--whl adds vLLM's quantized-case wheels, ARGS=--force rebuilds.
+carry:
+	bash benchmarks/device/build_carry.sh $(ARGS)
 
 clean:
 	rm -rf $(VENV) *.egg-info .pytest_cache pagedserve
