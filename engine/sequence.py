@@ -101,6 +101,16 @@ class Sequence:
         self._status = status
         self.is_finished = status.is_finished
 
+    def __getstate__(self) -> dict:
+        """Tensor-parallel workers receive sequences pickled with each step: the token buffer
+        is a cache of `token_ids`, not sent (a worker rebuilds it when it needs one)."""
+        return {name: getattr(self, name) for name in self.__slots__ if name != "token_array"}
+
+    def __setstate__(self, state: dict) -> None:
+        for name, value in state.items():
+            setattr(self, name, value)
+        self.token_array = None
+
     @property
     def num_real_output_tokens(self) -> int:
         return len(self.token_ids) - self.prompt_len - self.num_pending
