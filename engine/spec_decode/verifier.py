@@ -20,18 +20,23 @@ from engine.spec_decode.rejection_sampler import rejection_sample
 
 class _SeqAt:
     """The view of a sequence the sampler would have had at one verify position: its tokens up
-    to (not including) that position."""
+    to (not including) that position (copied only if asked for: penalties read them)."""
 
-    __slots__ = ("token_ids", "prompt_len", "generator")
+    __slots__ = ("_seq", "_end", "prompt_len", "generator")
 
     def __init__(self, seq: Sequence, end: int):
-        self.token_ids = seq.token_ids[:end]
+        self._seq = seq
+        self._end = end
         self.prompt_len = seq.prompt_len
         self.generator = None  # randomness is drawn by the verifier
 
     @property
+    def token_ids(self) -> list[int]:
+        return self._seq.token_ids[:self._end]
+
+    @property
     def num_output_tokens(self) -> int:
-        return len(self.token_ids) - self.prompt_len
+        return self._end - self.prompt_len
 
     @property
     def output_token_ids(self) -> list[int]:
