@@ -12,6 +12,8 @@ from typing import Any, Optional
 
 import torch
 
+from engine.generation_config import GenerationDefaults, load_generation_defaults
+
 PREEMPTION_MODES = ("recompute", "swap", "auto")
 # "auto": the model dtype; "fp8" (= "fp8_e4m3"): float8_e4m3fn with per-tensor scale 1.0.
 KV_CACHE_DTYPES = ("auto", "fp8", "fp8_e4m3")
@@ -71,6 +73,8 @@ class ModelConfig:
     chat_template: Optional[str] = None
     # The resolved scheme (engine.quantization.QuantizationConfig) or None for dense weights.
     quant_config: Any = None
+    # Sampling defaults for requests that leave them unset (engine/generation_config.py).
+    generation_defaults: GenerationDefaults = field(default_factory=GenerationDefaults)
 
     def __post_init__(self) -> None:
         _require(self.max_model_len >= 1, "max_model_len", "must be >= 1")
@@ -213,6 +217,10 @@ class EngineArgs:
     tensor_parallel_size: int = 1
     data_parallel_size: int = 1
     distributed_timeout_s: float = 300.0
+    # Sampling defaults: "auto" (the model's generation_config.json), "vllm" (none) or a folder.
+    generation_config: str = "auto"
+    # Hugging Face generation keys merged over those defaults, e.g. {"temperature": 0.5}.
+    override_generation_config: dict = field(default_factory=dict)
 
     @classmethod
     def field_names(cls) -> list[str]:
@@ -245,6 +253,10 @@ class EngineArgs:
         model_cls = get_model_class(resolved.hf_config)
         quant_config = get_quantization_config(resolved.hf_config, self.quantization)
         check_quantization_support(model_cls, quant_config)
+        _require(isinstance(self.override_generation_config, dict),
+                 "override_generation_config", "must be a JSON object")
+        generation_defaults = load_generation_defaults(
+            self.generation_config, resolved.folder, self.override_generation_config)
         derived_len = max_len_from_hf_config(resolved.hf_config)
         if self.max_model_len is None:
             max_model_len = derived_len
@@ -256,7 +268,7 @@ class EngineArgs:
             dtype=dtype, max_model_len=max_model_len, load_format=resolved.load_format,
             gguf_file=resolved.gguf_file, trust_remote_code=self.trust_remote_code, seed=self.seed,
             served_model_name=self.served_model_name, chat_template=self.chat_template,
-            quant_config=quant_config,
+            quant_config=quant_config, generation_defaults=generation_defaults,
         )
         cache_cfg = CacheConfig(
             block_size=self.block_size, num_kv_blocks=self.num_kv_blocks, swap_space=self.swap_space,

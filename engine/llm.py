@@ -56,6 +56,19 @@ class LLM:
     def get_tokenizer(self):
         return self.llm_engine.get_tokenizer()
 
+    def get_default_sampling_params(self) -> SamplingParams:
+        """What `generate` and `chat` use when given no `sampling_params` (vLLM's name): the
+        model's generation_config.json sampling defaults (`generation_config="auto"`, merged
+        with `override_generation_config`; engine/generation_config.py), else `SamplingParams()`.
+        """
+        defaults = self.llm_engine.model_config.generation_defaults
+        if not defaults.as_dict():
+            return SamplingParams()
+        kwargs = defaults.sampling()
+        if defaults.max_tokens is not None:
+            kwargs["max_tokens"] = defaults.max_tokens
+        return SamplingParams(**kwargs)
+
     def shutdown(self) -> None:
         """Stop the engine's tensor-parallel worker processes (they also stop when this process
         exits)."""
@@ -112,7 +125,7 @@ class LLM:
     def _run(self, items: list[dict[str, Any]], sampling_params, use_tqdm: bool,
              add_special_tokens: bool) -> list[RequestOutput]:
         if sampling_params is None:
-            params_list = [SamplingParams()] * len(items)
+            params_list = [self.get_default_sampling_params()] * len(items)
         elif isinstance(sampling_params, SamplingParams):
             params_list = [sampling_params] * len(items)
         else:

@@ -23,6 +23,7 @@ from server.auth import APIKeyMiddleware, RequestIdMiddleware
 from server.dashboard import DashboardMetrics, install_dashboard
 from server.engine_client import AsyncEngineClient, EngineClient
 from server.engine_health import RestartPolicy
+from server.http_options import base_url, docs_kwargs, install_http_options, uvicorn_kwargs
 from server.errors import (bad_request, engine_unavailable, install_exception_handlers,
                            model_not_found, shutting_down)
 from server.limits import BodyLimitMiddleware
@@ -30,6 +31,7 @@ from server.metrics import CONTENT_TYPE_LATEST, ServerMetrics, StatsLogger
 from server.openapi import install_openapi
 from server.protocol import (ChatCompletionRequest, CompletionRequest, DetokenizeRequest,
                              ModelCard, ModelList, TokenizeRequest, dump)
+from server.serving_base import ServingOptions
 from server.serving_chat import OpenAIServingChat, render_chat
 from server.serving_completions import OpenAIServingCompletion
 from server.serving_responses import OpenAIServingResponses
@@ -85,9 +87,8 @@ def build_app(engine: EngineClient, args: ServerArgs, served_model_names: list[s
         if manage_engine:
             await engine.start()
             logger.info("Engine ready; serving %s", ", ".join(served_model_names))
-            host = "localhost" if args.host in ("0.0.0.0", "::", "") else args.host
-            logger.info("Ready: http://%s:%d/v1 (live dashboard: http://%s:%d/dashboard)",
-                        host, args.port, host, args.port)
+            url = base_url(args)
+            logger.info("Ready: %s/v1 (live dashboard: %s/dashboard)", url, url)
         # The startup heap (torch, transformers, the tokenizer, the app: ~10^6 objects) leaves the
         # cyclic GC's passes. Unfrozen, each full pass over it stalled the event loop for 0.2 s
         # under load (every stream's next token and every new request's first one waited).
@@ -96,7 +97,7 @@ def build_app(engine: EngineClient, args: ServerArgs, served_model_names: list[s
         on_started = getattr(app.state, "on_started", None)
         if on_started is not None:
             on_started()
-        if args.log_stats_interval > 0:
+        if args.log_stats_interval > 0 and not args.disable_log_stats:
             tasks.append(asyncio.create_task(
                 StatsLogger(engine.get_stats, args.log_stats_interval).run()))
         try:
@@ -108,21 +109,26 @@ def build_app(engine: EngineClient, args: ServerArgs, served_model_names: list[s
                 logger.info("Stopping the engine (%d requests in flight)", engine.num_in_flight)
                 await engine.shutdown()
 
-    app = FastAPI(title="pagedserve", version=VERSION, lifespan=lifespan, docs_url=None,
-                  redoc_url=None)
+    app = FastAPI(title="pagedserve", version=VERSION, lifespan=lifespan, **docs_kwargs(args))
     install_exception_handlers(app)
     install_openapi(app)
     app.add_middleware(BodyLimitMiddleware, max_body_bytes=args.max_request_body_bytes)
     app.add_middleware(APIKeyMiddleware, api_key=args.api_key)
     app.add_middleware(RequestIdMiddleware)
-    completions = OpenAIServingCompletion(engine, served_model_names, args.max_queue_len)
+    install_http_options(app, args)
+    options = ServingOptions(max_logprobs=args.max_logprobs,
+                             return_tokens_as_token_ids=args.return_tokens_as_token_ids,
+                             log_requests=args.log_requests)
+    completions = OpenAIServingCompletion(engine, served_model_names, args.max_queue_len,
+                                          options)
     chat = OpenAIServingChat(engine, served_model_names, args.max_queue_len, args.chat_template,
                              enable_auto_tool_choice=args.enable_auto_tool_choice,
-                             tool_call_parser=args.tool_call_parser)
+                             tool_call_parser=args.tool_call_parser, options=options,
+                             response_role=args.response_role)
     responses = OpenAIServingResponses(engine, served_model_names, args.max_queue_len,
                                        args.chat_template,
                                        enable_auto_tool_choice=args.enable_auto_tool_choice,
-                                       tool_call_parser=args.tool_call_parser)
+                                       tool_call_parser=args.tool_call_parser, options=options)
     app.state.engine = engine
     app.state.metrics = metrics
     install_dashboard(app, engine, metrics)
@@ -259,6 +265,10 @@ def run_server(engine_args: Any, args: ServerArgs) -> int:
         from server.pooling_server import run_pooling_server
         return run_pooling_server(engine_args, args)
     config = engine_args.create_engine_config()
+    defaults = config.model.generation_defaults
+    if defaults.as_dict():  # as vLLM, say which defaults requests that set none get
+        logger.info("Using default sampling params from %s: %s", defaults.source,
+                    defaults.describe())
     names = [engine_args.served_model_name or default_served_name(engine_args.model, config.model)]
     if config.model.model not in names and engine_args.model:
         names.append(config.model.model)  # the resolved path/id works as an alias
@@ -283,10 +293,9 @@ def run_server(engine_args: Any, args: ServerArgs) -> int:
         engine = make_client(0, metrics)
     app = build_app(engine, args, names, metrics)
     # Uvicorn's own graceful timeout is the backstop; ours ends streams cleanly first.
-    uv_config = uvicorn.Config(app, host=args.host, port=args.port,
-                               log_level=args.log_level.lower(),
+    uv_config = uvicorn.Config(app, **uvicorn_kwargs(args),
                                timeout_graceful_shutdown=args.shutdown_timeout + 5,
-                               timeout_keep_alive=5, access_log=args.access_log,
+                               timeout_keep_alive=5,
                                # "auto" takes httptools and uvloop when installed (not required:
                                # no gain measured, benchmarks/frontend_cost.py compares them)
                                http=os.environ.get("PAGEDSERVE_UVICORN_HTTP", "auto"),
@@ -297,8 +306,8 @@ def run_server(engine_args: Any, args: ServerArgs) -> int:
     # found; these make that re-raise a no-op so a clean shutdown exits 0.
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda signum, frame: logger.info("Shut down on signal %d", signum))
-    logger.info("Serving %s on http://%s:%d (engine %s)", names[0], args.host, args.port,
-                args.engine_mode)
+    logger.info("Serving %s on %s://%s:%d (engine %s)", names[0],
+                "https" if args.ssl_certfile else "http", args.host, args.port, args.engine_mode)
     server.uv.run()
     if not server.uv.started or server.fatal is not None:
         return 1

@@ -12,7 +12,7 @@ import dataclasses
 import json
 import os
 import typing
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Optional
 
 from engine.config import LOAD_FORMATS, PREEMPTION_MODES, EngineArgs
@@ -26,6 +26,7 @@ _CHOICES = {
     "load_format": list(LOAD_FORMATS),
     "attention_backend": ["auto", "torch", "triton"],
     "runner": ["generate", "pooling"],
+    "uvicorn_log_level": ["critical", "error", "warning", "info", "debug", "trace"],
 }
 _HELP = {
     "model": "HF hub id, local HF folder or .gguf file (default: SmolLM2-135M-Instruct)",
@@ -43,6 +44,12 @@ _HELP = {
     "speculative_config": "JSON object: speculative decoding, e.g. '{\"method\": \"ngram\", "
                           "\"num_speculative_tokens\": 4}' (methods: ngram, draft_model, "
                           "eagle3)",
+    "generation_config": "sampling defaults for requests that leave them unset: 'auto' (the "
+                         "model's generation_config.json: temperature, top_p, top_k, min_p, "
+                         "repetition_penalty, max_new_tokens), 'vllm' (none) or a FOLDER "
+                         "holding a generation_config.json (default: auto)",
+    "override_generation_config": "JSON object of generation config keys merged over those "
+                                  "defaults, e.g. '{\"temperature\": 0.5}' (null drops one)",
 }
 
 
@@ -84,6 +91,23 @@ class ServerArgs:
     runner: str = "generate"  # generate | pooling (embeddings: server/pooling_server.py)
     enable_auto_tool_choice: bool = False  # tool_choice "auto" (needs tool_call_parser)
     tool_call_parser: Optional[str] = None  # hermes | llama3_json | mistral | pythonic
+    # vLLM's frontend options (server/http_options.py; README "Coming from vLLM").
+    allowed_origins: list = field(default_factory=lambda: ["*"])  # CORS
+    allowed_methods: list = field(default_factory=lambda: ["*"])
+    allowed_headers: list = field(default_factory=lambda: ["*"])
+    allow_credentials: bool = False
+    root_path: Optional[str] = None  # the path prefix of a proxy in front
+    ssl_keyfile: Optional[str] = None
+    ssl_certfile: Optional[str] = None
+    uvicorn_log_level: Optional[str] = None  # None: follows log_level
+    disable_uvicorn_access_log: bool = False  # wins over access_log
+    enable_log_requests: bool = False
+    disable_log_requests: bool = False  # vLLM's older name for "not enable_log_requests"
+    disable_log_stats: bool = False  # wins over log_stats_interval
+    disable_fastapi_docs: bool = False
+    max_logprobs: int = 20  # -1: the whole vocabulary
+    response_role: str = "assistant"
+    return_tokens_as_token_ids: bool = False  # default of the request field of that name
 
     def __post_init__(self) -> None:
         if not 0 <= self.port <= 65535:
@@ -107,6 +131,37 @@ class ServerArgs:
             get_tool_parser(self.tool_call_parser)  # ValueError naming it when unknown
         if self.enable_auto_tool_choice and self.tool_call_parser is None:
             raise ValueError("enable_auto_tool_choice: needs --tool-call-parser")
+        for name in ("allowed_origins", "allowed_methods", "allowed_headers"):
+            value = getattr(self, name)
+            if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+                raise ValueError(f"{name}: must be a JSON list of strings, e.g. "
+                                 f"'[\"https://example.com\"]', got {value!r}")
+        if self.root_path is not None and (not self.root_path.startswith("/")
+                                           or self.root_path.endswith("/")):
+            raise ValueError(f"root_path: must start with '/' and not end with one, got "
+                             f"{self.root_path!r}")
+        if self.ssl_keyfile is not None and self.ssl_certfile is None:
+            raise ValueError("ssl_keyfile: needs --ssl-certfile")
+        for name in ("ssl_keyfile", "ssl_certfile"):
+            path = getattr(self, name)
+            if path is not None and not os.path.isfile(path):
+                raise ValueError(f"{name}: no such file '{path}'")
+        if self.uvicorn_log_level not in (None, *_CHOICES["uvicorn_log_level"]):
+            raise ValueError(f"uvicorn_log_level: must be one of "
+                             f"{', '.join(_CHOICES['uvicorn_log_level'])}, got "
+                             f"{self.uvicorn_log_level!r}")
+        if self.enable_log_requests and self.disable_log_requests:
+            raise ValueError("enable_log_requests: cannot be combined with "
+                             "--disable-log-requests")
+        if self.max_logprobs < -1:
+            raise ValueError(f"max_logprobs: must be >= 0 or -1 (the whole vocabulary), got "
+                             f"{self.max_logprobs}")
+        if not self.response_role:
+            raise ValueError("response_role: must not be empty")
+
+    @property
+    def log_requests(self) -> bool:
+        return self.enable_log_requests and not self.disable_log_requests
 
 
 _SERVER_HELP = {
@@ -132,7 +187,33 @@ _SERVER_HELP = {
     "engine_restart_retries": "consecutive restart attempts before giving up (default 3)",
     "engine_step_timeout": "seconds an engine step may take before /health reports 503 "
                            "(default 120)",
+    "allowed_origins": "CORS: JSON list of allowed origins (default '[\"*\"]')",
+    "allowed_methods": "CORS: JSON list of allowed methods (default '[\"*\"]')",
+    "allowed_headers": "CORS: JSON list of allowed request headers (default '[\"*\"]')",
+    "allow_credentials": "CORS: allow credentials (cookies, authorization headers)",
+    "root_path": "path prefix under which a proxy serves this server (FastAPI root_path): "
+                 "requests may carry it or not, the OpenAPI schema names it",
+    "ssl_keyfile": "serve HTTPS with this private key file (needs --ssl-certfile)",
+    "ssl_certfile": "serve HTTPS with this certificate file",
+    "uvicorn_log_level": "log level of uvicorn's own loggers (default: --log-level)",
+    "disable_uvicorn_access_log": "no per-HTTP-request access log lines (the default; wins "
+                                  "over --access-log)",
+    "enable_log_requests": "log one line per engine request (id, prompt size, sampling "
+                           "params; the prompt's token ids at DEBUG)",
+    "disable_log_requests": "no per-request log lines (the default; vLLM's older flag)",
+    "disable_log_stats": "no periodic engine stats log line (wins over --log-stats-interval)",
+    "disable_fastapi_docs": "serve no /docs, /redoc and /openapi.json",
+    "max_logprobs": "most logprobs, top_logprobs and prompt_logprobs a request may ask for; "
+                    "more is a 400 (default 20; -1: the whole vocabulary)",
+    "response_role": "role of generated chat messages when the prompt asks for a new turn "
+                     "(default assistant)",
+    "return_tokens_as_token_ids": "default of the request field return_tokens_as_token_ids: "
+                                  "logprobs name tokens 'token_id:<id>'",
 }
+
+
+# vLLM's short forms of options pagedserve has under the same long name.
+_SHORT_FLAGS = {"tensor_parallel_size": "-tp", "data_parallel_size": "-dp"}
 
 
 def _flag(name: str) -> str:
@@ -147,7 +228,7 @@ def _arg_type(hint: Any) -> tuple[Any, bool]:
         return None, True
     if base in (int, float, str):
         return base, False
-    if base is dict or typing.get_origin(base) is dict:
+    if base in (dict, list) or typing.get_origin(base) in (dict, list):
         return json.loads, False
     return str, False
 
@@ -167,14 +248,21 @@ def _add_dataclass_flags(group: argparse._ArgumentGroup, cls: type, helps: dict[
             kwargs["type"] = typ
             if f.name in _CHOICES:
                 kwargs["choices"] = _CHOICES[f.name]
-        group.add_argument(_flag(f.name), **kwargs)
+        short = (_SHORT_FLAGS[f.name],) if f.name in _SHORT_FLAGS else ()
+        group.add_argument(_flag(f.name), *short, **kwargs)
 
 
 def make_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="pagedserve",
                                      description="OpenAI-compatible LLM server (PagedAttention).")
     sub = parser.add_subparsers(dest="command", required=True)
-    serve = sub.add_parser("serve", help="serve a model over HTTP")
+    serve = sub.add_parser(
+        "serve", help="serve a model over HTTP",
+        epilog="vLLM users: --enable-chunked-prefill and --tokenizer-mode auto|hf are accepted "
+               "(pagedserve always chunks prefills and uses the Hugging Face tokenizer); vLLM "
+               "flags pagedserve does not support (--enable-lora, --pipeline-parallel-size, "
+               "--revision, ...: server/vllm_flags.py) stop with a line saying what to use "
+               "instead.")
     serve.add_argument("model_positional", nargs="?", metavar="MODEL", default=None,
                        help=_HELP["model"])
     serve.add_argument("--config", default=None, metavar="FILE.yaml",
@@ -209,6 +297,9 @@ def resolve_args(ns: argparse.Namespace) -> tuple[EngineArgs, ServerArgs]:
             raise ValueError("model: given both as MODEL and --model, with different values")
         cli["model"] = ns.model_positional
     merged = load_yaml(ns.config) if ns.config else {}
+    if merged:
+        from server.vllm_flags import check_config
+        merged = check_config(merged, ns.config)
     engine_names = set(EngineArgs.field_names())
     server_names = {f.name for f in dataclasses.fields(ServerArgs)}
     unknown = sorted(set(merged) - engine_names - server_names)

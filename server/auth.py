@@ -18,6 +18,15 @@ from server.errors import unauthorized
 PROTECTED_PREFIXES = ("/v1/", "/tokenize", "/detokenize")
 
 
+def route_path(scope: Scope) -> str:
+    """The path the app routes: without --root-path's prefix when the request carries it (a
+    request may come with or without it, as Starlette routes both)."""
+    path, root = scope["path"], scope.get("root_path", "")
+    if root and path.startswith(root) and path[len(root):][:1] in ("", "/"):
+        return path[len(root):]
+    return path
+
+
 class APIKeyMiddleware:
     """Rejects protected requests whose `Authorization: Bearer <key>` is missing or wrong."""
 
@@ -39,7 +48,7 @@ class APIKeyMiddleware:
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if (self._key is not None and scope["type"] == "http" and scope.get("method") != "OPTIONS"
-                and scope["path"].startswith(PROTECTED_PREFIXES)
+                and route_path(scope).startswith(PROTECTED_PREFIXES)
                 and not self._authorized(scope)):
             await unauthorized().to_response()(scope, receive, send)
             return

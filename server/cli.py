@@ -27,6 +27,13 @@ def main(argv: Optional[list[str]] = None) -> int:
         from server.export_tokenizer import main as export_main
         return export_main(argv[1:])
     parser = make_parser()
+    if argv[:1] == ["serve"]:
+        from server.vllm_flags import UnsupportedFlag, check_argv
+        try:
+            argv = check_argv(argv)
+        except UnsupportedFlag as exc:  # one line, argparse's exit code
+            print(f"pagedserve serve: error: {exc}", file=sys.stderr)
+            return 2
     ns = parser.parse_args(argv)
     if ns.command == "serve":
         try:

@@ -19,6 +19,7 @@ from prometheus_client import CONTENT_TYPE_LATEST
 from server.args import ServerArgs
 from server.auth import APIKeyMiddleware, RequestIdMiddleware
 from server.errors import from_value_error, install_exception_handlers
+from server.http_options import base_url, docs_kwargs, install_http_options, uvicorn_kwargs
 from server.openapi import install_openapi
 from server.metrics import PREFIX
 from server.protocol import ModelCard, ModelList, TokenizeRequest, dump
@@ -63,11 +64,12 @@ def build_pooling_app(engine: Any, args: ServerArgs, served_model_names: list[st
         finally:
             await serving.close()
 
-    app = FastAPI(title="pagedserve (pooling)", lifespan=lifespan, docs_url=None, redoc_url=None)
+    app = FastAPI(title="pagedserve (pooling)", lifespan=lifespan, **docs_kwargs(args))
     install_exception_handlers(app)
     install_openapi(app)
     app.add_middleware(APIKeyMiddleware, api_key=args.api_key)
     app.add_middleware(RequestIdMiddleware)
+    install_http_options(app, args)
     app.state.serving_embeddings = serving
 
     @app.post("/v1/embeddings")
@@ -119,6 +121,7 @@ def run_pooling_server(engine_args: Any, args: ServerArgs) -> int:
     from server.api_server import default_served_name
 
     kwargs = pooling_engine_kwargs(engine_args)
+    check_pooling_server_args(args)
     engine = PoolingEngine(**kwargs)
     if args.cpu_threads:
         import torch
@@ -126,7 +129,19 @@ def run_pooling_server(engine_args: Any, args: ServerArgs) -> int:
     names = [engine_args.served_model_name
              or default_served_name(engine_args.model, engine.model_config)]
     app = build_pooling_app(engine, args, names)
-    logger.info("Serving embeddings of %s on http://%s:%d", names[0], args.host, args.port)
-    uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level.lower(),
-                timeout_graceful_shutdown=args.shutdown_timeout, access_log=args.access_log)
+    logger.info("Serving embeddings of %s on %s", names[0], base_url(args))
+    uvicorn.run(app, **uvicorn_kwargs(args), timeout_graceful_shutdown=args.shutdown_timeout)
     return 0
+
+
+# Server options of text generation only: the pooling runner refuses them when changed.
+GENERATE_ONLY = ("max_logprobs", "response_role", "return_tokens_as_token_ids",
+                 "enable_log_requests")
+
+
+def check_pooling_server_args(args: ServerArgs) -> None:
+    defaults = ServerArgs()
+    for name in GENERATE_ONLY:
+        if getattr(args, name) != getattr(defaults, name):
+            raise ValueError(f"{name}: not an option of the pooling runner (text generation "
+                             "only)")

@@ -104,7 +104,8 @@ class _SamplingFields(_IgnoredAndStructured):
     stream: Optional[bool] = False
     stream_options: Optional[StreamOptions] = None
     prompt_logprobs: Optional[int] = None  # vLLM's extra: logprobs of every prompt token
-    return_tokens_as_token_ids: bool = False  # logprobs name tokens "token_id:<id>" (vLLM)
+    # Logprobs name tokens "token_id:<id>" (vLLM); unset: --return-tokens-as-token-ids.
+    return_tokens_as_token_ids: Optional[bool] = None
 
 
 class CompletionRequest(_SamplingFields):
@@ -256,7 +257,7 @@ class DeltaToolCall(_Response):
 
 
 class AssistantMessage(_Response):
-    role: Literal["assistant"] = "assistant"
+    role: str = "assistant"  # --response-role (or the continued message's role)
     content: Optional[str] = None
     tool_calls: Optional[list[ToolCall]] = None
 
@@ -281,7 +282,7 @@ class ChatCompletionResponse(_Response):
 
 
 class DeltaMessage(_Response):
-    role: Optional[Literal["assistant"]] = None
+    role: Optional[str] = None
     content: Optional[str] = None
     tool_calls: Optional[list[DeltaToolCall]] = None
 

@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
+from dataclasses import dataclass
 from typing import Any, AsyncIterator, Optional
 
+from engine.generation_config import GenerationDefaults
 from engine.outputs import RequestOutput
 from engine.sampling_params import SamplingParams
 from engine.structured_output import StructuredOutputsParams
@@ -15,7 +18,23 @@ from server.errors import (APIError, EngineDeadError, bad_request, error_body,
                            too_many_requests)
 
 SSE_DONE = "data: [DONE]\n\n"
-MAX_LOGPROBS = 20
+MAX_LOGPROBS = 20  # the default of --max-logprobs, as in vLLM
+
+logger = logging.getLogger("pagedserve.server")
+
+
+@dataclass(frozen=True)
+class ServingOptions:
+    """Server-wide settings the generation endpoints share (from ServerArgs)."""
+
+    max_logprobs: int = MAX_LOGPROBS  # most logprobs / top_logprobs / prompt_logprobs; -1: vocab
+    return_tokens_as_token_ids: bool = False  # default of the request field of that name
+    log_requests: bool = False  # one INFO line per engine request (--enable-log-requests)
+
+    def __post_init__(self) -> None:
+        if self.max_logprobs < -1:
+            raise ValueError(f"max_logprobs: must be >= 0 or -1 (no limit), got "
+                             f"{self.max_logprobs}")
 
 
 def sse(payload: dict[str, Any]) -> str:
@@ -38,11 +57,42 @@ class OpenAIServing:
     """Base of the endpoint handlers: one served model behind one engine client."""
 
     def __init__(self, engine: EngineClient, served_model_names: list[str],
-                 max_queue_len: Optional[int] = None):
+                 max_queue_len: Optional[int] = None, options: Optional[ServingOptions] = None):
         self.engine = engine
         self.served_model_names = served_model_names
         self.max_queue_len = max_queue_len
+        self.options = options or ServingOptions()
         self._token_strs: dict[int, str] = {}
+
+    @property
+    def defaults(self) -> GenerationDefaults:
+        """The served model's sampling defaults (--generation-config)."""
+        return (getattr(self.engine.model_config, "generation_defaults", None)
+                or GenerationDefaults())
+
+    def vocab_size(self) -> int:
+        return (len(self.tokenizer) if self.tokenizer is not None
+                else self.engine.input_processor.vocab_size)
+
+    @property
+    def max_logprobs(self) -> int:
+        """--max-logprobs (-1: the whole vocabulary)."""
+        limit = self.options.max_logprobs
+        return self.vocab_size() if limit == -1 else limit
+
+    def tokens_as_ids(self, req: Any) -> bool:
+        """The request's return_tokens_as_token_ids, or the server's default when unset."""
+        asked = getattr(req, "return_tokens_as_token_ids", None)
+        return self.options.return_tokens_as_token_ids if asked is None else asked
+
+    def max_tokens_default(self, prompt_len: int, num_seqs: int) -> Optional[int]:
+        """max_tokens for a request that sets none: the generation config's max_new_tokens,
+        within what fits the context and the KV pool (None when not even one token fits)."""
+        fit = self.engine.default_max_tokens(prompt_len, num_seqs)
+        default = self.defaults.max_tokens
+        if fit is None or default is None:
+            return fit
+        return min(fit, default)
 
     @property
     def model_name(self) -> str:
@@ -84,18 +134,18 @@ class OpenAIServing:
         structured = with_tool_grammar(structured_outputs_from_request(req), tool_grammar)
         if structured is not None:
             self.require_tokenizer(structured.field)
-        if logprobs is not None and logprobs > MAX_LOGPROBS:
-            raise bad_request(f"logprobs: at most {MAX_LOGPROBS} are supported, got {logprobs}",
+        limit = self.max_logprobs
+        if logprobs is not None and logprobs > limit:
+            raise bad_request(f"logprobs: at most {limit} are supported, got {logprobs}",
                               "logprobs")
         asked = getattr(req, "prompt_logprobs", None)
-        if asked is not None and not 0 <= asked <= MAX_LOGPROBS:
-            raise bad_request(f"prompt_logprobs: must be in [0, {MAX_LOGPROBS}], got {asked}",
+        if asked is not None and not 0 <= asked <= limit:
+            raise bad_request(f"prompt_logprobs: must be in [0, {limit}], got {asked}",
                               "prompt_logprobs")
         logit_bias = None
         if req.logit_bias:
             logit_bias = {}
-            vocab = (len(self.tokenizer) if self.tokenizer is not None
-                     else self.engine.input_processor.vocab_size)
+            vocab = self.vocab_size()
             for key, value in req.logit_bias.items():
                 try:
                     tid = int(key)
@@ -107,17 +157,16 @@ class OpenAIServing:
                 logit_bias[tid] = max(-100.0, min(100.0, float(value)))  # finite: validation.py
         if req.stop:  # stop strings are matched on detokenized text
             self.require_tokenizer("stop")
-        top_k = req.top_k if req.top_k not in (None, 0) else -1
+        # Unset (absent or null) fields take the model's defaults; top_k 0 means "off".
+        sampling = self.defaults.sampling(
+            temperature=req.temperature, top_p=req.top_p,
+            top_k=None if req.top_k is None else (req.top_k or -1), min_p=req.min_p,
+            repetition_penalty=req.repetition_penalty)
         try:
             return SamplingParams(
                 n=1 if req.n is None else req.n, best_of=req.best_of,
                 presence_penalty=req.presence_penalty or 0.0,
-                frequency_penalty=req.frequency_penalty or 0.0,
-                repetition_penalty=1.0 if req.repetition_penalty is None
-                else req.repetition_penalty,
-                temperature=1.0 if req.temperature is None else req.temperature,
-                top_p=1.0 if req.top_p is None else req.top_p,
-                top_k=top_k, min_p=req.min_p or 0.0, seed=req.seed,
+                frequency_penalty=req.frequency_penalty or 0.0, **sampling, seed=req.seed,
                 use_beam_search=req.use_beam_search, length_penalty=req.length_penalty,
                 stop=req.stop, stop_token_ids=req.stop_token_ids,
                 include_stop_str_in_output=req.include_stop_str_in_output,
@@ -154,7 +203,20 @@ class OpenAIServing:
             raise
         finally:
             self.engine.reserve(-reserved)
+        if self.options.log_requests:
+            for rid, stream in zip(request_ids, streams):
+                self.log_request(rid, stream, params)
         return streams
+
+    @staticmethod
+    def log_request(request_id: str, stream: RequestStream, params: SamplingParams) -> None:
+        """--enable-log-requests: the request's size and the sampling fields it does not leave
+        at their defaults at INFO; its prompt token ids at DEBUG."""
+        neutral = SamplingParams().to_dict()
+        changed = {k: v for k, v in params.to_dict().items() if v != neutral.get(k)}
+        logger.info("Received request %s: %d prompt tokens, params: %s", request_id,
+                    len(stream.prompt_token_ids), changed)
+        logger.debug("Request %s prompt token ids: %s", request_id, stream.prompt_token_ids)
 
     def token_str(self, token_id: int, as_id: bool = False) -> str:
         """The text of one token as logprobs show it (cached; vocabularies are fixed);

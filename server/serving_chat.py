@@ -11,7 +11,7 @@ from engine.outputs import RequestOutput
 from server.engine_client import EngineClient, RequestStream
 from server.errors import bad_request, from_value_error
 from server.protocol import ChatCompletionRequest, ChatMessage, random_id
-from server.serving_base import (MAX_LOGPROBS, SSE_DONE, OpenAIServing, close_all,
+from server.serving_base import (SSE_DONE, OpenAIServing, ServingOptions, close_all,
                                  last_output, sse, sse_error, usage_dict)
 from server.tool_calling import ToolPlan, plan_tools, template_messages
 from server.tool_stream import ToolCallStreamer
@@ -41,11 +41,18 @@ class OpenAIServingChat(OpenAIServing):
 
     def __init__(self, engine: EngineClient, served_model_names: list[str],
                  max_queue_len: Optional[int] = None, chat_template: Optional[str] = None,
-                 enable_auto_tool_choice: bool = False, tool_call_parser: Optional[str] = None):
-        super().__init__(engine, served_model_names, max_queue_len)
+                 enable_auto_tool_choice: bool = False, tool_call_parser: Optional[str] = None,
+                 options: Optional[ServingOptions] = None, response_role: str = "assistant"):
+        super().__init__(engine, served_model_names, max_queue_len, options)
         self.chat_template = chat_template
         self.enable_auto_tool_choice = enable_auto_tool_choice
         self.tool_call_parser = tool_call_parser
+        self.response_role = response_role
+
+    def role(self, req: ChatCompletionRequest) -> str:
+        """The role of generated messages, as vLLM: --response-role when the prompt asks the
+        model for a new turn, else the role of the message being continued (the last one)."""
+        return self.response_role if req.add_generation_prompt else req.messages[-1].role
 
     async def create(self, req: ChatCompletionRequest):
         self.check_model(req.model)
@@ -55,8 +62,9 @@ class OpenAIServingChat(OpenAIServing):
         top = req.top_logprobs
         if top is not None and not req.logprobs:
             raise bad_request("top_logprobs: requires logprobs to be true", "top_logprobs")
-        if top is not None and not 0 <= top <= MAX_LOGPROBS:
-            raise bad_request(f"top_logprobs: must be in [0, {MAX_LOGPROBS}]", "top_logprobs")
+        if top is not None and not 0 <= top <= self.max_logprobs:
+            raise bad_request(f"top_logprobs: must be in [0, {self.max_logprobs}]",
+                              "top_logprobs")
         if req.stream and req.prompt_logprobs is not None:
             raise bad_request("prompt_logprobs: not available with stream=true on chat "
                               "completions (as in vLLM)", "prompt_logprobs")
@@ -80,10 +88,14 @@ class OpenAIServingChat(OpenAIServing):
         except ValueError as exc:
             raise from_value_error(exc, "messages") from exc
         if max_tokens is None:
-            # OpenAI's default: up to the context length (and what the KV pool can hold).
-            default = self.engine.default_max_tokens(len(prompt_ids), params.num_seqs)
+            # OpenAI's default: up to the context length (and what the KV pool can hold), or
+            # the model's max_new_tokens (generation config) within that.
+            default = self.max_tokens_default(len(prompt_ids), params.num_seqs)
             if default is not None:
-                params = params.clone(max_tokens=default)
+                try:
+                    params = params.clone(max_tokens=default)
+                except ValueError as exc:  # e.g. min_tokens above the default max_tokens
+                    raise from_value_error(exc) from exc
         rid = random_id("chatcmpl")
         streams = await self.submit([rid], [(prompt, prompt_ids)], params, "messages")
         if req.stream:
@@ -98,17 +110,18 @@ class OpenAIServingChat(OpenAIServing):
     def _response(self, req: ChatCompletionRequest, rid: str, out: RequestOutput,
                   logprobs: Optional[int], plan: Optional[ToolPlan] = None) -> dict:
         choices = []
-        as_ids = req.return_tokens_as_token_ids
+        as_ids = self.tokens_as_ids(req)
+        role = self.role(req)
         for c in sorted(out.outputs, key=lambda c: c.index):
             lp = None
             if logprobs is not None:
                 lp = {"content": self._logprobs(c.token_ids, c.logprobs, logprobs, as_ids)}
-            message: dict[str, Any] = {"role": "assistant", "content": c.text}
+            message: dict[str, Any] = {"role": role, "content": c.text}
             finish_reason = c.finish_reason
             if plan is not None and plan.mode != "none" and c.finish_reason == "stop":
                 content, calls = plan.extract(c.text)
                 if calls:
-                    message = {"role": "assistant", "content": content,
+                    message = {"role": role, "content": content,
                                "tool_calls": [call.to_openai() for call in calls]}
                     finish_reason = "tool_calls"
             choices.append({"index": c.index, "message": message,
@@ -147,6 +160,8 @@ class OpenAIServingChat(OpenAIServing):
         streamers = [ToolCallStreamer(plan) for _ in range(n)] if tools else []
         include_usage = bool(req.stream_options and req.stream_options.include_usage)
         tracker = DeltaTracker(n)
+        as_ids = self.tokens_as_ids(req)
+        role = self.role(req)
 
         def chunk(choice: dict) -> str:
             return sse({"id": rid, "object": "chat.completion.chunk", "created": created,
@@ -154,7 +169,7 @@ class OpenAIServingChat(OpenAIServing):
 
         try:
             for i in range(n):  # the role comes first, once per choice
-                yield chunk({"index": i, "delta": {"role": "assistant", "content": ""},
+                yield chunk({"index": i, "delta": {"role": role, "content": ""},
                              "logprobs": None, "finish_reason": None})
             final: Optional[RequestOutput] = None
             async for out in stream:
@@ -162,7 +177,7 @@ class OpenAIServingChat(OpenAIServing):
                     lp = None
                     if logprobs is not None:
                         lp = {"content": self._logprobs(d.token_ids, d.logprobs, logprobs,
-                                                        req.return_tokens_as_token_ids)}
+                                                        as_ids)}
                     if tools:
                         st = streamers[d.index]
                         pieces = st.delta(d.text, d.finish_reason is not None)

@@ -58,7 +58,10 @@ class OpenAIServingCompletion(OpenAIServing):
         wanted = [k for k in ((req.logprobs if req.echo else None), req.prompt_logprobs)
                   if k is not None]
         # max_tokens=0: the engine runs the prompt and samples one token nobody sees (as vLLM).
-        params = self.make_sampling_params(req, 1 if score_only else req.max_tokens,
+        # An absent max_tokens is OpenAI's 16; an explicit null takes the model's
+        # max_new_tokens (generation config) or else runs to the end of the context.
+        max_tokens = req.max_tokens if req.max_tokens is not None else self.defaults.max_tokens
+        params = self.make_sampling_params(req, 1 if score_only else max_tokens,
                                            req.logprobs, max(wanted) if wanted else None)
         base = random_id("cmpl")
         streams = await self.submit([f"{base}-{i}" for i in range(len(prompts))], prompts, params,
@@ -78,7 +81,7 @@ class OpenAIServingCompletion(OpenAIServing):
         choices = []
         prompt_tokens = completion_tokens = 0
         gen = req.max_tokens != 0
-        as_ids = req.return_tokens_as_token_ids
+        as_ids = self.tokens_as_ids(req)
         for p_idx, out in enumerate(finals):
             prompt_tokens += len(out.prompt_token_ids)
             prompt_text = self._prompt_text(prompts[p_idx], out) if req.echo else ""
@@ -111,7 +114,7 @@ class OpenAIServingCompletion(OpenAIServing):
             return None
         computed = max(req.prompt_logprobs, req.logprobs if req.echo and req.logprobs else 0)
         return self.prompt_logprobs_json(out.prompt_logprobs, req.prompt_logprobs, computed,
-                                         req.return_tokens_as_token_ids)
+                                         self.tokens_as_ids(req))
 
     def _prompt_text(self, prompt: Prompt, out: RequestOutput) -> str:
         if prompt[0] is not None:
@@ -149,7 +152,7 @@ class OpenAIServingCompletion(OpenAIServing):
         echoed: set[int] = set()
         want_lps = req.logprobs is not None
         gen = req.max_tokens != 0
-        as_ids = req.return_tokens_as_token_ids
+        as_ids = self.tokens_as_ids(req)
 
         def chunk(index: int, text: str, logprobs: Optional[dict], finish: Optional[str],
                   stop_reason: object = None, prompt_logprobs: Optional[list] = None) -> str:

@@ -28,7 +28,7 @@ from server.errors import APIError, EngineDeadError, bad_request, engine_unavail
 from server.protocol_responses import ResponseRequest
 from server.responses_output import ResponseOutput
 from server.responses_tools import input_messages, plan_response_tools
-from server.serving_base import OpenAIServing, close_all, last_output
+from server.serving_base import OpenAIServing, ServingOptions, close_all, last_output
 from server.serving_chat import render_chat
 from server.structured_request import format_constraint, with_tool_grammar
 from server.tool_calling import ToolPlan
@@ -72,8 +72,9 @@ class OpenAIServingResponses(OpenAIServing):
 
     def __init__(self, engine: EngineClient, served_model_names: list[str],
                  max_queue_len: Optional[int] = None, chat_template: Optional[str] = None,
-                 enable_auto_tool_choice: bool = False, tool_call_parser: Optional[str] = None):
-        super().__init__(engine, served_model_names, max_queue_len)
+                 enable_auto_tool_choice: bool = False, tool_call_parser: Optional[str] = None,
+                 options: Optional[ServingOptions] = None):
+        super().__init__(engine, served_model_names, max_queue_len, options)
         self.chat_template = chat_template
         self.enable_auto_tool_choice = enable_auto_tool_choice
         self.tool_call_parser = tool_call_parser
@@ -100,12 +101,13 @@ class OpenAIServingResponses(OpenAIServing):
             raise from_value_error(exc, "input") from exc
         max_tokens = req.max_output_tokens
         if max_tokens is None:
-            max_tokens = self.engine.default_max_tokens(len(prompt_ids), 1)
+            max_tokens = self.max_tokens_default(len(prompt_ids), 1)
+        # The request sets temperature and top_p at most; the model's generation config
+        # defaults fill the rest (top_k, min_p, repetition_penalty) as on chat.
+        sampling = self.defaults.sampling(temperature=req.temperature, top_p=req.top_p)
         try:
-            params = SamplingParams(
-                temperature=1.0 if req.temperature is None else req.temperature,
-                top_p=1.0 if req.top_p is None else req.top_p, max_tokens=max_tokens,
-                structured_outputs=structured)
+            params = SamplingParams(**sampling, max_tokens=max_tokens,
+                                    structured_outputs=structured)
         except ValueError as exc:
             err = from_value_error(exc)
             if err.param == "max_tokens":

@@ -30,7 +30,8 @@ class ResolvedModel:
 
     `model` is the path or hub id as given (the default model's GGUF path when None was given);
     `tokenizer` is a local folder or `.gguf` path; `load_format` is one of safetensors, pt, gguf,
-    dummy; `gguf_file` is the GGUF path when the weights are a GGUF file.
+    dummy; `gguf_file` is the GGUF path when the weights are a GGUF file; `folder` is the local
+    HF folder of the model (None for a GGUF file).
     """
 
     model: str
@@ -38,6 +39,7 @@ class ResolvedModel:
     hf_config: Any
     load_format: str
     gguf_file: Optional[str] = None
+    folder: Optional[str] = None
 
 
 def resolve_model(model: Optional[str], tokenizer: Optional[str], load_format: str = "auto",
@@ -52,7 +54,8 @@ def resolve_model(model: Optional[str], tokenizer: Optional[str], load_format: s
         folder = local_model_dir(model)
         resolved = ResolvedModel(model=model, tokenizer=folder,
                                  hf_config=_load_config(folder, trust_remote_code),
-                                 load_format=_folder_format(folder, model, load_format))
+                                 load_format=_folder_format(folder, model, load_format),
+                                 folder=folder)
     config = resolved.hf_config
     for key, value in (hf_overrides or {}).items():
         setattr(config, key, value)
@@ -61,7 +64,8 @@ def resolve_model(model: Optional[str], tokenizer: Optional[str], load_format: s
                          f"(model_type {getattr(config, 'model_type', None)!r})")
     tok = resolve_tokenizer(tokenizer) if tokenizer is not None else resolved.tokenizer
     return ResolvedModel(model=resolved.model, tokenizer=tok, hf_config=config,
-                         load_format=resolved.load_format, gguf_file=resolved.gguf_file)
+                         load_format=resolved.load_format, gguf_file=resolved.gguf_file,
+                         folder=resolved.folder)
 
 
 def resolve_tokenizer(tokenizer: str) -> str:

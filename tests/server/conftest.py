@@ -37,9 +37,12 @@ class ServerProcess:
     """A `python -m server serve` subprocess bound to 127.0.0.1 on a free port."""
 
     def __init__(self, args: list[str], env: Optional[dict[str, str]] = None,
-                 log_path: Optional[Path] = None):
+                 log_path: Optional[Path] = None, verify: Any = None):
+        """`verify`: a CA file when the server serves HTTPS (--ssl-certfile)."""
         self.port = free_port()
-        self.base_url = f"http://127.0.0.1:{self.port}"
+        self.verify = verify if verify is not None else True
+        scheme = "https" if verify is not None else "http"
+        self.base_url = f"{scheme}://127.0.0.1:{self.port}"
         cmd = [sys.executable, "-m", "server", "serve", *args, "--host", "127.0.0.1",
                "--port", str(self.port)]
         full_env = {**os.environ, "PYTHONPATH": str(REPO), "TOKENIZERS_PARALLELISM": "false",
@@ -55,7 +58,8 @@ class ServerProcess:
             if self.proc.poll() is not None:
                 raise RuntimeError(f"server exited with {self.proc.returncode}:\n{self.log()}")
             with contextlib.suppress(httpx.HTTPError):
-                if httpx.get(self.base_url + "/health", timeout=2).status_code == 200:
+                if httpx.get(self.base_url + "/health", timeout=2,
+                             verify=self.verify).status_code == 200:
                     return
             time.sleep(0.3)
         raise TimeoutError(f"server not ready in {timeout} s:\n{self.log()}")
@@ -111,7 +115,8 @@ def tiny_gpt2(tiny_model_dir) -> str:
 
 @pytest.fixture
 async def fake_app_factory(tiny_gpt2):
-    """`await make(**server_args)` -> (httpx client, engine) over the fake core, in process."""
+    """`await make(**server_args)` -> (httpx client, engine) over the fake core, in process;
+    `engine_kw` adds or replaces EngineArgs fields (e.g. model, generation_config)."""
     from engine.config import EngineArgs
     from server.api_server import build_app
     from server.args import ServerArgs
@@ -121,11 +126,12 @@ async def fake_app_factory(tiny_gpt2):
 
     made: list[Any] = []
 
-    async def make(max_num_seqs: int = 64, num_kv_blocks: int = 256, **server_kw: Any):
+    async def make(max_num_seqs: int = 64, num_kv_blocks: int = 256,
+                   engine_kw: Optional[dict[str, Any]] = None, **server_kw: Any):
         server_kw.setdefault("log_stats_interval", 0)
-        cfg = EngineArgs(model=tiny_gpt2, device="cpu", max_model_len=256,
-                         num_kv_blocks=num_kv_blocks,
-                         max_num_seqs=max_num_seqs).create_engine_config()
+        cfg = EngineArgs(**{"model": tiny_gpt2, "device": "cpu", "max_model_len": 256,
+                            "num_kv_blocks": num_kv_blocks, "max_num_seqs": max_num_seqs,
+                            **(engine_kw or {})}).create_engine_config()
         metrics = ServerMetrics("tiny")
         engine = AsyncEngineClient(cfg, mode="inproc", core_factory=FAKE_CORE, metrics=metrics,
                                    tokenizer=gpt2_tokenizer())
