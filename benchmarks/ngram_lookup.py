@@ -9,7 +9,6 @@ records to benchmarks/results/ngram_lookup.jsonl. Never a pass/fail test.
 """
 from __future__ import annotations
 
-import argparse
 import os
 import random
 import sys
@@ -17,7 +16,7 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from benchmarks.record import append_result  # noqa: E402
+from benchmarks.host_before_after import run  # noqa: E402
 from engine.sampling_params import SamplingParams  # noqa: E402
 from engine.sequence import Request  # noqa: E402
 from engine.spec_decode.ngram import NgramProposer  # noqa: E402
@@ -50,20 +49,7 @@ def ms_per_step(batch: int, context: int, steps: int, packed: bool) -> float:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--batch", type=int, default=64)
-    ap.add_argument("--context", type=int, nargs="+", default=[500, 2000, 8000])
-    ap.add_argument("--steps", type=int, default=20)
-    a = ap.parse_args()
-    for context in a.context:
-        packed = ms_per_step(a.batch, context, a.steps, True)
-        walked = ms_per_step(a.batch, context, max(2, a.steps // 4), False)
-        print(f"batch {a.batch}, context {context}: packed {packed:.2f} ms/step, "
-              f"token walk {walked:.2f} ms/step ({walked / packed:.1f}x)")
-        append_result("ngram_lookup", {"batch": a.batch, "context": context, "k": 4,
-                                       "prompt_lookup": [1, 4]},
-                      {"packed_ms_per_step": packed, "walk_ms_per_step": walked,
-                       "speedup": walked / packed})
+    run(__doc__, "ngram_lookup", 64, [500, 2000, 8000], ("packed", "walk"), ms_per_step, {"k": 4, "prompt_lookup": [1, 4]})
 
 
 if __name__ == "__main__":

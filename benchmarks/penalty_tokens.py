@@ -11,7 +11,6 @@ benchmarks/results/penalty_tokens.jsonl. Never a pass/fail test.
 """
 from __future__ import annotations
 
-import argparse
 import os
 import random
 import sys
@@ -21,7 +20,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import torch  # noqa: E402
 
-from benchmarks.record import append_result  # noqa: E402
+from benchmarks.host_before_after import run  # noqa: E402
 from engine.sampling_params import SamplingParams  # noqa: E402
 from engine.sequence import Request  # noqa: E402
 from engine.token_history import penalty_token_tensors  # noqa: E402
@@ -59,19 +58,7 @@ def ms_per_step(batch: int, context: int, steps: int, buffered: bool) -> float:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--batch", type=int, default=256)
-    ap.add_argument("--context", type=int, nargs="+", default=[500, 1000, 4000])
-    ap.add_argument("--steps", type=int, default=20)
-    a = ap.parse_args()
-    for context in a.context:
-        buffered = ms_per_step(a.batch, context, a.steps, True)
-        lists = ms_per_step(a.batch, context, max(2, a.steps // 4), False)
-        print(f"batch {a.batch}, context {context}: buffers {buffered:.2f} ms/step, "
-              f"lists {lists:.2f} ms/step ({lists / buffered:.1f}x)")
-        append_result("penalty_tokens", {"batch": a.batch, "context": context},
-                      {"buffered_ms_per_step": buffered, "lists_ms_per_step": lists,
-                       "speedup": lists / buffered})
+    run(__doc__, "penalty_tokens", 256, [500, 1000, 4000], ("buffered", "lists"), ms_per_step, {})
 
 
 if __name__ == "__main__":
