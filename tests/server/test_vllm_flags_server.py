@@ -59,8 +59,12 @@ def server(tiny_gpt2, tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def client(server):
-    return openai.OpenAI(base_url=server.base_url + "/v1", api_key="unused", max_retries=0,
-                         timeout=60, http_client=httpx.Client(verify=server.context))
+    http = httpx.Client(verify=server.context)
+    yield openai.OpenAI(base_url=server.base_url + "/v1", api_key="unused", max_retries=0,
+                        timeout=60, http_client=http)
+    # An idle TLS connection left open holds the server's shutdown for asyncio's 30 s SSL
+    # shutdown timeout (the client never answers its close_notify).
+    http.close()
 
 
 def test_https_with_the_certificate(server, client):

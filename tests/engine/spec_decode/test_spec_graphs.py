@@ -15,8 +15,8 @@ from engine import LLM, SamplingParams
 from tests.engine.spec_decode.test_spec_eagle3 import _random_head
 from tests.graph_replay import capture_eagerly, replays
 
-PROMPTS = [f"Request number {i} says: " + "word " * (3 + 5 * i) for i in range(3)]
-GREEDY = SamplingParams(temperature=0, max_tokens=12, ignore_eos=True)
+PROMPTS = [f"Request number {i} says: " + "word " * (3 + 5 * i) for i in range(2)]
+GREEDY = SamplingParams(temperature=0, max_tokens=10, ignore_eos=True)
 # Small graph sets: the interpreter runs every captured size once at capture.
 SMALL = dict(device="cpu", dtype="float32", attention_backend="triton", max_num_seqs=4,
              max_num_batched_tokens=32, max_cuda_graph_tokens=32, num_kv_blocks=96,
