@@ -162,7 +162,7 @@ class EngineCore:
         runner allows it. A request that may draft (speculation, batch small enough) needs its
         tokens before proposing."""
         return (req.single_seq and req.beam_state is None
-                and (not _reads_tokens(req) or self.runner.overlaps_constrained)
+                and (not _reads_tokens(req) or self.runner.defers_sampling)
                 and not (self.speculator is not None and self.speculator.drafting(req)))
 
     @staticmethod

@@ -68,7 +68,7 @@ class ModelRunner:
     # A sequence whose sampling reads its latest tokens (grammar, penalties) may overlap steps:
     # its sampling waits for the previous step's tokens (`launch(sample=False)` then `sample`).
     # The tensor-parallel executor cannot.
-    overlaps_constrained = True
+    defers_sampling = True
 
     def __init__(self, config: EngineConfig):
         from engine.loader.model_loader import load_model, weight_bytes

@@ -5,7 +5,8 @@ frequency penalties its output tokens. Turning those Python lists into tensors o
 took 55 ms of host time per step at batch 256 with 1,000-token prompts, against 2.6 ms this
 way (a 2-core CPU; `benchmarks/penalty_tokens.py`). Instead each `Sequence` keeps an int64
 copy of its known tokens (`Sequence.token_array`), extended by what it gained since the last
-step, and a step copies those buffers into one padded array.
+step, and a step copies those buffers into one padded array. The n-gram proposer searches
+the same buffers (engine/spec_decode/ngram.py).
 
 Known tokens are the sequence's tokens less trailing placeholders (sampled by a step still in
 flight) and drafts (not yet verified). They only grow; a sequence whose tokens were replaced
@@ -14,6 +15,7 @@ its last entry would differ.
 """
 from __future__ import annotations
 
+import sys
 from array import array
 from typing import Any, Optional
 
@@ -22,23 +24,34 @@ import torch
 
 from engine.transfer import to_device
 
-_ITEM = 8  # int64
+ITEM = 8  # bytes per token id: native-endian int64
 
 
-def known_tokens(seq: Any) -> tuple[Any, int]:
-    """(buffer of int64 token ids, number of known tokens). `Sequence`s keep their buffer
-    between steps; other views of a sequence (the verifier's) are converted whole."""
+def pack(tokens: list[int]) -> bytearray:
+    """Token ids as packed native int64 (a bytearray: numpy reads it, `rfind` searches it)."""
+    return bytearray(array("q", tokens).tobytes())
+
+
+def known_tokens(seq: Any) -> tuple[bytearray, int]:
+    """(the known tokens packed by `pack`, their number). `Sequence`s keep their buffer between
+    steps (`Sequence.token_array`, exactly the known tokens after this call); other views of a
+    sequence (the verifier's) are packed whole."""
     tokens = seq.token_ids
     n = len(tokens) - getattr(seq, "num_pending", 0) - getattr(seq, "num_draft", 0)
     if not hasattr(seq, "token_array"):
-        return array("q", tokens[:n]), n
+        return pack(tokens[:n]), n
     buf = seq.token_array
-    have = 0 if buf is None else len(buf)
-    if buf is None or have > n or (have and buf[-1] != tokens[have - 1]):
-        buf = seq.token_array = array("q", tokens[:n])
+    have = 0 if buf is None else len(buf) // ITEM
+    stale = have > n or (have > 0 and _last(buf) != tokens[have - 1])
+    if buf is None or stale:
+        buf = seq.token_array = pack(tokens[:n])
     elif have < n:
-        buf.extend(tokens[have:n])
+        buf += array("q", tokens[have:n]).tobytes()
     return buf, n
+
+
+def _last(buf: bytearray) -> int:
+    return int.from_bytes(buf[-ITEM:], sys.byteorder, signed=True)
 
 
 def padded_tokens(spans: list[Optional[tuple[Any, int, int]]], pad: int,
@@ -53,7 +66,7 @@ def padded_tokens(spans: list[Optional[tuple[Any, int, int]]], pad: int,
         buf, start, end = span
         if end > start:
             out[i, :end - start] = np.frombuffer(buf, dtype=np.int64, count=end - start,
-                                                 offset=_ITEM * start)
+                                                 offset=ITEM * start)
     return to_device(torch.from_numpy(out), torch.long, device)
 
 

@@ -89,9 +89,10 @@ class TPModelRunner:
                                    f"(exit code {proc.exitcode})")
             conn.send(msg)
 
-    # Workers read placeholder tokens from their own samples, which carry no grammar mask: a
-    # constrained sequence must not overlap steps here (its real token reaches them instead).
-    overlaps_constrained = False
+    # Workers read placeholder tokens from their own samples, drawn at launch without a grammar
+    # mask: a sequence whose sampling reads its latest tokens (grammar, penalties) must not
+    # overlap steps here (its real token reaches them instead).
+    defers_sampling = False
 
     def launch(self, out, prev: Optional[Any] = None, sample: bool = True):
         """Workers always sample at launch: they get no grammar (nothing of theirs waits for
@@ -106,7 +107,7 @@ class TPModelRunner:
         return step
 
     def sample(self, step, background: bool = False) -> None:
-        self.runner.sample(step)  # never deferred here (overlaps_constrained is False)
+        self.runner.sample(step)  # never deferred here (defers_sampling is False)
 
     def finish(self, step):
         self._broadcast(("finish", step.tp_step_id))

@@ -9,6 +9,7 @@ import random
 from engine.sequence import Request
 from engine.sampling_params import SamplingParams
 from engine.spec_decode.ngram import NgramProposer, ngram_lookup
+from engine.token_history import pack
 from server.args import make_parser, resolve_args
 from server.metrics import ServerMetrics, StatsLogger
 from tests.server.conftest import metric_value
@@ -56,8 +57,8 @@ def test_ngram_lookup_matches_its_definition():
 
 
 def test_ngram_proposer_follows_growing_and_cut_sequences():
-    """The proposer keeps each sequence's packed tokens between steps: extended as tokens are
-    appended, rebuilt when they were cut back, dropped on release."""
+    """The proposer searches each sequence's packed tokens, kept on the sequence between steps:
+    extended as tokens are appended, rebuilt when they were cut back."""
     proposer = NgramProposer(1, 3)
     seq = Request("r", [1, 2, 3, 4, 1, 2], SamplingParams(), [0], None).seqs[0]
     rng = random.Random(1)
@@ -67,10 +68,7 @@ def test_ngram_proposer_follows_growing_and_cut_sequences():
         else:
             seq.token_ids.append(rng.randrange(6))
         assert proposer.propose([seq], [4]) == [_walk(seq.token_ids, 1, 3, 4)]
-    proposer.release({0})
-    assert 0 in proposer._packed
-    proposer.release(set())
-    assert not proposer._packed
+    assert seq.token_array == pack(seq.token_ids)  # the buffer is the sequence's own
 
 
 def test_spec_decode_metrics_and_log_line():
