@@ -21,8 +21,7 @@ pytestmark = pytest.mark.slow
 
 def self_signed_cert(folder) -> tuple[str, str]:
     """(key file, certificate file) for 127.0.0.1 and localhost."""
-    if shutil.which("openssl") is None:
-        pytest.skip("needs the openssl command to make a certificate")
+    assert shutil.which("openssl"), "the openssl command makes the test's certificate"
     key, cert = folder / "key.pem", folder / "cert.pem"
     subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
                     "-keyout", str(key), "-out", str(cert), "-subj", "/CN=localhost",
