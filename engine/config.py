@@ -285,11 +285,18 @@ class EngineArgs:
             max_model_len=max_model_len, preemption_mode=self.preemption_mode,
             max_queue_len=self.max_queue_len,
         )
+        # A verify step attends one decode row per token (engine/model_inputs.py): up to
+        # max_num_seqs x (k + 1) rows, which decode graphs serve up to 512 rows and mixed graphs
+        # (unless turned off with 0) up to 2048.
+        graph_rows = max_num_seqs * (1 + (speculative.num_speculative_tokens
+                                          if speculative is not None else 0))
+        graph_tokens = self.max_cuda_graph_tokens
+        if speculative is not None and graph_tokens > 0:
+            graph_tokens = max(graph_tokens, min(graph_rows, 2048))
         runner_cfg = RunnerConfig(device=device, enforce_eager=self.enforce_eager,
                                   attention_backend=self.attention_backend,
-                                  max_cuda_graph_batch=min(max_num_seqs, 512),
-                                  max_cuda_graph_tokens=min(self.max_cuda_graph_tokens,
-                                                            max_batched),
+                                  max_cuda_graph_batch=min(graph_rows, 512),
+                                  max_cuda_graph_tokens=min(graph_tokens, max_batched),
                                   async_scheduling=(
                                       on_gpu and (speculative is None or speculative.overlaps_steps)
                                       if self.async_scheduling is None

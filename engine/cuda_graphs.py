@@ -1,8 +1,9 @@
 """CUDA graphs for decode steps and for mixed prefill+decode steps, replayed on static buffers.
 
-A decode step (one new token per sequence) is captured for batch sizes 1, 2, 4, 8, 16, 24, ...
-up to `max_cuda_graph_batch`; a step of n sequences replays the smallest graph >= n with the
-padding rows pointing at slot -1 (never written) and a context of one token.
+A decode step (one new token per attention sequence: a decode, or a token of a short chunk such
+as a speculative verify, see engine/model_inputs.py) is captured for batch sizes 1, 2, 4, 8, 16,
+24, ... up to `max_cuda_graph_batch` rows; a step of n rows replays the smallest graph >= n with
+the padding rows pointing at slot -1 (never written) and a context of one token.
 
 A step carrying prompt tokens (up to `max_cuda_graph_tokens` rows and `MIXED_PREFILL_SLOTS`
 prefills) replays a mixed graph captured per padded token count: the decode kernel is offered
@@ -61,7 +62,7 @@ class CudaGraphRunner:
         cfg = runner.config
         self.runner = runner
         self.max_model_len = cfg.model.max_model_len
-        self.max_bs = min(cfg.scheduler.max_num_seqs, cfg.runner.max_cuda_graph_batch)
+        self.max_bs = cfg.runner.max_cuda_graph_batch  # decode rows, not sequences
         self.sizes = graph_batch_sizes(self.max_bs)
         self.block_table_width = -(-self.max_model_len // runner.block_size)
         self.mixed_sizes = mixed_token_sizes(cfg.runner.max_cuda_graph_tokens)

@@ -12,6 +12,11 @@ from engine.scheduler_output import SchedulerOutput
 from engine.sequence import PLACEHOLDER
 from engine.transfer import to_device
 
+# Chunks of at most this many new tokens attend as single-row sequences (build_model_inputs):
+# a verify chunk of up to 7 draft tokens, a short prompt. Each row re-reads its context, so
+# longer chunks go to the prefill kernel, which reads it once per query tile.
+SHORT_QUERY_MAX = 8
+
 
 @dataclass
 class ModelInputs:
@@ -33,20 +38,28 @@ class ModelInputs:
 
 
 def build_model_inputs(out: SchedulerOutput, block_size: int, device: torch.device,
-                       pad_block_tables_to: int = 0) -> ModelInputs:
+                       pad_block_tables_to: int = 0,
+                       short_query_max: int = SHORT_QUERY_MAX) -> ModelInputs:
     """Pack the scheduled sequences' new tokens, positions and cache slots.
 
-    Invariant: sequence i's rows are `query_start_loc[i]:query_start_loc[i+1]`; row r holds token
-    position `pos[r]`, written to slot `block_table[pos // bs] * bs + pos % bs`. Single-token
-    (decode) sequences are packed first, so a backend can run them through its decode kernel and
-    only the rest through the prefill kernel. `sample_rows` follows `out.scheduled`'s order.
+    Invariant: attention sequence i's rows are `query_start_loc[i]:query_start_loc[i+1]`; row r
+    holds token position `pos[r]`, written to slot `block_table[pos // bs] * bs + pos % bs`.
+    Single-token (decode) sequences are packed first, then sequences of at most
+    `short_query_max` new tokens (a speculative verify chunk, a short prompt) split into one
+    single-row attention sequence per token (same block table, context up to that token: exactly
+    the causal attention of the chunk), then the rest. So a backend runs every short query
+    through its decode kernel and CUDA graphs replay verify steps as decode steps; only longer
+    chunks reach the prefill kernel. `sample_rows` follows `out.scheduled`'s order; the
+    `first_rows` / spans address rows, whatever the attention sequences.
     """
     scheduled = out.scheduled
     bs = block_size
     decodes: list[int] = []
+    shorts: list[int] = []
     others: list[int] = []
     for i, s in enumerate(scheduled):
-        (decodes if s.num_tokens == 1 else others).append(i)
+        n = s.num_tokens
+        (decodes if n == 1 else shorts if n <= short_query_max else others).append(i)
     ids: list[int] = []
     pos: list[int] = []
     slots: list[int] = []
@@ -78,8 +91,10 @@ def build_model_inputs(out: SchedulerOutput, block_size: int, device: torch.devi
     seq_lens = [p + 1 for p in pos]
     q_lens = [1] * len(decodes)
 
-    # Prefill chunks (and the rare multi-token catch-up): slots one block run at a time.
-    for i in others:
+    # Short chunks (one attention sequence per token), then prefill chunks: slots one block run
+    # at a time.
+    num_short = len(shorts)
+    for k, i in enumerate(itertools.chain(shorts, others)):
         s = scheduled[i]
         seq, n = s.seq, s.num_tokens
         start = seq.num_computed_tokens
@@ -99,10 +114,16 @@ def build_model_inputs(out: SchedulerOutput, block_size: int, device: torch.devi
             slots.extend(range(slot0 + max(start, first), slot0 + min(end, first + bs)))
         if s.wants_prompt_logprobs:
             spans.append((i, base, n))
-        qsl.append(base + n)
-        seq_lens.append(end)
-        q_lens.append(n)
-        tables.append(table)
+        if k < num_short:
+            qsl.extend(range(base + 1, base + n + 1))
+            seq_lens.extend(range(start + 1, end + 1))
+            q_lens.extend([1] * n)
+            tables.extend([table] * n)
+        else:
+            qsl.append(base + n)
+            seq_lens.append(end)
+            q_lens.append(n)
+            tables.append(table)
         last_row[i] = base + n - 1
 
     sample_rows: list[int] = []

@@ -34,7 +34,8 @@ _HELP = {
     "max_num_batched_tokens": "token budget per engine step (default: 1024 on a GPU, where "
                               "such steps replay CUDA graphs; 2048 on the CPU)",
     "max_cuda_graph_tokens": "steps mixing prompts and decodes up to this many tokens replay "
-                             "a CUDA graph (0: eager)",
+                             "a CUDA graph (0: eager; with speculative decoding raised to "
+                             "max_num_seqs x (k + 1) verify rows, at most 2048)",
     "preemption_mode": "how a running request is preempted when blocks run out",
     "swap_space": "GiB of CPU memory for swapped-out KV blocks",
     "served_model_name": "the model name clients use (default: MODEL as given)",

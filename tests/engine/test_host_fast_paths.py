@@ -11,16 +11,20 @@ import torch
 
 from engine import EngineArgs, LLMEngine, SamplingParams
 from engine.llm import frozen_gc_heap
-from engine.model_inputs import build_model_inputs
+from engine.model_inputs import SHORT_QUERY_MAX, build_model_inputs
 from engine.scheduler_output import ScheduledSeq, SchedulerOutput
 from engine.sequence import PLACEHOLDER, Request, SequenceStatus
 
 
 # ---- build_model_inputs vs a per-token reference -----------------------------------------------
-def reference_inputs(out: SchedulerOutput, bs: int, pad_to: int = 0) -> dict:
-    """The packing rule written token by token (decodes first, then the rest)."""
-    order = ([i for i, s in enumerate(out.scheduled) if s.num_tokens == 1]
-             + [i for i, s in enumerate(out.scheduled) if s.num_tokens != 1])
+def reference_inputs(out: SchedulerOutput, bs: int, pad_to: int = 0,
+                     short_max: int = SHORT_QUERY_MAX) -> dict:
+    """The packing rule written token by token: decodes first, then chunks of at most
+    `short_max` tokens as one single-row attention sequence per token, then the rest."""
+    n_of = [s.num_tokens for s in out.scheduled]
+    order = ([i for i, n in enumerate(n_of) if n == 1]
+             + [i for i, n in enumerate(n_of) if 1 < n <= short_max]
+             + [i for i, n in enumerate(n_of) if n > max(short_max, 1)])
     ids, pos, slots, qsl, seq_lens, tables, ph, spans = [], [], [], [0], [], [], [], []
     last = {}
     for i in order:
@@ -34,11 +38,16 @@ def reference_inputs(out: SchedulerOutput, bs: int, pad_to: int = 0) -> dict:
             ids.append(t)
             pos.append(p)
             slots.append(seq.block_table[p // bs] * bs + p % bs)
+            if s.num_tokens <= short_max:  # a single-row attention sequence per token
+                qsl.append(len(ids))
+                seq_lens.append(p + 1)
+                tables.append(seq.block_table)
         if s.wants_prompt_logprobs:
-            spans.append((i, qsl[-1], s.num_tokens))
-        qsl.append(len(ids))
-        seq_lens.append(start + s.num_tokens)
-        tables.append(seq.block_table)
+            spans.append((i, len(ids) - s.num_tokens, s.num_tokens))
+        if s.num_tokens > short_max:
+            qsl.append(len(ids))
+            seq_lens.append(start + s.num_tokens)
+            tables.append(seq.block_table)
         last[i] = len(ids) - 1
     width = max([len(t) for t in tables] + [pad_to, 1])
     bt = [t + [0] * (width - len(t)) for t in tables]
@@ -71,12 +80,14 @@ def random_step(rng: random.Random, bs: int) -> SchedulerOutput:
 
 @pytest.mark.parametrize("bs", [1, 4, 16])
 @pytest.mark.parametrize("pad_to", [0, 40])
-def test_model_inputs_match_per_token_reference(bs, pad_to):
+@pytest.mark.parametrize("short_max", [SHORT_QUERY_MAX, 1])
+def test_model_inputs_match_per_token_reference(bs, pad_to, short_max):
     rng = random.Random(bs * 100 + pad_to)
     for _ in range(50):
         out = random_step(rng, bs)
-        ref = reference_inputs(out, bs, pad_to)
-        got = build_model_inputs(out, bs, torch.device("cpu"), pad_block_tables_to=pad_to)
+        ref = reference_inputs(out, bs, pad_to, short_max)
+        got = build_model_inputs(out, bs, torch.device("cpu"), pad_block_tables_to=pad_to,
+                                 short_query_max=short_max)
         m = got.meta
         assert got.input_ids.tolist() == ref["ids"]
         assert got.positions.tolist() == ref["pos"]
@@ -88,7 +99,11 @@ def test_model_inputs_match_per_token_reference(bs, pad_to):
         assert got.sample_rows == ref["sample_rows"]
         assert got.placeholder_rows == ref["placeholders"]
         assert got.prompt_logprob_spans == ref["spans"]
-        assert m.num_seqs == len(out.scheduled) and m.num_tokens == len(ref["ids"])
+        assert m.num_seqs == len(ref["seq_lens"]) and m.num_tokens == len(ref["ids"])
+        assert m.query_lens_cpu == [b - a for a, b in zip(ref["qsl"], ref["qsl"][1:])]
+        single = [s.num_tokens for s in out.scheduled if s.num_tokens <= short_max]
+        assert m.query_lens_cpu[:sum(single)] == [1] * sum(single)  # all lead as decode rows
+        assert m.num_seqs == len(out.scheduled) - len(single) + sum(single)
 
 
 # ---- final-only requests: reported once, same results --------------------------------------

@@ -1,8 +1,10 @@
 """Speculative decoding on a CUDA GPU with real CUDA graphs (`make test-gpu`): the target's
 graphs return the auxiliary hidden states an EAGLE-3 head reads, and a draft model's runner
 captures and replays graphs of its own. float32 on a tiny Llama (head size 64, which the GPU
-attention kernels take); verify chunks go through the prefill kernel and plain decodes through
-the decode kernel, whose roundings differ, so at most one sequence may part from the reference.
+attention kernels take) with the Triton backend named (fp32 alone stays on the torch path).
+Verify chunks attend through the decode kernel like plain decodes (one row per token), but the
+kernel's KV split count follows the batch's width, so at most one sequence may part from the
+reference.
 """
 from __future__ import annotations
 
@@ -32,7 +34,8 @@ def target(tiny_model_dir):
 @pytest.fixture(scope="module")
 def reference(target):
     from engine import LLM
-    llm = LLM(model=target, device="cuda", dtype="float32", gpu_memory_utilization=0.2)
+    llm = LLM(model=target, device="cuda", dtype="float32", attention_backend="triton",
+              gpu_memory_utilization=0.2)
     assert llm.llm_engine.core.runner.graphs is not None
     out = _tokens(llm)
     del llm
@@ -48,14 +51,21 @@ def _close(got, ref) -> None:
 def test_eagle3_with_target_graphs(target, reference, tmp_path):
     from engine import LLM
     head = _random_head(tmp_path / "head", hidden=256)
-    llm = LLM(model=target, device="cuda", dtype="float32", gpu_memory_utilization=0.2,
+    llm = LLM(model=target, device="cuda", dtype="float32", attention_backend="triton",
+              gpu_memory_utilization=0.2,
               speculative_config={"method": "eagle3", "model": head,
                                   "num_speculative_tokens": 3})
     graphs = llm.llm_engine.core.runner.graphs
     assert graphs is not None
     assert all(isinstance(o, tuple) for o in graphs.outputs.values())
     assert all(isinstance(o, tuple) for o in graphs.mixed_outputs.values())
+    rows = []
+    run = graphs.run
+    graphs.run = lambda inputs: (rows.append((inputs.meta.max_query_len,
+                                              inputs.meta.num_tokens)), run(inputs))[1]
     _close(_tokens(llm), reference)
+    # verify steps (k + 1 rows per sequence, more rows than the 4 requests) replayed graphs
+    assert any(q == 1 and n > len(PROMPTS) for q, n in rows), rows
     stats = llm.stats()
     assert stats["spec_decode_num_drafts"] > 0
     assert stats["num_free_blocks"] == stats["num_total_blocks"]
@@ -66,7 +76,8 @@ def test_eagle3_with_target_graphs(target, reference, tmp_path):
 
 def test_draft_model_with_graphs(target, reference):
     from engine import LLM
-    llm = LLM(model=target, device="cuda", dtype="float32", gpu_memory_utilization=0.2,
+    llm = LLM(model=target, device="cuda", dtype="float32", attention_backend="triton",
+              gpu_memory_utilization=0.2,
               speculative_config={"method": "draft_model", "model": target,
                                   "num_speculative_tokens": 3})
     core = llm.llm_engine.core

@@ -9,8 +9,9 @@ T=$(dry "-m gpu" "-m gpu --collect-only -q")
 
 step fusion_tests 180 $PY -m pytest $T tests/kernels/test_rms_norm_quant.py \
   tests/kernels/test_silu_mul_quant.py tests/engine/quantization/test_input_quant_fusion.py
-step mixed_graphs 150 $PY -m pytest $T tests/gpu/test_gpu_engine.py -k mixed_step_graphs \
-  tests/gpu/test_gpu_async_sampling.py
+# (-k applies to every file named: the async-sampling tests get their own step)
+step mixed_graphs 120 $PY -m pytest $T tests/gpu/test_gpu_engine.py -k mixed_step_graphs
+step async_sampling 90 $PY -m pytest $T tests/gpu/test_gpu_async_sampling.py
 step quantization 150 $PY benchmarks/quantization.py \
   --cases fp8_w8a8_kv_fp8_sharegpt_like,int8_sharegpt_like --workload-dir .carry/workloads \
   $(dry "--model-shape llama3-8b --num-prompts 500" \
