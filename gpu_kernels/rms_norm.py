@@ -32,7 +32,11 @@ if triton is not None:
             r = tl.load(res_ptr + row * stride_r + cols, mask=mask, other=0.0)
             xf = round_to(xf + r.to(tl.float32), dt)
             tl.store(res_out_ptr + row * stride_ro + cols, xf.to(dt), mask=mask)
-        rstd = 1.0 / tl.sqrt(tl.sum(xf * xf, 0) / n + eps)
+        # Correctly rounded division and square root, and no FMA contraction (launch_config):
+        # the compiler may otherwise build the two kernels' sums differently (the H200 showed
+        # 1-4 quantized values of 8M one step apart at 2048 rows before this).
+        ss = tl.sum(xf * xf, 0)
+        rstd = tl.math.div_rn(1.0, tl.sqrt_rn(tl.math.div_rn(ss, n.to(tl.float32)) + eps))
         w = tl.load(w_ptr + cols, mask=mask, other=0.0)
         return round_to(round_to(xf * rstd, dt) * w.to(tl.float32), dt)
 
@@ -48,8 +52,8 @@ if triton is not None:
 
 
 def launch_config(n: int) -> dict:
-    """BLOCK and num_warps for a row of n: the whole row in registers."""
-    return dict(BLOCK=next_pow2(n), num_warps=8 if n >= 4096 else 4)
+    """BLOCK and num_warps for a row of n (the whole row in registers), FMA contraction off."""
+    return dict(BLOCK=next_pow2(n), num_warps=8 if n >= 4096 else 4, enable_fp_fusion=False)
 
 
 def check_inputs(x: torch.Tensor, weight: torch.Tensor,

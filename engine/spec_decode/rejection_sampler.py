@@ -24,20 +24,22 @@ import torch
 
 def rejection_sample(target_probs: torch.Tensor, draft_token_ids: torch.Tensor,
                      num_draft: torch.Tensor, greedy: torch.Tensor, uniforms: torch.Tensor,
-                     noise: torch.Tensor, draft_probs: Optional[torch.Tensor] = None
+                     noise: Optional[torch.Tensor], draft_probs: Optional[torch.Tensor] = None
                      ) -> tuple[torch.Tensor, torch.Tensor]:
     """Verify a batch of B draft runs.
 
     target_probs [B, K+1, V]: the target's processed distribution per position (for greedy rows
         anything whose argmax is the target's processed argmax, e.g. the logits).
     draft_token_ids [B, K] long (entries past num_draft[b] are ignored); num_draft [B] long.
-    greedy [B] bool; uniforms [B, K] in [0, 1); noise [B, V] Exp(1) draws.
+    greedy [B] bool; uniforms [B, K] in [0, 1); noise [B, V] Exp(1) draws, or None when every row
+        is greedy (nothing is sampled then: the residual and the draw are skipped).
     draft_probs [B, K, V] or None (one-hot drafts).
     Returns (tokens [B, K+1], num_accepted [B]): row b emits tokens[b, :num_accepted[b] + 1].
     """
     b, k1, v = target_probs.shape
     k = k1 - 1
-    assert draft_token_ids.shape == (b, k) and uniforms.shape == (b, k) and noise.shape == (b, v)
+    assert draft_token_ids.shape == (b, k) and uniforms.shape == (b, k)
+    assert noise.shape == (b, v) if noise is not None else bool(greedy.all())
     device = target_probs.device
     pos = torch.arange(k, device=device)
     valid = pos.unsqueeze(0) < num_draft.unsqueeze(1)  # [B, K]
@@ -54,6 +56,11 @@ def rejection_sample(target_probs: torch.Tensor, draft_token_ids: torch.Tensor,
 
     rows = torch.arange(b, device=device)
     p_final = target_probs[rows, num_accepted]  # [B, V]: p at the first rejection, or the bonus
+    tokens = torch.cat([torch.where(valid, x, torch.zeros_like(x)), torch.zeros_like(x[:, :1])],
+                       dim=1)
+    if noise is None:  # all greedy: the target's argmax where the drafts stop
+        tokens[rows, num_accepted] = p_final.argmax(dim=-1)
+        return tokens, num_accepted
     rejected = num_accepted < num_draft
     at = num_accepted.clamp(max=max(k - 1, 0))
     if k > 0:
@@ -70,8 +77,6 @@ def rejection_sample(target_probs: torch.Tensor, draft_token_ids: torch.Tensor,
     else:
         dist = p_final
     sampled = (dist / noise.clamp(min=torch.finfo(noise.dtype).tiny)).argmax(dim=-1)
-    final = torch.where(greedy, target_probs[rows, num_accepted].argmax(dim=-1), sampled)
-    tokens = torch.cat([torch.where(valid, x, torch.zeros_like(x)), torch.zeros_like(x[:, :1])],
-                       dim=1)
+    final = torch.where(greedy, p_final.argmax(dim=-1), sampled)
     tokens[rows, num_accepted] = final
     return tokens, num_accepted

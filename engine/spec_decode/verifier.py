@@ -16,6 +16,7 @@ from engine import seeded_noise
 from engine.sampler import SamplingMetadata, apply_penalties, sampling_probs
 from engine.sequence import Request, Sequence
 from engine.spec_decode.rejection_sampler import rejection_sample
+from engine.transfer import to_device
 
 
 class _SeqAt:
@@ -79,54 +80,70 @@ class Verifier:
             meta.greedy.unsqueeze(1), processed, sampling_probs(processed, meta, normalize=True))
 
         b, k = len(seqs), max(len(x) for x in drafts)
-        padded = torch.zeros(b, k + 1, v, dtype=probs.dtype, device=device)
-        draft_ids = torch.zeros(b, k, dtype=torch.long)
-        uniforms = torch.rand(b, k, device=device)
-        noise = torch.empty(b, v, device=device).exponential_()
-        first = 0
-        first_rows = []
-        greedy = []
-        seeded_rows, keys = [], []
-        for i, ((req, seq), x) in enumerate(zip(seqs, drafts)):
+        greedy = [req.params.is_greedy for req, _ in seqs]
+        # Sequence i's rows go to rows i * (k + 1) + j of the padded batch (one copy, none when
+        # every sequence holds k drafts); its drafts, draft count and greedy flag travel to the
+        # device as one row of one tensor.
+        first_rows: list[int] = []
+        dst: list[int] = []
+        packed: list[int] = []
+        for i, x in enumerate(drafts):
             d = len(x)
-            padded[i, :d + 1] = probs[first:first + d + 1]
-            draft_ids[i, :d] = torch.tensor(x, dtype=torch.long)
-            g = req.params.is_greedy
-            greedy.append(g)
-            if not g and seq.generator is not None:
-                # Seeded: one key a step from the sequence's generator, whatever the batch
-                # holds; its stream's first v columns are the noise, the next k the uniforms.
-                seeded_rows.append(i)
-                keys.append(seeded_noise.draw_key(seq.generator))
-            first_rows.append(first)
-            first += d + 1
-        if seeded_rows:
-            idx = torch.tensor(seeded_rows, dtype=torch.long, device=device)
-            noise[idx] = seeded_noise.exponential(keys, v, device)
-            uniforms[idx] = seeded_noise.uniform(keys, k, device, start=v).to(uniforms.dtype)
-        num_draft = torch.tensor([len(x) for x in drafts], dtype=torch.long, device=device)
-        tokens, accepted = rejection_sample(
-            padded, draft_ids.to(device), num_draft,
-            torch.tensor(greedy, dtype=torch.bool, device=device), uniforms, noise)
-        tokens_l, accepted_l = tokens.tolist(), accepted.tolist()
+            first_rows.append(len(dst))
+            dst.extend(range(i * (k + 1), i * (k + 1) + d + 1))
+            packed += x
+            packed += [0] * (k - d)
+            packed += (d, greedy[i])
+        if len(dst) == b * (k + 1):
+            padded, src = probs.view(b, k + 1, v), None
+        else:
+            src = to_device(dst, torch.int64, device)
+            padded = probs.new_zeros(b * (k + 1), v).index_copy_(0, src, probs).view(b, k + 1, v)
+        cols = to_device(packed, torch.int64, device).view(b, k + 2)
+        uniforms = torch.rand(b, k, device=device)
+        noise = None
+        if not all(greedy):
+            noise = torch.empty(b, v, device=device).exponential_()
+            seeded_rows, keys = [], []
+            for i, (req, seq) in enumerate(seqs):
+                if not greedy[i] and seq.generator is not None:
+                    # Seeded: one key a step from the sequence's generator, whatever the batch
+                    # holds; its stream's first v columns are the noise, the next k the uniforms.
+                    seeded_rows.append(i)
+                    keys.append(seeded_noise.draw_key(seq.generator))
+            if seeded_rows:
+                idx = torch.tensor(seeded_rows, dtype=torch.long, device=device)
+                noise[idx] = seeded_noise.exponential(keys, v, device)
+                uniforms[idx] = seeded_noise.uniform(keys, k, device, start=v).to(uniforms.dtype)
+        tokens, accepted = rejection_sample(padded, cols[:, :k], cols[:, k], cols[:, k + 1].bool(),
+                                            uniforms, noise)
+        # The raw logprob of the token each row would emit (rows past a sequence's acceptance
+        # go unread), then everything to the host in one copy.
+        flat = tokens.view(-1)
+        row_tokens = flat if src is None else flat.index_select(0, src)
+        row_lps = raw_lp.gather(1, row_tokens.unsqueeze(1)).squeeze(1)
+        host = torch.cat([flat.double(), accepted.double(), row_lps.double()]).tolist()
+        n_tok = b * (k + 1)
+        accepted_l = host[n_tok:n_tok + b]
+        lps_l = host[n_tok + b:]
 
         out: dict[int, Verified] = {}
         max_lp = min(meta.max_num_logprobs, v)
         for i, (req, seq) in enumerate(seqs):
-            a = accepted_l[i]
-            toks = tokens_l[i][:a + 1]
+            a = int(accepted_l[i])
+            toks = [int(t) for t in host[i * (k + 1):i * (k + 1) + a + 1]]
             r0 = first_rows[i]
-            idx = torch.arange(r0, r0 + a + 1, device=device)
-            lps = raw_lp[idx].gather(1, torch.tensor(toks, device=device).unsqueeze(1))
-            lps = lps.squeeze(1).tolist()
+            lps = lps_l[r0:r0 + a + 1]
             nlp = req.params.logprobs
             tops: list[Optional[dict[int, float]]] = [None] * (a + 1)
             if nlp is not None and max_lp >= 0:
-                top = raw_lp[idx].topk(min(nlp, v), dim=-1) if nlp > 0 else None
+                top = raw_lp[r0:r0 + a + 1].topk(min(nlp, v), dim=-1) if nlp > 0 else None
+                top_ids = top.indices.tolist() if top is not None else None
+                top_vals = top.values.tolist() if top is not None else None
                 for j in range(a + 1):
                     entry = {toks[j]: lps[j]}
                     if top is not None:
-                        for tid, val in zip(top.indices[j].tolist(), top.values[j].tolist()):
+                        for tid, val in zip(top_ids[j], top_vals[j]):
                             entry.setdefault(tid, val)
                     tops[j] = entry
             out[seq.seq_id] = Verified(list(zip(toks, lps, tops)), len(drafts[i]), a)

@@ -72,22 +72,25 @@ def test_emitted_tokens_follow_target(top_k, top_p, general_draft):
     assert (accepted == K).any()  # bonus tokens are drawn too
 
 
-def test_greedy_accepts_while_argmax_matches():
+@pytest.mark.parametrize("with_noise", [True, False])
+def test_greedy_accepts_while_argmax_matches(with_noise):
+    """All-greedy batches may pass no noise (nothing is sampled): the same tokens."""
     logits = torch.tensor([[0., 5, 0, 0], [0, 0, 5, 0], [0, 0, 0, 5]]).expand(3, 3, 4)
     draft = torch.tensor([[1, 2], [1, 0], [3, 3]])
     tokens, accepted = rejection_sample(
         logits, draft, torch.tensor([2, 2, 2]), torch.ones(3, dtype=torch.bool),
-        torch.rand(3, 2), torch.empty(3, 4).exponential_())
+        torch.rand(3, 2), torch.empty(3, 4).exponential_() if with_noise else None)
     assert accepted.tolist() == [2, 1, 0]
     assert tokens[0].tolist() == [1, 2, 3]
     assert tokens[1, :2].tolist() == [1, 2]
     assert tokens[2, :1].tolist() == [1]
 
 
-def test_fewer_drafts_than_width():
+@pytest.mark.parametrize("with_noise", [True, False])
+def test_fewer_drafts_than_width(with_noise):
     logits = torch.tensor([[0., 5, 0, 0], [0, 0, 5, 0], [0, 0, 0, 5]]).expand(1, 3, 4)
     tokens, accepted = rejection_sample(
         logits, torch.tensor([[1, 2]]), torch.tensor([1]), torch.ones(1, dtype=torch.bool),
-        torch.rand(1, 2), torch.empty(1, 4).exponential_())
+        torch.rand(1, 2), torch.empty(1, 4).exponential_() if with_noise else None)
     assert accepted.tolist() == [1]
     assert tokens[0, :2].tolist() == [1, 2]  # the bonus comes from position 1, not 2
