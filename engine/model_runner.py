@@ -9,7 +9,7 @@ import contextlib
 import logging
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Optional
+from typing import Any, Optional
 
 import torch
 
@@ -56,6 +56,8 @@ class InFlight:
     overlappable: bool = False
     # Sampling running on the runner's sampling thread (`ModelRunner.sample(background=True)`).
     sampling: Optional[Future] = None
+    # Verify chunks' outcome on its way to the host (engine/spec_decode/verifier.py).
+    verify: Optional[Any] = None
 
     def wait_sampled(self) -> None:
         """Wait for a background sampling launch (re-raising its error)."""
@@ -257,7 +259,7 @@ class ModelRunner:
             observe(out, inputs, hidden, aux)
         self._prompt_logprobs(out, inputs, hidden, step.result)
         if inputs.verify_spans:
-            self._verify(out, inputs, hidden, step.result)
+            self._verify(out, inputs, hidden, step)
         step.rows = [(s.request, q) for s in out.scheduled for q in s.sample_seqs
                      if not q.num_draft]
         if not step.rows:
@@ -308,6 +310,8 @@ class ModelRunner:
         """Wait for the step's samples; the RunnerOutput of `launch`'s step."""
         step.wait_sampled()
         self.sample(step)
+        if step.verify is not None:
+            step.result.verified, step.verify = step.verify.result(), None
         if step.pending is not None:
             sampled = step.pending.result()
             for (_, seq), tok, lp, top in zip(step.rows, sampled.token_ids, sampled.logprobs,
@@ -326,13 +330,13 @@ class ModelRunner:
             0, dst, prev.pending.tokens.index_select(0, to_device(src, torch.int64, self.device)))
 
     def _verify(self, out: SchedulerOutput, inputs: ModelInputs, hidden: torch.Tensor,
-                result: RunnerOutput) -> None:
+                step: "InFlight") -> None:
         """Verify chunks: logits at every position of the chunk, through the verifier."""
         rows = [r for _, first, n in inputs.verify_spans for r in range(first, first + n)]
         idx = to_device(rows, torch.int64, self.device)
         logits = self.model.compute_logits(hidden.index_select(0, idx)).float()
         seqs = [(out.scheduled[i].request, out.scheduled[i].seq) for i, _, _ in inputs.verify_spans]
-        result.verified = self.verifier(logits, seqs)
+        step.verify = self.verifier.launch(logits, seqs)  # read by `finish`
 
     @staticmethod
     def _beam_candidates(rows, logits: torch.Tensor, result: RunnerOutput) -> None:

@@ -60,8 +60,13 @@ class Verifier:
 
     def __call__(self, logits: torch.Tensor,
                  seqs: list[tuple[Request, Sequence]]) -> dict[int, Verified]:
+        return self.launch(logits, seqs).result()
+
+    def launch(self, logits: torch.Tensor,
+               seqs: list[tuple[Request, Sequence]]) -> "PendingVerify":
         """`logits` [sum(d_i + 1), V]: for each (request, sequence) in order, the rows of its
-        last real token and its d_i draft tokens (`seq.num_draft`)."""
+        last real token and its d_i draft tokens (`seq.num_draft`). Queues the verification on
+        the logits' device and starts copying its outcome to the host; `result()` waits."""
         v = self.vocab_size
         device = logits.device
         rows: list[tuple[Request, _SeqAt]] = []
@@ -122,21 +127,47 @@ class Verifier:
         flat = tokens.view(-1)
         row_tokens = flat if src is None else flat.index_select(0, src)
         row_lps = raw_lp.gather(1, row_tokens.unsqueeze(1)).squeeze(1)
-        host = torch.cat([flat.double(), accepted.double(), row_lps.double()]).tolist()
+        host = torch.cat([flat.double(), accepted.double(), row_lps.double()])
+        return PendingVerify(host, raw_lp, seqs, drafts, first_rows, k,
+                             min(meta.max_num_logprobs, v))
+
+
+class PendingVerify:
+    """A verification queued on the device, its outcome being copied to pinned host memory:
+    the engine returns the previous step's outputs meanwhile."""
+
+    def __init__(self, host: torch.Tensor, raw_lp: torch.Tensor,
+                 seqs: list[tuple[Request, Sequence]], drafts: list[list[int]],
+                 first_rows: list[int], k: int, max_lp: int):
+        self._event = None
+        if host.is_cuda:
+            pinned = torch.empty(host.shape, dtype=host.dtype, pin_memory=True)
+            pinned.copy_(host, non_blocking=True)
+            host = pinned
+            self._event = torch.cuda.Event()
+            self._event.record()
+        self._host, self._raw_lp = host, raw_lp
+        self._seqs, self._drafts, self._first_rows = seqs, drafts, first_rows
+        self._k, self._max_lp = k, max_lp
+
+    def result(self) -> dict[int, Verified]:
+        if self._event is not None:
+            self._event.synchronize()
+        host = self._host.tolist()
+        seqs, k, raw_lp, v = self._seqs, self._k, self._raw_lp, self._raw_lp.shape[1]
+        b = len(seqs)
         n_tok = b * (k + 1)
         accepted_l = host[n_tok:n_tok + b]
         lps_l = host[n_tok + b:]
-
         out: dict[int, Verified] = {}
-        max_lp = min(meta.max_num_logprobs, v)
         for i, (req, seq) in enumerate(seqs):
             a = int(accepted_l[i])
             toks = [int(t) for t in host[i * (k + 1):i * (k + 1) + a + 1]]
-            r0 = first_rows[i]
+            r0 = self._first_rows[i]
             lps = lps_l[r0:r0 + a + 1]
             nlp = req.params.logprobs
             tops: list[Optional[dict[int, float]]] = [None] * (a + 1)
-            if nlp is not None and max_lp >= 0:
+            if nlp is not None and self._max_lp >= 0:
                 top = raw_lp[r0:r0 + a + 1].topk(min(nlp, v), dim=-1) if nlp > 0 else None
                 top_ids = top.indices.tolist() if top is not None else None
                 top_vals = top.values.tolist() if top is not None else None
@@ -146,5 +177,5 @@ class Verifier:
                         for tid, val in zip(top_ids[j], top_vals[j]):
                             entry.setdefault(tid, val)
                     tops[j] = entry
-            out[seq.seq_id] = Verified(list(zip(toks, lps, tops)), len(drafts[i]), a)
+            out[seq.seq_id] = Verified(list(zip(toks, lps, tops)), len(self._drafts[i]), a)
         return out

@@ -87,3 +87,33 @@ def test_eagle3_refuses_async_scheduling(path):
     spec = {"method": "eagle3", "model": path, "num_speculative_tokens": 2}
     with pytest.raises(ValueError, match="async_scheduling"):
         LLM(model=path, device="cpu", async_scheduling=True, speculative_config=spec)
+
+
+def test_verification_is_read_at_finish_not_launch(path, reference):
+    """A verify step's launch queues the verification and returns: its outcome is read when
+    the step finishes (after the previous step's outputs went back), and outputs are unchanged."""
+    from engine.spec_decode.verifier import PendingVerify
+
+    llm = LLM(model=path, device="cpu", async_scheduling=True,
+              speculative_config={"method": "ngram", "num_speculative_tokens": 3})
+    runner = llm.llm_engine.core.runner
+    seen = []
+    launch, finish = runner.launch, runner.finish
+
+    def spy_launch(*args, **kwargs):
+        step = launch(*args, **kwargs)
+        if step.verify is not None:
+            assert isinstance(step.verify, PendingVerify) and not step.result.verified
+            seen.append(step)
+        return step
+
+    def spy_finish(step):
+        result = finish(step)
+        assert step.verify is None
+        return result
+
+    runner.launch, runner.finish = spy_launch, spy_finish
+    assert _run(llm) == reference
+    assert seen and all(s.result.verified for s in seen)
+    assert llm.stats()["spec_decode_num_drafts"] > 0
+    _no_leak(llm)
