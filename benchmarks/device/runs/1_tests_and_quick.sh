@@ -5,7 +5,6 @@
 source benchmarks/device/prep.sh
 export PAGEDSERVE_GIT_SHA=$(cat .carry/scripts/sha)
 source benchmarks/device/runs/lib.sh
-T=$(dry "-m gpu" "-m gpu --collect-only -q")
 
 step fusion_tests 180 $PY -m pytest $T tests/kernels/test_rms_norm_quant.py \
   tests/kernels/test_silu_mul_quant.py tests/engine/quantization/test_input_quant_fusion.py

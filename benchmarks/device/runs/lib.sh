@@ -44,6 +44,7 @@ step() {
 
 # dry NORMAL TINY: the argument string for this mode
 dry() { if [ "$DRY" = 1 ]; then echo "$2"; else echo "$1"; fi; }
+T=$(dry "-m gpu" "-m gpu --collect-only -q")   # pytest flags of the GPU-test steps
 
 finish() {
   tar -czf "$OUT/$NAME-logs.tgz" -C /tmp/logs "$NAME"

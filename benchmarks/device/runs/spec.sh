@@ -1,0 +1,14 @@
+# Sourced by 2_spec.sh, 5_verify.sh and 6_final.sh: vLLM's n-gram on its own replay prompts
+# (`vllm_spec_side.py`), then pagedserve's spec_decode.py with vLLM-like dummy weights
+# (uniform-small, so the replay repeats) on the same CASES, compared through --vllm-json.
+CASES=${CASES:-$(dry replay_ngram_bs1,ngram_bs32,ngram_bs256 replay_ngram_bs1,ngram_bs4)}
+MODEL=$(dry /tmp/llama3 /tmp/llama3-tiny)
+spec_vs_vllm() {
+  # DRY: no vLLM here, the step stops at `import vllm` (rc 1) once its flags have parsed
+  step vllm_spec "$1" $(dry "$V python3" "$PY") benchmarks/vllm_spec_side.py --model-dir "$MODEL" \
+    --cases "$CASES" --out "$LOGS/vllm_spec.json"
+  local vj=""; [ -s "$LOGS/vllm_spec.json" ] && vj="--vllm-json $LOGS/vllm_spec.json"
+  step spec_decode 200 $PY benchmarks/spec_decode.py --model "$MODEL" --load-format dummy \
+    --dummy-init uniform-small --random-seed-prompts --cases "$CASES" $vj \
+    $(dry "" "--device cpu --max-tokens 16 --no-record")
+}
