@@ -136,13 +136,18 @@ class CudaGraphRunner:
         graphs[n] = graph
         return graph.pool()
 
+    def _fits_decode_graph(self, meta: AttentionMetadata) -> bool:
+        return (meta.max_query_len == 1 and meta.num_tokens == meta.num_seqs
+                and meta.num_seqs <= self.max_bs)
+
     def can_run(self, inputs: ModelInputs) -> bool:
-        """A decode graph or a mixed graph can run this step."""
+        """A decode graph or a mixed graph can run this step (a step of single rows past the
+        decode graphs, e.g. short prompts split into rows, runs as a mixed one)."""
         meta = inputs.meta
         if meta.block_tables.shape[1] > self.block_table_width:
             return False
-        if meta.max_query_len == 1 and meta.num_tokens == meta.num_seqs:
-            return meta.num_seqs <= self.max_bs
+        if self._fits_decode_graph(meta):
+            return True
         if meta.num_tokens > self.max_mixed or meta.query_lens_cpu is None:
             return False
         return meta.num_seqs - _leading_decodes(meta.query_lens_cpu) <= MIXED_PREFILL_SLOTS
@@ -150,7 +155,7 @@ class CudaGraphRunner:
     def run(self, inputs: ModelInputs) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
         """(final hidden states, auxiliary hidden states or None) of the step's rows."""
         meta = inputs.meta
-        if not (meta.max_query_len == 1 and meta.num_tokens == meta.num_seqs):
+        if not self._fits_decode_graph(meta):
             return self._run_mixed(inputs)
         n = meta.num_seqs
         bs = self.sizes[bisect.bisect_left(self.sizes, n)]

@@ -44,3 +44,29 @@ def test_graph_layout_matches_eager(tiny_model_dir, monkeypatch):
     assert with_graphs == eager
     decode, mixed = replays(graphs)
     assert decode > 0 and mixed > 0
+
+
+def test_rows_past_the_decode_graphs_replay_a_mixed_graph(tiny_model_dir, monkeypatch):
+    """Short prompts attend as one row per token (engine/model_inputs.py): a step of more such
+    rows than the decode graphs hold (max_num_seqs 2 here) replays a mixed graph, not eagerly."""
+    monkeypatch.setattr(torch.cuda, "synchronize", lambda *a, **k: None)
+    llm = LLM(model=tiny_model_dir("llama"), device="cpu", dtype="float32",
+              attention_backend="triton", max_num_batched_tokens=32, max_num_seqs=2,
+              max_cuda_graph_tokens=32, num_kv_blocks=32, max_model_len=64)
+    runner = llm.llm_engine.core.runner
+    prompts = [{"prompt_token_ids": list(range(7 + 3 * i, 13 + 3 * i))} for i in range(2)]
+    params = SamplingParams(temperature=0, max_tokens=4, ignore_eos=True)
+    eager = [o.outputs[0].token_ids for o in llm.generate(prompts, params, use_tqdm=False)]
+
+    graphs = EagerGraphRunner(runner)
+    assert graphs.max_bs == 2 and graphs.mixed_sizes == [16, 32]
+    graphs.capture()
+    runner.graphs = graphs
+    fits = []
+    can_run = graphs.can_run
+    graphs.can_run = lambda inputs: (fits.append((inputs.meta.num_seqs, can_run(inputs))),
+                                     fits[-1][1])[1]
+    assert [o.outputs[0].token_ids for o in llm.generate(prompts, params, use_tqdm=False)] == eager
+    assert (12, True) in fits and all(ok for _, ok in fits)  # 2 prompts x 6 rows: mixed graph
+    decode, mixed = replays(graphs)
+    assert decode > 0 and mixed > 0
