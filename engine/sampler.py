@@ -264,7 +264,7 @@ class PendingSample:
         self.num_logprobs = num_logprobs
         self.max_k = max_k
         on_gpu = tokens.device.type == "cuda"
-        self._host = [_to_host(t, on_gpu) for t in
+        self._host = [copy_to_host(t, on_gpu) for t in
                       ([tokens, chosen] + ([top.values, top.indices] if top is not None else []))]
         self._event = None
         if on_gpu:
@@ -290,7 +290,8 @@ class PendingSample:
         return SamplerOutput(token_ids=token_list, logprobs=lp_list, top_logprobs=top)
 
 
-def _to_host(t: torch.Tensor, async_copy: bool) -> torch.Tensor:
+def copy_to_host(t: torch.Tensor, async_copy: bool) -> torch.Tensor:
+    """t itself, or (async_copy) a pinned host tensor it is being copied into."""
     if not async_copy:
         return t
     out = torch.empty(t.shape, dtype=t.dtype, pin_memory=True)

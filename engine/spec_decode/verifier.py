@@ -13,7 +13,7 @@ from typing import Optional
 import torch
 
 from engine import seeded_noise
-from engine.sampler import SamplingMetadata, apply_penalties, sampling_probs
+from engine.sampler import SamplingMetadata, apply_penalties, copy_to_host, sampling_probs
 from engine.sequence import Request, Sequence
 from engine.spec_decode.rejection_sampler import rejection_sample
 from engine.transfer import to_device
@@ -141,9 +141,7 @@ class PendingVerify:
                  first_rows: list[int], k: int, max_lp: int):
         self._event = None
         if host.is_cuda:
-            pinned = torch.empty(host.shape, dtype=host.dtype, pin_memory=True)
-            pinned.copy_(host, non_blocking=True)
-            host = pinned
+            host = copy_to_host(host, True)
             self._event = torch.cuda.Event()
             self._event.record()
         self._host, self._raw_lp = host, raw_lp
