@@ -32,10 +32,14 @@ if triton is not None:
             r = tl.load(res_ptr + row * stride_r + cols, mask=mask, other=0.0)
             xf = round_to(xf + r.to(tl.float32), dt)
             tl.store(res_out_ptr + row * stride_ro + cols, xf.to(dt), mask=mask)
-        # Correctly rounded division and square root, and no FMA contraction (launch_config):
-        # the compiler may otherwise build the two kernels' sums differently (the H200 showed
-        # 1-4 quantized values of 8M one step apart at 2048 rows before this).
-        ss = tl.sum(xf * xf, 0)
+        # The sum of squares is taken in float64: each square of a 16-bit float is exact there
+        # and so, all but always, is the sum, so its float32 rounding does not depend on the
+        # reduction tree. The compiler picks each kernel's register layout (and so its tree) on
+        # its own: the fused rms_norm_quant, storing 1-byte values, summed in another order than
+        # rms_norm, and on the H200 1-4 of 8M quantized values came out one step apart. Division
+        # and square root are correctly rounded and FMA contraction is off (launch_config).
+        xd = xf.to(tl.float64)
+        ss = tl.sum(xd * xd, 0).to(tl.float32)
         rstd = tl.math.div_rn(1.0, tl.sqrt_rn(tl.math.div_rn(ss, n.to(tl.float32)) + eps))
         w = tl.load(w_ptr + cols, mask=mask, other=0.0)
         return round_to(round_to(xf * rstd, dt) * w.to(tl.float32), dt)
