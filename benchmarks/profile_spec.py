@@ -9,6 +9,8 @@ most per step.
 from __future__ import annotations
 
 import argparse
+import faulthandler
+import logging
 import os
 import statistics
 import sys
@@ -30,18 +32,30 @@ def main() -> None:
     ap.add_argument("--rows", type=int, default=25, help="rows of each table")
     ap.add_argument("--device", default="auto")
     ap.add_argument("--no-spec", action="store_true", help="profile plain decode steps instead")
+    ap.add_argument("--stack-every", type=float, default=0,
+                    help="dump every thread's stack to stderr every this many seconds (a hang)")
     args = ap.parse_args()
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+    if args.stack_every:
+        faulthandler.dump_traceback_later(args.stack_every, repeat=True)
+    t_start = time.perf_counter()
+
+    def phase(what: str) -> None:
+        print(f"[{time.perf_counter() - t_start:7.1f} s] {what}", flush=True)
+
     from engine import LLM, SamplingParams
     spec = None if args.no_spec else {
         "method": "ngram", "num_speculative_tokens": args.k, "prompt_lookup_min": 2,
         "prompt_lookup_max": 5}
     llm = LLM(model=args.model, load_format="dummy", device=args.device, seed=0,
               speculative_config=spec, gpu_memory_utilization=0.8)
+    phase("engine built")
     _uniform_small(llm.llm_engine.core.runner.model)
     greedy = SamplingParams(temperature=0.0, max_tokens=64, ignore_eos=True)
     seeds = random_seed_prompts()
     outs = llm.generate([{"prompt_token_ids": s} for s in seeds], greedy, use_tqdm=False)
     replay = [s + list(o.outputs[0].token_ids) + s for s, o in zip(seeds, outs)]
+    phase("replay prompts made")
     eng = llm.llm_engine
     params = SamplingParams(temperature=0.0, max_tokens=400, ignore_eos=True, detokenize=False)
     for i in range(args.batch):
@@ -52,6 +66,7 @@ def main() -> None:
     acts = [torch.profiler.ProfilerActivity.CPU]
     if cuda:
         acts.append(torch.profiler.ProfilerActivity.CUDA)
+    phase("batch under way; profiling")
     before = llm.stats()
     walls = []
     with torch.profiler.profile(activities=acts) as prof:
@@ -74,6 +89,7 @@ def main() -> None:
     if cuda:
         print(events.table(sort_by="self_cuda_time_total", row_limit=args.rows))
     print(events.table(sort_by="self_cpu_time_total", row_limit=args.rows))
+    phase("torch.profiler done")
     # The host side by Python function (a wait on the GPU shows as time in the call that syncs).
     import cProfile
     import pstats
@@ -87,6 +103,7 @@ def main() -> None:
     stats.sort_stats("cumulative").print_stats(args.rows)
     for i in range(args.batch):
         eng.abort_request(f"r{i}")
+    phase("done")
 
 
 if __name__ == "__main__":
