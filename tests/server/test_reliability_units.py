@@ -153,9 +153,13 @@ async def test_step_watchdog_marks_unhealthy(fake_app_factory, monkeypatch):
     engine._watchdog.timeout_s = 0.3
     assert (await client.get("/health")).status_code == 200
     task = asyncio.create_task(client.post("/v1/completions",
-                                           json={"prompt": "a", "max_tokens": 3}))
-    await asyncio.sleep(1.0)
+                                           json={"prompt": "a", "max_tokens": 5}))
+    # Five 0.6 s steps: /health turns 503 while one has run past 0.3 s. Polled rather than read
+    # at a fixed time, which raced with the request reaching the core on a loaded machine.
     r = await client.get("/health")
+    while r.status_code == 200 and not task.done():
+        await asyncio.sleep(0.05)
+        r = await client.get("/health")
     assert_error(r, 503, code="engine_dead", contains="engine-step-timeout")
     assert (await task).status_code == 200
     await asyncio.sleep(0.1)
