@@ -52,7 +52,10 @@ def hf_default_model():
 
     from engine.loader.default_model import default_model_path
 
+    from engine.loader.gguf_hf_parse import reused_gguf_parse
+
     path = default_model_path()
-    model = AutoModelForCausalLM.from_pretrained(os.path.dirname(path),
-                                                 gguf_file=os.path.basename(path))
+    with reused_gguf_parse():  # the config's metadata parse is shared; the weights are HF's own
+        model = AutoModelForCausalLM.from_pretrained(os.path.dirname(path),
+                                                     gguf_file=os.path.basename(path))
     return model.eval()

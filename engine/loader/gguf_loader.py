@@ -1,4 +1,4 @@
-"""Read GGUF weights with the `gguf` package and yield them under Hugging Face names.
+"""Read GGUF weights (`gguf_file.GGUFFile`) and yield them under Hugging Face names.
 
 Quantized tensors (Q4_0, Q4_1, Q8_0, K-quants, ...) are dequantized to float32 by
 `gguf.quants.dequantize`. GGUF lists dimensions fastest-first, so a tensor of GGUF shape `[in, out]`
@@ -72,28 +72,25 @@ def unpermute_qk(t: torch.Tensor, n_heads: int) -> torch.Tensor:
     return t.reshape(n_heads, half, 2, *rest).transpose(1, 2).reshape(t.shape)
 
 
-def _field(reader, key: str, default=None):
-    field = reader.fields.get(key)
-    return default if field is None else field.contents()
-
-
 def gguf_weights(path: str) -> Iterator[tuple[str, torch.Tensor]]:
     """Yield (HF name, float32 tensor) for every weight of a Llama-family or Gemma 3 GGUF file."""
-    from gguf import GGUFReader
     from gguf.quants import dequantize
 
-    reader = GGUFReader(path)
-    arch = _field(reader, "general.architecture")
-    n_head = _field(reader, f"{arch}.attention.head_count")
-    n_kv = _field(reader, f"{arch}.attention.head_count_kv", n_head)
+    from engine.loader.gguf_file import GGUFFile
+
+    gguf = GGUFFile(path)
+    meta = gguf.metadata
+    arch = meta["general.architecture"]
+    n_head = meta.get(f"{arch}.attention.head_count")
+    n_kv = meta.get(f"{arch}.attention.head_count_kv", n_head)
     permuted = arch in _PERMUTED_ARCHS
-    for tensor in reader.tensors:
+    for tensor in gguf.tensors:
         if tensor.name in _SKIPPED:
             continue
         hf_name = gguf_to_hf_name(tensor.name, arch)
         array = dequantize(tensor.data, tensor.tensor_type)
         # Reversed GGUF dims are the row-major shape; np.array copies out of the read-only mmap.
-        shape = tuple(int(d) for d in reversed(tensor.shape.tolist()))
+        shape = tuple(reversed(tensor.shape))
         weight = torch.from_numpy(np.array(array, dtype=np.float32).reshape(shape))
         if permuted and ".q_proj." in hf_name:
             weight = unpermute_qk(weight, n_head)

@@ -110,8 +110,12 @@ def _gguf_config(path: str, mtime: float) -> Any:
     """HF config from GGUF metadata (cached: transformers takes seconds to parse the file)."""
     from transformers import AutoConfig
 
+    from engine.loader.gguf_hf_parse import reused_gguf_parse
+
     try:
-        config = AutoConfig.from_pretrained(os.path.dirname(path), gguf_file=os.path.basename(path))
+        with reused_gguf_parse():
+            config = AutoConfig.from_pretrained(os.path.dirname(path),
+                                                gguf_file=os.path.basename(path))
     except Exception as exc:
         raise ValueError(f"model: cannot read a config from GGUF file '{path}': {exc}") from exc
     if not getattr(config, "architectures", None):

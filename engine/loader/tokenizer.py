@@ -40,8 +40,11 @@ def _load(folder: str, gguf_name: Optional[str], trust_remote_code: bool) -> Any
     kwargs: dict[str, Any] = {"trust_remote_code": trust_remote_code}
     if gguf_name is not None:
         kwargs["gguf_file"] = gguf_name
+    from engine.loader.gguf_hf_parse import reused_gguf_parse
+
     try:
-        return AutoTokenizer.from_pretrained(folder, **kwargs)
+        with reused_gguf_parse():
+            return AutoTokenizer.from_pretrained(folder, **kwargs)
     except Exception as exc:
         where = os.path.join(folder, gguf_name) if gguf_name else folder
         raise ValueError(f"cannot load a tokenizer from '{where}': {exc}") from exc
