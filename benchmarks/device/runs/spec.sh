@@ -1,4 +1,4 @@
-# Sourced by 2_spec.sh, 5_verify.sh and 6_final.sh: vLLM's n-gram on its own replay prompts
+# Sourced by 2_spec.sh, 5_verify.sh, 7_spec_profile.sh and 8_spec_diag.sh: vLLM's n-gram on its own replay prompts
 # (`vllm_spec_side.py`), then pagedserve's spec_decode.py with vLLM-like dummy weights
 # (uniform-small, so the replay repeats) on the same CASES, compared through --vllm-json.
 CASES=${CASES:-$(dry replay_ngram_bs1,ngram_bs32,ngram_bs256 replay_ngram_bs1,ngram_bs4)}
