@@ -20,7 +20,8 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import torch  # noqa: E402
 
-from benchmarks.spec_decode import _uniform_small, random_seed_prompts  # noqa: E402
+from benchmarks.spec_decode import (_uniform_small, random_seed_prompts,  # noqa: E402
+                                    stats_delta)
 
 
 def main() -> None:
@@ -76,11 +77,9 @@ def main() -> None:
             walls.append(time.perf_counter() - t0)
         if cuda:
             torch.cuda.synchronize()
-    after = llm.stats()
-    drafted = after.get("spec_decode_num_draft_tokens", 0) - before.get(
-        "spec_decode_num_draft_tokens", 0)
-    accepted = after.get("spec_decode_num_accepted_tokens", 0) - before.get(
-        "spec_decode_num_accepted_tokens", 0)
+    delta = stats_delta(before, llm.stats())
+    drafted = delta.get("spec_decode_num_draft_tokens", 0)
+    accepted = delta.get("spec_decode_num_accepted_tokens", 0)
     events = prof.key_averages()
     gpu_ms = sum(e.self_device_time_total for e in events) / 1e3 / args.steps
     print(f"batch {args.batch} {'plain' if spec is None else f'ngram k={args.k}'}: step wall "

@@ -93,10 +93,13 @@ def _run(llm, prompts: list[list[int]], max_tokens: int) -> tuple[float, list, d
     t0 = time.perf_counter()
     outs = llm.generate(items, params, use_tqdm=False)
     elapsed = time.perf_counter() - t0
-    after = llm.stats()
-    delta = {k: after[k] - before.get(k, 0) for k in after
-             if isinstance(after[k], (int, float)) and k.startswith(("spec_decode_num", "num_steps"))}
-    return elapsed, [o.outputs[0].token_ids for o in outs], delta
+    return elapsed, [o.outputs[0].token_ids for o in outs], stats_delta(before, llm.stats())
+
+
+def stats_delta(before: dict, after: dict) -> dict:
+    """The speculation counters and step count of `LLM.stats()` gained between two reads."""
+    return {k: after[k] - before.get(k, 0) for k in after
+            if isinstance(after[k], (int, float)) and k.startswith(("spec_decode_num", "num_steps"))}
 
 
 def main(argv: Optional[list[str]] = None) -> list[dict]:

@@ -51,7 +51,6 @@ def hf_default_model():
     from transformers import AutoModelForCausalLM
 
     from engine.loader.default_model import default_model_path
-
     from engine.loader.gguf_hf_parse import reused_gguf_parse
 
     path = default_model_path()

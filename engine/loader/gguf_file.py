@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+from gguf.constants import GGML_QUANT_SIZES, GGMLQuantizationType
 
 _MAGIC = b"GGUF"
 _STRING, _ARRAY = 8, 9
@@ -71,8 +72,6 @@ class GGUFFile:
                         for name, ttype, dims, toff in infos]
 
     def _data(self, offset: int, ttype: int, dims: tuple[int, ...]) -> np.ndarray:
-        from gguf.constants import GGML_QUANT_SIZES, GGMLQuantizationType
-
         rows = tuple(reversed(dims))  # row-major: slowest first
         n = int(np.prod(dims))
         if ttype in _PLAIN:

@@ -11,8 +11,5 @@ source benchmarks/device/runs/spec.sh
 
 PROF_ARGS="--model $MODEL --batch $(dry 32 4) --steps $(dry 20 2) $(dry "" "--device cpu")"
 TAIL=30 step profile_spec 230 $PY benchmarks/profile_spec.py $PROF_ARGS --stack-every 60
-step spec_decode 300 $PY benchmarks/spec_decode.py --model "$MODEL" --load-format dummy \
-  --dummy-init uniform-small --random-seed-prompts --cases "$CASES" \
-  --vllm-json benchmarks/device/runs/data/vllm_spec_2026-12-04_s6.json \
-  $(dry "" "--device cpu --max-tokens 16 --no-record")
+spec_pagedserve 300 benchmarks/device/runs/data/vllm_spec_2026-12-04_s6.json
 finish

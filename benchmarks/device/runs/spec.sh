@@ -7,8 +7,12 @@ spec_vs_vllm() {
   # DRY: no vLLM here, the step stops at `import vllm` (rc 1) once its flags have parsed
   step vllm_spec "$1" $(dry "$V python3" "$PY") benchmarks/vllm_spec_side.py --model-dir "$MODEL" \
     --cases "$CASES" --out "$LOGS/vllm_spec.json"
-  local vj=""; [ -s "$LOGS/vllm_spec.json" ] && vj="--vllm-json $LOGS/vllm_spec.json"
-  step spec_decode 200 $PY benchmarks/spec_decode.py --model "$MODEL" --load-format dummy \
+  spec_pagedserve 200 "$LOGS/vllm_spec.json"
+}
+# spec_pagedserve LIMIT VLLM_JSON: pagedserve's side, compared with VLLM_JSON when it holds figures
+spec_pagedserve() {
+  local vj=""; [ -s "$2" ] && vj="--vllm-json $2"
+  step spec_decode "$1" $PY benchmarks/spec_decode.py --model "$MODEL" --load-format dummy \
     --dummy-init uniform-small --random-seed-prompts --cases "$CASES" $vj \
     $(dry "" "--device cpu --max-tokens 16 --no-record")
 }
